@@ -1,0 +1,23 @@
+//! Node configuration written by the daemon into `sluice_cfg_v1[0]`.
+
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct NodeConfig {
+    /// Layout version of this struct; the datapath ignores a config whose
+    /// version it does not know.
+    pub version: u32,
+    /// `CFG_F_*`.
+    pub flags: u32,
+    /// The node's address, NBO.
+    pub node_addr: u32,
+    /// This node's pod CIDR, NBO, and its netmask, NBO.
+    pub pod_cidr: u32,
+    pub pod_mask: u32,
+    /// The cluster's pod CIDR and netmask, NBO (0/0 when unknown).
+    pub cluster_cidr: u32,
+    pub cluster_mask: u32,
+    pub _pad: u32,
+}
+crate::assert_size!(NodeConfig, 32);
+
+pub const NODE_CONFIG_VERSION: u32 = 1;

@@ -1,0 +1,51 @@
+//! The data model shared by Sluice's eBPF programs and its user space.
+//!
+//! Everything here is `#[repr(C)]` plain data with explicit padding, no `bool`
+//! and no Rust enums, so the kernel and user space agree on every byte. Field
+//! docs say which fields are in network byte order (NBO); all others are in
+//! host order. Sizes are checked at compile time.
+#![no_std]
+
+pub mod config;
+pub mod ct;
+pub mod names;
+pub mod reason;
+pub mod service;
+pub mod stats;
+
+pub use config::NodeConfig;
+pub use ct::{CtEntry, CtKey, FragKey, FragPorts};
+pub use service::{Backend, ServiceKey, ServiceValue};
+pub use stats::{ReasonCounter, ServiceCounter};
+
+/// IANA protocol numbers used by the datapath.
+pub mod proto {
+    pub const ICMP: u8 = 1;
+    pub const TCP: u8 = 6;
+    pub const UDP: u8 = 17;
+    pub const SCTP: u8 = 132;
+}
+
+/// Asserts at compile time that a type has exactly the given size.
+#[macro_export]
+macro_rules! assert_size {
+    ($t:ty, $n:expr) => {
+        const _: () = assert!(::core::mem::size_of::<$t>() == $n);
+    };
+}
+
+#[cfg(feature = "user")]
+mod pod_impls {
+    // SAFETY: every type below is #[repr(C)], made only of integers and byte
+    // arrays, with all padding spelled out as fields, so any bit pattern is valid.
+    unsafe impl aya::Pod for crate::ServiceKey {}
+    unsafe impl aya::Pod for crate::ServiceValue {}
+    unsafe impl aya::Pod for crate::Backend {}
+    unsafe impl aya::Pod for crate::CtKey {}
+    unsafe impl aya::Pod for crate::CtEntry {}
+    unsafe impl aya::Pod for crate::FragKey {}
+    unsafe impl aya::Pod for crate::FragPorts {}
+    unsafe impl aya::Pod for crate::ReasonCounter {}
+    unsafe impl aya::Pod for crate::ServiceCounter {}
+    unsafe impl aya::Pod for crate::NodeConfig {}
+}

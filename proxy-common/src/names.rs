@@ -1,0 +1,55 @@
+//! Names of pinned objects and attach parameters.
+//!
+//! Maps are pinned as `<bpffs>/sluice/<map name>`. A map name carries a layout
+//! version (`_v1`): a release that changes a key or value layout bumps it, so an
+//! upgraded daemon never reinterprets an old map's bytes. The eBPF crate spells
+//! these names literally in its `#[map]` attributes; a user-space test checks that
+//! the built object defines every one of them.
+
+/// Directory under the bpffs mount holding every Sluice pin.
+pub const PIN_DIR: &str = "sluice";
+
+/// Frontends (slot 0) and their backend slots: `ServiceKey -> ServiceValue`.
+pub const MAP_SERVICES: &str = "sluice_svc4_v1";
+/// Backends by id: `u32 -> Backend`.
+pub const MAP_BACKENDS: &str = "sluice_be4_v1";
+/// Connection tracking, LRU: `CtKey -> CtEntry`.
+pub const MAP_CT: &str = "sluice_ct4_v1";
+/// Ports of fragmented datagrams, LRU: `FragKey -> FragPorts`.
+pub const MAP_FRAG: &str = "sluice_frag4_v1";
+/// Per-CPU verdict and drop counters indexed by reason code.
+pub const MAP_REASONS: &str = "sluice_rsn_v1";
+/// Per-CPU per-frontend counters indexed by service id.
+pub const MAP_SVC_STATS: &str = "sluice_svst_v1";
+/// Node configuration, a one-element array.
+pub const MAP_CONFIG: &str = "sluice_cfg_v1";
+
+/// Every map the datapath pins, in the order `sluicectl status` lists them.
+pub const ALL_MAPS: [&str; 7] = [
+    MAP_SERVICES,
+    MAP_BACKENDS,
+    MAP_CT,
+    MAP_FRAG,
+    MAP_REASONS,
+    MAP_SVC_STATS,
+    MAP_CONFIG,
+];
+
+/// TC ingress program for a pod's host-side veth (traffic leaving the pod).
+pub const PROG_FROM_POD: &str = "from_pod";
+/// TC egress program for a pod's host-side veth (traffic entering the pod).
+pub const PROG_TO_POD: &str = "to_pod";
+
+/// Pin file names of the programs, under [`PIN_DIR`]. The CNI plugin attaches
+/// these to each new pod before ADD returns.
+pub const PIN_PROG_FROM_POD: &str = "prog_from_pod";
+pub const PIN_PROG_TO_POD: &str = "prog_to_pod";
+
+/// TC filter priority and handle of Sluice's cls_bpf filters. Fixed values let
+/// a restarted daemon replace a filter in place (atomically) instead of adding
+/// a second one.
+pub const TC_PRIORITY: u16 = 1;
+pub const TC_HANDLE: u32 = 0x5c1c;
+
+/// Prefix of every host-side pod veth name.
+pub const VETH_PREFIX: &str = "sl";

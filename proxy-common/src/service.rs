@@ -1,0 +1,131 @@
+//! Frontends, backend slots and backends (Cilium's lb4 model).
+//!
+//! A frontend is `(address, port, protocol, scope)`. Its master entry has
+//! `slot == 0` and carries the number of backend slots; slots `1..=count` name
+//! one backend id each. An address-only entry (`port == 0`, `proto == 0`) marks
+//! an address as a service address, so traffic to an unknown port, or a
+//! fragment we cannot place, is refused instead of leaking to the node's routes.
+
+/// Key of `sluice_svc4_v1`.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct ServiceKey {
+    /// Frontend IPv4 address, NBO.
+    pub addr: u32,
+    /// Frontend port, NBO; 0 in the address-only entry.
+    pub port: u16,
+    /// 0 for the master entry, 1..=count for backend slots.
+    pub slot: u16,
+    /// IP protocol; 0 in the address-only entry.
+    pub proto: u8,
+    /// [`SCOPE_EXTERNAL`] or [`SCOPE_INTERNAL`].
+    pub scope: u8,
+    pub _pad: [u8; 2],
+}
+crate::assert_size!(ServiceKey, 12);
+
+/// Default scope: the frontend applies to all traffic.
+pub const SCOPE_EXTERNAL: u8 = 0;
+/// In-cluster scope of a frontend whose external traffic is node-local
+/// (externalTrafficPolicy=Local): pods still reach every backend through it.
+pub const SCOPE_INTERNAL: u8 = 1;
+
+impl ServiceKey {
+    pub const fn frontend(addr: u32, port: u16, proto: u8, scope: u8) -> Self {
+        Self {
+            addr,
+            port,
+            slot: 0,
+            proto,
+            scope,
+            _pad: [0; 2],
+        }
+    }
+
+    pub const fn address_only(addr: u32) -> Self {
+        Self::frontend(addr, 0, 0, SCOPE_EXTERNAL)
+    }
+
+    pub const fn with_slot(mut self, slot: u16) -> Self {
+        self.slot = slot;
+        self
+    }
+}
+
+/// Value of `sluice_svc4_v1`.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct ServiceValue {
+    /// Slot entries: the backend id. Master entries: 0.
+    pub backend_id: u32,
+    /// Frontend id: index of per-service counters, stored in CT entries.
+    pub svc_id: u32,
+    /// Master entries: number of backend slots (0 = refuse connections).
+    pub count: u16,
+    /// `SVC_F_*`.
+    pub flags: u8,
+    /// `KIND_*`.
+    pub kind: u8,
+    /// ClientIP session affinity timeout in seconds (master, with `SVC_F_AFFINITY`).
+    pub affinity_timeout: u32,
+}
+crate::assert_size!(ServiceValue, 16);
+
+/// Master entry marks an address, not a frontend.
+pub const SVC_F_ADDR_ONLY: u8 = 1 << 0;
+/// sessionAffinity: ClientIP.
+pub const SVC_F_AFFINITY: u8 = 1 << 1;
+/// Backends are only this node's (externalTrafficPolicy or internalTrafficPolicy Local).
+pub const SVC_F_LOCAL: u8 = 1 << 2;
+/// Replies to remote backends need SNAT to the node (NodePort-style frontends).
+pub const SVC_F_SNAT_REMOTE: u8 = 1 << 3;
+
+pub const KIND_CLUSTER_IP: u8 = 0;
+pub const KIND_NODE_PORT: u8 = 1;
+pub const KIND_LOAD_BALANCER: u8 = 2;
+pub const KIND_EXTERNAL_IP: u8 = 3;
+
+/// Human-readable name of a frontend kind.
+pub const fn kind_name(kind: u8) -> &'static str {
+    match kind {
+        KIND_CLUSTER_IP => "ClusterIP",
+        KIND_NODE_PORT => "NodePort",
+        KIND_LOAD_BALANCER => "LoadBalancer",
+        KIND_EXTERNAL_IP => "ExternalIP",
+        _ => "unknown",
+    }
+}
+
+/// Value of `sluice_be4_v1` (key: backend id, `u32`).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct Backend {
+    /// Backend IPv4 address, NBO.
+    pub addr: u32,
+    /// Backend port, NBO.
+    pub port: u16,
+    /// IP protocol.
+    pub proto: u8,
+    /// `BE_F_*`.
+    pub flags: u8,
+}
+crate::assert_size!(Backend, 8);
+
+/// The backend runs on this node.
+pub const BE_F_LOCAL: u8 = 1 << 0;
+/// The endpoint is terminating (used only through kube-proxy's fallback).
+pub const BE_F_TERMINATING: u8 = 1 << 1;
+
+/// Default capacities; the daemon may override them at load time.
+pub const DEFAULT_MAX_SERVICE_ENTRIES: u32 = 262_144;
+pub const DEFAULT_MAX_BACKENDS: u32 = 65_536;
+/// Service ids are `1..MAX_SERVICE_IDS`; 0 is never assigned.
+pub const DEFAULT_MAX_SERVICE_IDS: u32 = 65_536;
+/// Most backend slots one frontend may have.
+pub const MAX_SLOTS: u16 = u16::MAX;
+
+/// Source address used when a pod reaches itself through a Service: without a
+/// rewrite its reply would never leave its own namespace. The pod's route to
+/// it is its default route, so the reply comes back through the datapath,
+/// which turns it around. Link-local, never routed off the node.
+pub const HAIRPIN_SNAT_ADDR: [u8; 4] = [169, 254, 42, 1];

@@ -1,0 +1,58 @@
+use proxy_common::{ct, names, reason, service};
+
+/// Entry capacities of the maps whose size an operator may choose.
+///
+/// A pinned map keeps the capacity it was created with; a daemon started
+/// with a different one refuses to run rather than silently using the old
+/// size (see [`crate::datapath::Loader::load`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Capacities {
+    /// Frontends plus backend slots.
+    pub service_entries: u32,
+    pub backends: u32,
+    /// Distinct frontend ids (also the size of the per-service counters).
+    pub service_ids: u32,
+    pub ct_entries: u32,
+    pub frag_entries: u32,
+}
+
+impl Default for Capacities {
+    fn default() -> Self {
+        Self {
+            service_entries: service::DEFAULT_MAX_SERVICE_ENTRIES,
+            backends: service::DEFAULT_MAX_BACKENDS,
+            service_ids: service::DEFAULT_MAX_SERVICE_IDS,
+            ct_entries: ct::DEFAULT_MAX_CT_ENTRIES,
+            frag_entries: ct::DEFAULT_MAX_FRAG_ENTRIES,
+        }
+    }
+}
+
+impl Capacities {
+    /// The configured `max_entries` of a pinned map.
+    pub fn of(&self, map: &str) -> u32 {
+        match map {
+            names::MAP_SERVICES => self.service_entries,
+            names::MAP_BACKENDS => self.backends,
+            names::MAP_SVC_STATS => self.service_ids,
+            names::MAP_CT => self.ct_entries,
+            names::MAP_FRAG => self.frag_entries,
+            names::MAP_REASONS => reason::MAX,
+            names::MAP_CONFIG => 1,
+            other => unreachable!("unknown map {other}"),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_map_has_a_capacity() {
+        let c = Capacities::default();
+        for m in names::ALL_MAPS {
+            assert!(c.of(m) > 0, "{m}");
+        }
+    }
+}

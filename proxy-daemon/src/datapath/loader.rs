@@ -1,0 +1,209 @@
+use std::{
+    fs,
+    path::{Path, PathBuf},
+};
+
+use aya::{
+    Ebpf, EbpfLoader,
+    maps::MapType,
+    programs::{Program, SchedClassifier},
+};
+use proxy_common::{
+    Backend, CtEntry, CtKey, FragKey, FragPorts, NodeConfig, ReasonCounter, ServiceCounter,
+    ServiceKey, ServiceValue, names,
+};
+use tracing::{debug, info};
+
+use super::{Capacities, DatapathError, OBJECT, maps::open_pinned, pin_dir};
+
+const BPF_FS_MAGIC: i64 = 0xcafe_4a11;
+
+/// Fails unless `path` is the root of (or a directory on) a BPF filesystem.
+pub fn check_bpffs(path: &Path) -> Result<(), DatapathError> {
+    let c = std::ffi::CString::new(path.as_os_str().as_encoded_bytes()).map_err(|_| {
+        DatapathError::NotBpffs {
+            path: path.to_owned(),
+        }
+    })?;
+    // SAFETY: statfs writes into the zeroed struct we pass.
+    let mut st: libc::statfs = unsafe { std::mem::zeroed() };
+    if unsafe { libc::statfs(c.as_ptr(), &mut st) } != 0 {
+        return Err(DatapathError::from_pin_io(
+            path.to_owned(),
+            std::io::Error::last_os_error(),
+        ));
+    }
+    if st.f_type as i64 != BPF_FS_MAGIC {
+        return Err(DatapathError::NotBpffs {
+            path: path.to_owned(),
+        });
+    }
+    Ok(())
+}
+
+/// The layout a pinned map must have for this build to reuse it.
+struct Layout {
+    name: &'static str,
+    kind: MapType,
+    key: usize,
+    value: usize,
+}
+
+const fn layout<K, V>(name: &'static str, kind: MapType) -> Layout {
+    Layout {
+        name,
+        kind,
+        key: size_of::<K>(),
+        value: size_of::<V>(),
+    }
+}
+
+const LAYOUTS: [Layout; 7] = [
+    layout::<ServiceKey, ServiceValue>(names::MAP_SERVICES, MapType::Hash),
+    layout::<u32, Backend>(names::MAP_BACKENDS, MapType::Hash),
+    layout::<CtKey, CtEntry>(names::MAP_CT, MapType::LruHash),
+    layout::<FragKey, FragPorts>(names::MAP_FRAG, MapType::LruHash),
+    layout::<u32, ReasonCounter>(names::MAP_REASONS, MapType::PerCpuArray),
+    layout::<u32, ServiceCounter>(names::MAP_SVC_STATS, MapType::PerCpuArray),
+    layout::<u32, NodeConfig>(names::MAP_CONFIG, MapType::Array),
+];
+
+/// Programs and the pin file each is published under for the CNI plugin.
+const PROGRAMS: [(&str, &str); 2] = [
+    (names::PROG_FROM_POD, names::PIN_PROG_FROM_POD),
+    (names::PROG_TO_POD, names::PIN_PROG_TO_POD),
+];
+
+/// Loads Sluice's programs against the maps pinned under `<bpffs>/sluice`,
+/// creating the maps on first start and reusing them afterwards, so that
+/// connection tracking and service state survive a restart or an upgrade.
+pub struct Loader {
+    bpffs: PathBuf,
+    capacities: Capacities,
+}
+
+impl Loader {
+    pub fn new(bpffs: impl Into<PathBuf>, capacities: Capacities) -> Self {
+        Self {
+            bpffs: bpffs.into(),
+            capacities,
+        }
+    }
+
+    /// Checks every existing pin against this build's layout and the
+    /// configured capacities before anything is loaded.
+    fn check_pins(&self) -> Result<(), DatapathError> {
+        for l in &LAYOUTS {
+            let path = super::map_path(&self.bpffs, l.name);
+            if !path.exists() {
+                continue;
+            }
+            let info =
+                open_pinned(&self.bpffs, l.name)?
+                    .info()
+                    .map_err(|source| DatapathError::Map {
+                        name: l.name,
+                        source,
+                    })?;
+            let kind = info.map_type().map_err(|source| DatapathError::Map {
+                name: l.name,
+                source,
+            })?;
+            if kind != l.kind
+                || info.key_size() as usize != l.key
+                || info.value_size() as usize != l.value
+            {
+                return Err(DatapathError::Incompatible {
+                    map: l.name,
+                    detail: format!(
+                        "pinned {:?} key {} value {}, expected {:?} key {} value {}",
+                        kind,
+                        info.key_size(),
+                        info.value_size(),
+                        l.kind,
+                        l.key,
+                        l.value
+                    ),
+                });
+            }
+            let configured = self.capacities.of(l.name);
+            // Per-CPU arrays of one element are sized by the kernel; others must match.
+            if info.max_entries() != configured {
+                return Err(DatapathError::CapacityMismatch {
+                    map: l.name,
+                    pinned: info.max_entries(),
+                    configured,
+                });
+            }
+        }
+        Ok(())
+    }
+
+    pub fn load(&self) -> Result<LoadedPrograms, DatapathError> {
+        if OBJECT.is_empty() {
+            return Err(DatapathError::NoObject);
+        }
+        check_bpffs(&self.bpffs)?;
+        let dir = pin_dir(&self.bpffs);
+        fs::create_dir_all(&dir).map_err(|e| DatapathError::from_pin_io(dir.clone(), e))?;
+        self.check_pins()?;
+
+        let mut loader = EbpfLoader::new();
+        loader.default_map_pin_directory(&dir);
+        for l in &LAYOUTS {
+            loader.map_max_entries(l.name, self.capacities.of(l.name));
+        }
+        let mut ebpf = loader.load(OBJECT)?;
+        for (name, _) in PROGRAMS {
+            let prog = classifier(&mut ebpf, name)?;
+            prog.load()
+                .map_err(|source| DatapathError::Program { name, source })?;
+            debug!(program = name, "loaded");
+        }
+        info!(pin_dir = %dir.display(), "datapath loaded");
+        Ok(LoadedPrograms { ebpf, dir })
+    }
+}
+
+fn classifier<'a>(
+    ebpf: &'a mut Ebpf,
+    name: &'static str,
+) -> Result<&'a mut SchedClassifier, DatapathError> {
+    let prog: &mut Program = ebpf.program_mut(name).ok_or(DatapathError::Incompatible {
+        map: name,
+        detail: "program missing from the eBPF object".into(),
+    })?;
+    prog.try_into()
+        .map_err(|source| DatapathError::Program { name, source })
+}
+
+/// Programs loaded into the kernel, sharing the pinned maps.
+pub struct LoadedPrograms {
+    ebpf: Ebpf,
+    dir: PathBuf,
+}
+
+impl LoadedPrograms {
+    /// One of the programs, e.g. for BPF_PROG_TEST_RUN.
+    pub fn program(&mut self, name: &'static str) -> Result<&mut SchedClassifier, DatapathError> {
+        classifier(&mut self.ebpf, name)
+    }
+
+    /// Publishes the programs under their pin names, replacing older pins in
+    /// one rename each, so the CNI plugin never finds a pin missing.
+    pub fn pin(&mut self) -> Result<(), DatapathError> {
+        for (name, pin) in PROGRAMS {
+            let path = self.dir.join(pin);
+            let tmp = self.dir.join(format!("{pin}.new"));
+            let _ = fs::remove_file(&tmp);
+            classifier(&mut self.ebpf, name)?
+                .pin(&tmp)
+                .map_err(|e| DatapathError::Io {
+                    path: tmp.clone(),
+                    source: std::io::Error::other(e.to_string()),
+                })?;
+            fs::rename(&tmp, &path).map_err(|source| DatapathError::Io { path, source })?;
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,68 @@
+use std::path::{Path, PathBuf};
+
+use aya::maps::{Array, HashMap, Map, MapData, PerCpuArray};
+use proxy_common::{
+    Backend, CtEntry, CtKey, FragKey, FragPorts, NodeConfig, ReasonCounter, ServiceCounter,
+    ServiceKey, ServiceValue, names,
+};
+
+use super::DatapathError;
+
+/// `<bpffs>/sluice`.
+pub fn pin_dir(bpffs: &Path) -> PathBuf {
+    bpffs.join(names::PIN_DIR)
+}
+
+/// Pin path of one map.
+pub fn map_path(bpffs: &Path, map: &str) -> PathBuf {
+    pin_dir(bpffs).join(map)
+}
+
+/// Opens a pinned map, turning a missing pin or missing privileges into an
+/// error that says so.
+pub(crate) fn open_pinned(bpffs: &Path, name: &'static str) -> Result<MapData, DatapathError> {
+    let path = map_path(bpffs, name);
+    std::fs::metadata(&path).map_err(|e| DatapathError::from_pin_io(path.clone(), e))?;
+    MapData::from_pin(&path).map_err(|source| match source {
+        aya::maps::MapError::SyscallError(e) => DatapathError::from_pin_io(path, e.io_error),
+        source => DatapathError::Map { name, source },
+    })
+}
+
+fn typed<T: TryFrom<Map, Error = aya::maps::MapError>>(
+    bpffs: &Path,
+    name: &'static str,
+) -> Result<T, DatapathError> {
+    let data = open_pinned(bpffs, name)?;
+    Map::from_map_data(data)
+        .and_then(T::try_from)
+        .map_err(|source| DatapathError::Map { name, source })
+}
+
+/// Handles on every pinned map of a node's datapath.
+///
+/// Opening them needs only the pins, not the daemon: the daemon's writer,
+/// `sluicectl` and the tests all use this.
+pub struct PinnedMaps {
+    pub services: HashMap<MapData, ServiceKey, ServiceValue>,
+    pub backends: HashMap<MapData, u32, Backend>,
+    pub ct: HashMap<MapData, CtKey, CtEntry>,
+    pub frags: HashMap<MapData, FragKey, FragPorts>,
+    pub reasons: PerCpuArray<MapData, ReasonCounter>,
+    pub svc_stats: PerCpuArray<MapData, ServiceCounter>,
+    pub config: Array<MapData, NodeConfig>,
+}
+
+impl PinnedMaps {
+    pub fn open(bpffs: &Path) -> Result<Self, DatapathError> {
+        Ok(Self {
+            services: typed(bpffs, names::MAP_SERVICES)?,
+            backends: typed(bpffs, names::MAP_BACKENDS)?,
+            ct: typed(bpffs, names::MAP_CT)?,
+            frags: typed(bpffs, names::MAP_FRAG)?,
+            reasons: typed(bpffs, names::MAP_REASONS)?,
+            svc_stats: typed(bpffs, names::MAP_SVC_STATS)?,
+            config: typed(bpffs, names::MAP_CONFIG)?,
+        })
+    }
+}

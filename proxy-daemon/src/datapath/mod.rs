@@ -1,0 +1,15 @@
+//! The kernel side as user space sees it: loading and pinning the programs,
+//! and typed handles on the pinned maps.
+
+mod capacity;
+mod error;
+mod loader;
+mod maps;
+
+pub use capacity::Capacities;
+pub use error::DatapathError;
+pub use loader::{LoadedPrograms, Loader, check_bpffs};
+pub use maps::{PinnedMaps, map_path, pin_dir};
+
+/// The eBPF object built by build.rs (empty when built with AYA_BUILD_SKIP=1).
+pub static OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/proxy-ebpf"));

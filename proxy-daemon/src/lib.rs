@@ -1,0 +1,4 @@
+//! Sluice's node daemon and debugging CLI, as a library: the binaries
+//! `sluiced` and `sluicectl` are thin shells around these modules.
+
+pub mod datapath;

@@ -1,0 +1,217 @@
+//! Connection tracking: flow creation, per-packet state, partner refresh.
+
+use aya_ebpf::helpers::bpf_ktime_get_ns;
+use proxy_common::{
+    Backend, CtEntry, CtKey, FragKey, FragPorts,
+    ct::{
+        CT_DIR_REPLY, CT_DIR_SERVICE, CT_F_FIN_BACKEND, CT_F_FIN_CLIENT, CT_F_HAIRPIN,
+        CT_F_REDIRECT_BACK, CT_F_REPLY_SEEN, CT_F_REWRITE_DST, CT_F_REWRITE_SRC, CT_F_RST,
+        CT_STATE_MASK,
+    },
+    proto,
+    service::HAIRPIN_SNAT_ADDR,
+};
+
+use crate::{
+    maps::{CT, FRAGS},
+    packet::{FRAG_FIRST, Packet, TCP_ACK, TCP_FIN, TCP_RST, TCP_SYN},
+};
+
+pub const HAIRPIN_ADDR: u32 = u32::from_ne_bytes(HAIRPIN_SNAT_ADDR);
+
+/// Monotonic seconds, the clock of every CT timestamp.
+#[inline(always)]
+pub fn now() -> u32 {
+    // SAFETY: helper without arguments.
+    (unsafe { bpf_ktime_get_ns() } / 1_000_000_000) as u32
+}
+
+#[inline(always)]
+pub fn key(pkt: &Packet, dir: u8) -> CtKey {
+    CtKey {
+        saddr: pkt.saddr,
+        daddr: pkt.daddr,
+        sport: pkt.sport,
+        dport: pkt.dport,
+        proto: pkt.proto,
+        dir,
+        _pad: [0; 2],
+    }
+}
+
+/// Whether a service entry may no longer carry this packet: dead by its
+/// timeout, or a fresh TCP SYN reusing the tuple of a connection that was
+/// answered or closed (a new connection gets a new backend choice).
+#[inline(always)]
+pub fn is_stale(e: &CtEntry, pkt: &Packet, now: u32) -> bool {
+    if e.expired(pkt.proto, now) {
+        return true;
+    }
+    pkt.proto == proto::TCP
+        && pkt.tcp_flags & (TCP_SYN | TCP_ACK) == TCP_SYN
+        && e.flags & (CT_F_REPLY_SEEN | CT_F_FIN_CLIENT | CT_F_FIN_BACKEND | CT_F_RST) != 0
+}
+
+/// Creates both entries of a new flow from `pkt` (as the client sent it)
+/// to `be`, and returns the service entry.
+#[inline(always)]
+pub fn create(
+    pkt: &Packet,
+    svc_id: u32,
+    backend_id: u32,
+    be: &Backend,
+    ifindex: u32,
+    now: u32,
+) -> Result<CtEntry, ()> {
+    let hairpin = be.addr == pkt.saddr;
+    let (client_addr, extra) = if hairpin {
+        (
+            HAIRPIN_ADDR,
+            CT_F_REWRITE_SRC | CT_F_HAIRPIN | CT_F_REDIRECT_BACK,
+        )
+    } else {
+        (pkt.saddr, 0)
+    };
+    let fwd = CtEntry {
+        new_saddr: client_addr,
+        new_daddr: be.addr,
+        new_sport: pkt.sport,
+        new_dport: be.port,
+        flags: CT_F_REWRITE_DST | extra,
+        _pad0: 0,
+        svc_id,
+        backend_id,
+        created: now,
+        last_seen: now,
+        synced: now,
+        ifindex,
+        packets: 0,
+        bytes: 0,
+    };
+    let rev = CtEntry {
+        new_saddr: pkt.daddr,
+        new_daddr: pkt.saddr,
+        new_sport: pkt.dport,
+        new_dport: pkt.sport,
+        flags: CT_F_REWRITE_SRC | if hairpin { extra | CT_F_REWRITE_DST } else { 0 },
+        ..fwd
+    };
+    let rev_key = CtKey {
+        saddr: be.addr,
+        daddr: client_addr,
+        sport: be.port,
+        dport: pkt.sport,
+        proto: pkt.proto,
+        dir: CT_DIR_REPLY,
+        _pad: [0; 2],
+    };
+    // The reply entry first: once the service entry exists, packets are
+    // forwarded and replies may follow at once.
+    CT.insert(&rev_key, &rev, 0).map_err(|_| ())?;
+    CT.insert(&key(pkt, CT_DIR_SERVICE), &fwd, 0)
+        .map_err(|_| ())?;
+    Ok(fwd)
+}
+
+/// Accounts a packet on its entry and returns the TCP state bits it set anew.
+/// `from_client` is the packet's direction within the connection.
+#[inline(always)]
+pub fn observe(e: *mut CtEntry, pkt: &Packet, now: u32, from_client: bool) -> u16 {
+    let mut bits = 0;
+    if pkt.proto == proto::TCP {
+        if pkt.tcp_flags & TCP_RST != 0 {
+            bits |= CT_F_RST;
+        }
+        if pkt.tcp_flags & TCP_FIN != 0 {
+            bits |= if from_client {
+                CT_F_FIN_CLIENT
+            } else {
+                CT_F_FIN_BACKEND
+            };
+        }
+        if !from_client && pkt.tcp_flags & TCP_ACK != 0 {
+            bits |= CT_F_REPLY_SEEN;
+        }
+    } else if !from_client {
+        bits |= CT_F_REPLY_SEEN;
+    }
+    // SAFETY: `e` points into a CT map value that stays valid for this run.
+    unsafe {
+        let new_bits = bits & !(*e).flags;
+        (*e).flags |= new_bits;
+        (*e).last_seen = now;
+        (*e).packets += 1;
+        (*e).bytes += pkt.len as u64;
+        new_bits
+    }
+}
+
+/// Refreshes the other entry of the connection: at once when the TCP state
+/// changed, otherwise at most once a second. `pkt` is the packet after its
+/// rewrite, so its swapped tuple is the partner's key.
+#[inline(always)]
+pub fn sync_partner(e: *mut CtEntry, pkt: &Packet, partner_dir: u8, new_bits: u16, now: u32) {
+    // SAFETY: as in `observe`.
+    unsafe {
+        if new_bits == 0 && (*e).synced == now {
+            return;
+        }
+        (*e).synced = now;
+        let partner = CtKey {
+            saddr: pkt.daddr,
+            daddr: pkt.saddr,
+            sport: pkt.dport,
+            dport: pkt.sport,
+            proto: pkt.proto,
+            dir: partner_dir,
+            _pad: [0; 2],
+        };
+        if let Some(p) = CT.get_ptr_mut(&partner) {
+            (*p).flags |= (*e).flags & CT_STATE_MASK;
+            (*p).last_seen = now;
+            (*p).synced = now;
+        }
+    }
+}
+
+/// Remembers the ports of a translated first fragment so later fragments of
+/// the datagram (which carry no L4 header) follow the same flow.
+#[inline(always)]
+pub fn remember_fragment(pkt: &Packet) {
+    if pkt.frag != FRAG_FIRST {
+        return;
+    }
+    let k = FragKey {
+        saddr: pkt.saddr,
+        daddr: pkt.daddr,
+        id: pkt.ip_id,
+        proto: pkt.proto,
+        _pad: 0,
+    };
+    let v = FragPorts {
+        sport: pkt.sport,
+        dport: pkt.dport,
+    };
+    let _ = FRAGS.insert(&k, &v, 0);
+}
+
+/// Fills in the ports of a later fragment from its first fragment.
+#[inline(always)]
+pub fn fragment_ports(pkt: &mut Packet) -> bool {
+    let k = FragKey {
+        saddr: pkt.saddr,
+        daddr: pkt.daddr,
+        id: pkt.ip_id,
+        proto: pkt.proto,
+        _pad: 0,
+    };
+    // SAFETY: read-only copy of a map value.
+    match unsafe { FRAGS.get(&k) } {
+        Some(p) => {
+            pkt.sport = p.sport;
+            pkt.dport = p.dport;
+            true
+        }
+        None => false,
+    }
+}

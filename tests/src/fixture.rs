@@ -1,0 +1,176 @@
+//! Running the datapath's programs on packets with BPF_PROG_TEST_RUN against
+//! maps seeded by the test: the kernel's verifier, helpers and maps, with no
+//! interface in the way.
+
+use std::net::Ipv4Addr;
+
+use anyhow::{Context, Result};
+use aya::programs::{TestRun, TestRunOptions};
+use proxy_common::{
+    Backend, CtEntry, CtKey, ServiceKey, ServiceValue,
+    service::{KIND_CLUSTER_IP, SCOPE_EXTERNAL, SVC_F_ADDR_ONLY},
+};
+use sluice::datapath::{Capacities, LoadedPrograms, Loader, PinnedMaps};
+
+use crate::bpffs::TempBpffs;
+
+pub const TC_ACT_OK: u32 = 0;
+pub const TC_ACT_SHOT: u32 = 2;
+pub const TC_ACT_REDIRECT: u32 = 7;
+
+/// NBO u32 of an address, as the maps store it.
+pub fn nbo(a: Ipv4Addr) -> u32 {
+    u32::from_ne_bytes(a.octets())
+}
+
+/// CLOCK_MONOTONIC seconds: the datapath's clock.
+pub fn monotonic_secs() -> u32 {
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: valid out-pointer.
+    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
+    ts.tv_sec as u32
+}
+
+/// A loaded datapath on a private bpffs, with its maps open.
+pub struct Datapath {
+    pub progs: LoadedPrograms,
+    pub maps: PinnedMaps,
+    // Declared last: unmounted after programs and maps are closed.
+    pub fs: TempBpffs,
+}
+
+pub struct RunResult {
+    pub action: u32,
+    pub output: Vec<u8>,
+    pub duration_ns: u64,
+}
+
+impl Datapath {
+    pub fn load(tag: &str, capacities: Capacities) -> Result<Self> {
+        crate::privileges::require_root();
+        let fs = TempBpffs::new(tag)?;
+        let progs = Loader::new(fs.path(), capacities)
+            .load()
+            .context("loading the datapath")?;
+        let maps = PinnedMaps::open(fs.path())?;
+        Ok(Self { progs, maps, fs })
+    }
+
+    /// Runs `prog` once on `input`.
+    pub fn run(&mut self, prog: &'static str, input: &[u8]) -> Result<RunResult> {
+        self.run_repeat(prog, input, 1)
+    }
+
+    /// Runs `prog` `repeat` times on one skb built from `input` (the kernel
+    /// reports the mean time per run).
+    pub fn run_repeat(
+        &mut self,
+        prog: &'static str,
+        input: &[u8],
+        repeat: u32,
+    ) -> Result<RunResult> {
+        let p = self.progs.program(prog)?;
+        let mut out = vec![0u8; input.len().max(128) + 256];
+        let r = p
+            .test_run(TestRunOptions {
+                data_in: Some(input),
+                data_out: Some(&mut out),
+                repeat,
+                ..Default::default()
+            })
+            .with_context(|| format!("BPF_PROG_TEST_RUN of {prog}"))?;
+        out.truncate(r.data_size_out as usize);
+        Ok(RunResult {
+            action: r.return_value,
+            output: out,
+            duration_ns: r.duration.as_nanos() as u64,
+        })
+    }
+
+    /// Sum over CPUs of the packet counter of a reason code.
+    pub fn reason_count(&self, code: u32) -> u64 {
+        self.maps
+            .reasons
+            .get(&code, 0)
+            .map(|v| v.iter().map(|c| c.packets).sum())
+            .unwrap_or(0)
+    }
+
+    /// Sum over CPUs of a service's counters: (packets, new connections, refused).
+    pub fn service_count(&self, svc_id: u32) -> (u64, u64, u64) {
+        self.maps
+            .svc_stats
+            .get(&svc_id, 0)
+            .map(|v| {
+                v.iter().fold((0, 0, 0), |a, c| {
+                    (a.0 + c.packets, a.1 + c.new_conns, a.2 + c.refused)
+                })
+            })
+            .unwrap_or((0, 0, 0))
+    }
+
+    /// Seeds a ClusterIP frontend with the given backends (ids chosen by the
+    /// caller), as the daemon's writer would.
+    pub fn seed_service(
+        &mut self,
+        vip: (Ipv4Addr, u16),
+        proto: u8,
+        svc_id: u32,
+        backends: &[(u32, Ipv4Addr, u16)],
+    ) -> Result<()> {
+        let m = &mut self.maps;
+        m.services.insert(
+            ServiceKey::address_only(nbo(vip.0)),
+            ServiceValue {
+                flags: SVC_F_ADDR_ONLY,
+                ..Default::default()
+            },
+            0,
+        )?;
+        let fe = ServiceKey::frontend(nbo(vip.0), vip.1.to_be(), proto, SCOPE_EXTERNAL);
+        for (slot, (id, addr, port)) in backends.iter().enumerate() {
+            m.backends.insert(
+                id,
+                Backend {
+                    addr: nbo(*addr),
+                    port: port.to_be(),
+                    proto,
+                    flags: 0,
+                },
+                0,
+            )?;
+            m.services.insert(
+                fe.with_slot(slot as u16 + 1),
+                ServiceValue {
+                    backend_id: *id,
+                    svc_id,
+                    ..Default::default()
+                },
+                0,
+            )?;
+        }
+        m.services.insert(
+            fe,
+            ServiceValue {
+                svc_id,
+                count: backends.len() as u16,
+                kind: KIND_CLUSTER_IP,
+                ..Default::default()
+            },
+            0,
+        )?;
+        Ok(())
+    }
+
+    pub fn ct_insert(&mut self, key: CtKey, entry: CtEntry) -> Result<()> {
+        self.maps.ct.insert(key, entry, 0)?;
+        Ok(())
+    }
+
+    pub fn ct_get(&self, key: &CtKey) -> Option<CtEntry> {
+        self.maps.ct.get(key, 0).ok()
+    }
+}
