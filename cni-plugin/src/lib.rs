@@ -1,1 +1,1 @@
-
+//! sluice-cni library (being written).

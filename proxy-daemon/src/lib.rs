@@ -2,3 +2,4 @@
 //! `sluiced` and `sluicectl` are thin shells around these modules.
 
 pub mod datapath;
+pub mod model;

@@ -1,0 +1,43 @@
+//! The Kubernetes objects the model reads, as the sources last saw them.
+
+use std::collections::BTreeMap;
+
+use k8s_openapi::api::{
+    core::v1::{Endpoints, Node, Service},
+    discovery::v1::EndpointSlice,
+};
+
+/// `namespace/name` of a namespaced object.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct ObjectKey {
+    pub namespace: String,
+    pub name: String,
+}
+
+impl ObjectKey {
+    pub fn new(namespace: impl Into<String>, name: impl Into<String>) -> Self {
+        Self {
+            namespace: namespace.into(),
+            name: name.into(),
+        }
+    }
+}
+
+impl std::fmt::Display for ObjectKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}/{}", self.namespace, self.name)
+    }
+}
+
+/// Every object of the kinds Sluice watches. Sources replace entries as
+/// objects change; the model recomputes the desired state from the whole.
+#[derive(Clone, Debug, Default)]
+pub struct ClusterState {
+    pub services: BTreeMap<ObjectKey, Service>,
+    pub endpoint_slices: BTreeMap<ObjectKey, EndpointSlice>,
+    /// v1 Endpoints, used for Services without a selector that have no
+    /// EndpointSlice (what the EndpointSlice mirroring controller would do).
+    pub endpoints: BTreeMap<ObjectKey, Endpoints>,
+    /// Nodes by name.
+    pub nodes: BTreeMap<String, Node>,
+}

@@ -1,0 +1,173 @@
+//! The desired datapath state, computed from Kubernetes objects.
+//!
+//! This is the contract between the service model (pure, in this module)
+//! and the writer that programs the maps: everything the writer needs, in
+//! plain std types, deterministic (ordered collections, sorted backends) so
+//! that recomputing from the same objects gives the same state.
+
+use std::{
+    collections::{BTreeMap, BTreeSet},
+    fmt,
+    net::Ipv4Addr,
+};
+
+use ipnet::Ipv4Net;
+
+/// Transport protocol of a frontend.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum Protocol {
+    Tcp,
+    Udp,
+    Sctp,
+}
+
+impl Protocol {
+    /// IANA protocol number.
+    pub fn number(self) -> u8 {
+        match self {
+            Protocol::Tcp => proxy_common::proto::TCP,
+            Protocol::Udp => proxy_common::proto::UDP,
+            Protocol::Sctp => proxy_common::proto::SCTP,
+        }
+    }
+
+    pub fn from_number(n: u8) -> Option<Self> {
+        match n {
+            proxy_common::proto::TCP => Some(Protocol::Tcp),
+            proxy_common::proto::UDP => Some(Protocol::Udp),
+            proxy_common::proto::SCTP => Some(Protocol::Sctp),
+            _ => None,
+        }
+    }
+}
+
+impl fmt::Display for Protocol {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Protocol::Tcp => "TCP",
+            Protocol::Udp => "UDP",
+            Protocol::Sctp => "SCTP",
+        })
+    }
+}
+
+/// Which traffic a frontend entry applies to (see `proxy_common::service`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum Scope {
+    /// All traffic (the only scope most frontends have).
+    External,
+    /// Traffic from inside the cluster to a frontend whose external traffic
+    /// policy is Local: it may use every cluster endpoint.
+    Internal,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum FrontendKind {
+    ClusterIp,
+    NodePort,
+    LoadBalancer,
+    ExternalIp,
+}
+
+/// Identity of a frontend in the datapath: one master entry per key.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct FrontendKey {
+    pub addr: Ipv4Addr,
+    pub port: u16,
+    pub protocol: Protocol,
+    pub scope: Scope,
+}
+
+impl fmt::Display for FrontendKey {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}:{}/{}", self.addr, self.port, self.protocol)?;
+        if self.scope == Scope::Internal {
+            f.write_str(" (internal)")?;
+        }
+        Ok(())
+    }
+}
+
+/// The Service (and port) a frontend belongs to, for names in logs and in
+/// `sluicectl`.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct ServiceRef {
+    pub namespace: String,
+    pub name: String,
+    /// `spec.ports[].name`; empty for a single unnamed port.
+    pub port_name: String,
+}
+
+impl fmt::Display for ServiceRef {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}/{}", self.namespace, self.name)?;
+        if !self.port_name.is_empty() {
+            write!(f, ":{}", self.port_name)?;
+        }
+        Ok(())
+    }
+}
+
+/// One endpoint a frontend may send new connections to.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct BackendAddr {
+    pub addr: Ipv4Addr,
+    /// The endpoint's port (targetPort resolved through the slice).
+    pub port: u16,
+    /// The endpoint runs on this node.
+    pub local: bool,
+    /// Used only through kube-proxy's serving-terminating fallback.
+    pub terminating: bool,
+}
+
+/// Everything the datapath needs to know about one frontend.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Frontend {
+    pub key: FrontendKey,
+    pub kind: FrontendKind,
+    pub service: ServiceRef,
+    /// Endpoints for new connections, sorted by (addr, port), deduplicated.
+    /// Empty means: refuse new connections (ICMP unreachable), as kube-proxy does.
+    pub backends: Vec<BackendAddr>,
+    /// The backends are node-local only because of a Local traffic policy
+    /// (for display; the list above is already filtered).
+    pub local_only: bool,
+    /// sessionAffinity ClientIP: the timeout in seconds.
+    pub affinity_timeout: Option<u32>,
+    /// Remote backends are reached with the node's address as source
+    /// (externalTrafficPolicy Cluster on NodePort/LoadBalancer/externalIP).
+    pub snat_remote: bool,
+    /// loadBalancerSourceRanges; empty admits every source.
+    pub source_ranges: Vec<Ipv4Net>,
+    /// healthCheckNodePort of an externalTrafficPolicy=Local service.
+    pub health_check_node_port: Option<u16>,
+}
+
+/// Why an object (or part of one) was not programmed.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord)]
+pub struct Skip {
+    /// `Kind namespace/name`, e.g. `Service default/web`.
+    pub object: String,
+    pub reason: String,
+}
+
+/// The whole desired state of one node's datapath.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct DesiredState {
+    pub frontends: BTreeMap<FrontendKey, Frontend>,
+    /// Every address used by some frontend (programmed as address-only
+    /// entries, so unknown ports on them are refused).
+    pub service_addrs: BTreeSet<Ipv4Addr>,
+    /// Objects or parts skipped, with reasons, for logs and counters.
+    pub skipped: Vec<Skip>,
+}
+
+/// What the model needs to know about the node it runs for.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct NodeContext {
+    pub name: String,
+    /// Addresses NodePorts listen on (the node's InternalIP/ExternalIP).
+    pub addresses: Vec<Ipv4Addr>,
+    /// `topology.kubernetes.io/zone` label, if any.
+    pub zone: Option<String>,
+}
