@@ -1,5 +1,10 @@
 //! Sluice's node daemon and debugging CLI, as a library: the binaries
 //! `sluiced` and `sluicectl` are thin shells around these modules.
 
+pub mod conntrack;
+pub mod ctl;
+pub mod daemon;
 pub mod datapath;
 pub mod model;
+pub mod source;
+pub mod writer;

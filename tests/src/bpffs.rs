@@ -50,6 +50,8 @@ impl TempBpffs {
                 std::io::Error::last_os_error()
             );
         }
+        crate::cleanup::register(crate::cleanup::Item::Dir(root.clone()));
+        crate::cleanup::register(crate::cleanup::Item::Mount(mount.clone()));
         Ok(Self { root, mount })
     }
 
@@ -68,6 +70,8 @@ impl Drop for TempBpffs {
     fn drop(&mut self) {
         unmount(&self.mount);
         let _ = std::fs::remove_dir_all(&self.root);
+        crate::cleanup::unregister(&crate::cleanup::Item::Mount(self.mount.clone()));
+        crate::cleanup::unregister(&crate::cleanup::Item::Dir(self.root.clone()));
     }
 }
 

@@ -1,10 +1,18 @@
 //! Test support for Sluice: packets with real checksums, private BPF
-//! filesystems, and (in `sim`) simulated nodes in network namespaces.
+//! filesystems, packet fixtures, and a simulated cluster in network
+//! namespaces with real binaries and real traffic.
 //!
 //! Everything here creates its own kernel objects and removes them when
-//! dropped; nothing touches the root network namespace.
+//! dropped (or on SIGINT/SIGTERM); nothing touches the root network namespace.
 
+pub mod apps;
+pub mod bench;
 pub mod bpffs;
+pub mod cleanup;
 pub mod fixture;
+pub mod floor;
+pub mod manifests;
+pub mod netns;
 pub mod packet;
 pub mod privileges;
+pub mod sim;

@@ -190,17 +190,21 @@ impl LoadedPrograms {
     }
 
     /// Publishes the programs under their pin names, replacing older pins in
-    /// one rename each, so the CNI plugin never finds a pin missing.
+    /// one rename each, so the CNI plugin never finds a pin missing. (The
+    /// temporary name has no dot: bpffs reserves dotted names.)
     pub fn pin(&mut self) -> Result<(), DatapathError> {
         for (name, pin) in PROGRAMS {
             let path = self.dir.join(pin);
-            let tmp = self.dir.join(format!("{pin}.new"));
+            let tmp = self.dir.join(format!("{pin}_new"));
             let _ = fs::remove_file(&tmp);
             classifier(&mut self.ebpf, name)?
                 .pin(&tmp)
                 .map_err(|e| DatapathError::Io {
                     path: tmp.clone(),
-                    source: std::io::Error::other(e.to_string()),
+                    source: match e {
+                        aya::pin::PinError::SyscallError(s) => s.io_error,
+                        other => std::io::Error::other(other.to_string()),
+                    },
                 })?;
             fs::rename(&tmp, &path).map_err(|source| DatapathError::Io { path, source })?;
         }

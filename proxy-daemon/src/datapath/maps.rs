@@ -29,6 +29,16 @@ pub(crate) fn open_pinned(bpffs: &Path, name: &'static str) -> Result<MapData, D
     })
 }
 
+/// Kernel information (type, sizes, capacity) of a pinned map.
+pub fn open_pinned_info(
+    bpffs: &Path,
+    name: &'static str,
+) -> Result<aya::maps::MapInfo, DatapathError> {
+    open_pinned(bpffs, name)?
+        .info()
+        .map_err(|source| DatapathError::Map { name, source })
+}
+
 fn typed<T: TryFrom<Map, Error = aya::maps::MapError>>(
     bpffs: &Path,
     name: &'static str,

@@ -1,0 +1,216 @@
+//! sluiced: Sluice's node daemon.
+
+use std::{path::PathBuf, process::ExitCode, time::Duration};
+
+use anyhow::{Context, Result};
+use clap::{Parser, ValueEnum};
+use ipnet::Ipv4Net;
+use proxy_common::{ct, service};
+use sluice::{
+    conntrack,
+    daemon::{DaemonConfig, Reconciler, lock_state_dir, start_datapath},
+    datapath::Capacities,
+    source::watch::ManifestDir,
+};
+use tokio::{
+    signal::unix::{SignalKind, signal},
+    sync::mpsc,
+};
+use tracing::{error, info, warn};
+
+/// Sluice's node daemon: programs the eBPF service datapath of this node from
+/// Services, EndpointSlices and Nodes, and writes the node's CNI
+/// configuration. Stopping it (SIGTERM) leaves the pinned maps and attached
+/// programs in place: traffic keeps flowing, and a restart picks up where it
+/// left off.
+#[derive(Parser, Debug)]
+#[command(version, about)]
+struct Args {
+    /// Name of this node: its Node object gives the pod CIDR and address.
+    #[arg(long, env = "NODE_NAME")]
+    node_name: String,
+
+    /// Read Services, EndpointSlices, Endpoints and Nodes from this directory
+    /// of manifests (YAML or JSON, one or many objects per file, `kind: List`
+    /// as `kubectl get -o yaml` prints it). Changes are applied as they happen.
+    #[arg(long)]
+    manifests: PathBuf,
+
+    /// A BPF filesystem (or a directory on one); pins go to <bpffs>/sluice/.
+    #[arg(long, default_value = "/sys/fs/bpf")]
+    bpffs: PathBuf,
+
+    /// State shared with sluice-cni: IPAM, the daemon lock, frontend names.
+    #[arg(long, default_value = "/var/lib/sluice")]
+    state_dir: PathBuf,
+
+    /// Where to write 10-sluice.conflist for the container runtime.
+    #[arg(long, default_value = "/etc/cni/net.d")]
+    cni_conf_dir: PathBuf,
+
+    /// The cluster's pod CIDR (all nodes' pod CIDRs), e.g. 10.244.0.0/16.
+    #[arg(long)]
+    cluster_cidr: Option<Ipv4Net>,
+
+    /// Seconds between sweeps of expired connection-tracking entries.
+    #[arg(long, default_value_t = 30)]
+    ct_gc_interval: u64,
+
+    /// Connection-tracking capacity in entries (a connection uses two).
+    #[arg(long, default_value_t = ct::DEFAULT_MAX_CT_ENTRIES)]
+    ct_max: u32,
+
+    /// Capacity of the service map: frontends plus one entry per backend slot.
+    #[arg(long, default_value_t = service::DEFAULT_MAX_SERVICE_ENTRIES)]
+    max_service_entries: u32,
+
+    /// Capacity of the backend map.
+    #[arg(long, default_value_t = service::DEFAULT_MAX_BACKENDS)]
+    max_backends: u32,
+
+    /// Most frontends (service id space, also per-service counters).
+    #[arg(long, default_value_t = service::DEFAULT_MAX_SERVICE_IDS)]
+    max_service_ids: u32,
+
+    /// Log format.
+    #[arg(long, value_enum, default_value_t = LogFormat::Text)]
+    log_format: LogFormat,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+enum LogFormat {
+    Text,
+    Json,
+}
+
+fn init_logging(format: LogFormat) {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    use std::io::IsTerminal;
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_ansi(std::io::stderr().is_terminal())
+        .with_writer(std::io::stderr);
+    match format {
+        LogFormat::Text => builder.init(),
+        LogFormat::Json => builder.json().init(),
+    }
+}
+
+fn main() -> ExitCode {
+    let args = Args::parse();
+    init_logging(args.log_format);
+    let rt = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            error!(error = %e, "cannot start the runtime");
+            return ExitCode::FAILURE;
+        }
+    };
+    match rt.block_on(run(args)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            error!("{e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// Rereads the manifests and applies the result, if anything changed.
+fn refresh(source: &mut ManifestDir, reconciler: &mut Reconciler, force: bool) {
+    let scan = source.rescan();
+    for p in &scan.problems {
+        warn!(file = %p.file.display(), reason = %p.reason, "manifest skipped");
+    }
+    if !scan.changed && !force {
+        return;
+    }
+    let started = std::time::Instant::now();
+    match reconciler.reconcile(&source.state()) {
+        Ok(r) => info!(
+            frontends = r.frontends,
+            backends = r.backends,
+            map_writes = r.ops,
+            flushed_udp_flows = r.flushed_flows,
+            skipped = reconciler.skipped,
+            micros = started.elapsed().as_micros() as u64,
+            "datapath programmed"
+        ),
+        Err(e) => error!(error = %e, "programming the datapath failed"),
+    }
+}
+
+async fn run(args: Args) -> Result<()> {
+    anyhow::ensure!(
+        args.manifests.is_dir(),
+        "manifests directory {} does not exist",
+        args.manifests.display()
+    );
+    let _lock = lock_state_dir(&args.state_dir)?;
+    let cfg = DaemonConfig {
+        node_name: args.node_name.clone(),
+        bpffs: args.bpffs.clone(),
+        state_dir: args.state_dir.clone(),
+        cni_conf_dir: args.cni_conf_dir.clone(),
+        cluster_cidr: args.cluster_cidr,
+        capacities: Capacities {
+            service_entries: args.max_service_entries,
+            backends: args.max_backends,
+            service_ids: args.max_service_ids,
+            ct_entries: args.ct_max,
+            ..Capacities::default()
+        },
+        mtu_overhead: 0,
+    };
+    let attached = start_datapath(&cfg).context("starting the datapath")?;
+    info!(pods = attached, bpffs = %args.bpffs.display(), "datapath loaded; existing pods re-attached");
+    let mut reconciler = Reconciler::new(cfg)?;
+
+    // Any filesystem event only marks the directory dirty; the loop rereads
+    // it after a short quiet period (editors and `kubectl` write in bursts).
+    let (tx, mut dirty) = mpsc::channel::<()>(1);
+    let mut watcher = notify::recommended_watcher(move |_event| {
+        let _ = tx.try_send(());
+    })
+    .context("starting the directory watcher")?;
+    notify::Watcher::watch(
+        &mut watcher,
+        &args.manifests,
+        notify::RecursiveMode::NonRecursive,
+    )
+    .with_context(|| format!("watching {}", args.manifests.display()))?;
+
+    let mut source = ManifestDir::new(&args.manifests);
+    refresh(&mut source, &mut reconciler, true);
+
+    let mut sigterm = signal(SignalKind::terminate())?;
+    let mut sigint = signal(SignalKind::interrupt())?;
+    let mut gc = tokio::time::interval(Duration::from_secs(args.ct_gc_interval.max(1)));
+    // A safety net for missed events (e.g. a directory swapped by a mount).
+    let mut resync = tokio::time::interval(Duration::from_secs(10));
+    loop {
+        tokio::select! {
+            Some(()) = dirty.recv() => {
+                tokio::time::sleep(Duration::from_millis(30)).await;
+                while dirty.try_recv().is_ok() {}
+                refresh(&mut source, &mut reconciler, false);
+            }
+            _ = resync.tick() => refresh(&mut source, &mut reconciler, false),
+            _ = gc.tick() => {
+                let now = conntrack::monotonic_secs();
+                match conntrack::collect_expired(&mut reconciler.writer().maps().ct, now) {
+                    Ok(0) => {}
+                    Ok(n) => info!(entries = n, "expired connection-tracking entries removed"),
+                    Err(e) => warn!(error = %e, "conntrack sweep failed"),
+                }
+            }
+            _ = sigterm.recv() => break,
+            _ = sigint.recv() => break,
+        }
+    }
+    info!("stopping; pinned maps and attached programs stay in place");
+    Ok(())
+}

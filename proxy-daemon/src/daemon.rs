@@ -1,0 +1,290 @@
+//! The node daemon's pieces between the sources and the datapath: taking
+//! the node's lock, loading and publishing the programs, re-attaching them
+//! to the pods that already exist, and turning each new view of the cluster
+//! into map writes, node configuration and the CNI configuration.
+
+use std::{
+    collections::BTreeSet,
+    fs::File,
+    net::Ipv4Addr,
+    path::{Path, PathBuf},
+};
+
+use ipnet::Ipv4Net;
+use proxy_common::{NodeConfig, config::NODE_CONFIG_VERSION};
+use tracing::{info, warn};
+
+use crate::{
+    datapath::{Capacities, DatapathError, Loader},
+    model::{ClusterState, DesiredState, NodeContext, NodeInfo, Skip, desired_state, node_info},
+    writer::{ApplyReport, Writer, plan::nbo},
+};
+
+/// The CNI configuration file sluiced writes for runtimes.
+pub const CONFLIST_NAME: &str = "10-sluice.conflist";
+
+#[derive(Clone, Debug)]
+pub struct DaemonConfig {
+    pub node_name: String,
+    pub bpffs: PathBuf,
+    pub state_dir: PathBuf,
+    pub cni_conf_dir: PathBuf,
+    pub cluster_cidr: Option<Ipv4Net>,
+    pub capacities: Capacities,
+    /// Subtracted from the uplink MTU for pods (50 with the VXLAN overlay).
+    pub mtu_overhead: u32,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum DaemonError {
+    #[error("another sluiced holds {path}: one daemon per node (and per --state-dir)")]
+    AlreadyRunning { path: PathBuf },
+    #[error("{path}: {source}")]
+    Io {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error(transparent)]
+    Datapath(#[from] DatapathError),
+}
+
+fn io(path: &Path) -> impl FnOnce(std::io::Error) -> DaemonError + '_ {
+    move |source| DaemonError::Io {
+        path: path.to_owned(),
+        source,
+    }
+}
+
+/// Takes the node's daemon lock (held until the returned file is dropped,
+/// i.e. for the daemon's life). The CNI plugin's STATUS probes this lock to
+/// tell whether the node's datapath has a running daemon.
+pub fn lock_state_dir(state_dir: &Path) -> Result<File, DaemonError> {
+    std::fs::create_dir_all(state_dir).map_err(io(state_dir))?;
+    let path = sluice_cni::daemon_lock_path(state_dir);
+    let file = File::options()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(&path)
+        .map_err(io(&path))?;
+    use std::os::fd::AsRawFd;
+    // SAFETY: flock on a file we own.
+    if unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } != 0 {
+        return Err(DaemonError::AlreadyRunning { path });
+    }
+    Ok(file)
+}
+
+/// Loads the programs against the pinned maps (created on first start,
+/// reused after), publishes them for the CNI plugin, and swaps them into
+/// every existing pod's interface. Replacing a cls_bpf filter in place is
+/// atomic, so a restart or an upgrade never drops a packet of a live flow.
+pub fn start_datapath(cfg: &DaemonConfig) -> Result<usize, DaemonError> {
+    let mut progs = Loader::new(&cfg.bpffs, cfg.capacities).load()?;
+    progs.pin()?;
+    let mut attached = 0;
+    match sluice_cni::list_pod_veths(sluice_cni::config::DEFAULT_BRIDGE) {
+        Ok(veths) => {
+            for veth in veths {
+                match sluice_cni::attach_pod_programs(&veth, &cfg.bpffs) {
+                    Ok(()) => attached += 1,
+                    Err(e) => {
+                        warn!(interface = %veth, error = %e, "re-attaching the datapath failed")
+                    }
+                }
+            }
+        }
+        Err(e) => warn!(error = %e, "listing pod interfaces failed; none re-attached"),
+    }
+    // The loaded programs may be dropped now: pins and filters hold them.
+    drop(progs);
+    Ok(attached)
+}
+
+/// The MTU of the interface holding `addr` in this network namespace.
+pub fn uplink_mtu(addr: Ipv4Addr) -> Option<u32> {
+    let mut ifap: *mut libc::ifaddrs = std::ptr::null_mut();
+    // SAFETY: getifaddrs allocates a list we free below.
+    if unsafe { libc::getifaddrs(&mut ifap) } != 0 {
+        return None;
+    }
+    let mut found = None;
+    let mut cur = ifap;
+    while !cur.is_null() {
+        // SAFETY: walking the list getifaddrs returned.
+        let ifa = unsafe { &*cur };
+        if !ifa.ifa_addr.is_null()
+            && i32::from(unsafe { (*ifa.ifa_addr).sa_family }) == libc::AF_INET
+        {
+            // SAFETY: AF_INET addresses are sockaddr_in.
+            let sin = unsafe { &*(ifa.ifa_addr as *const libc::sockaddr_in) };
+            if Ipv4Addr::from(u32::from_be(sin.sin_addr.s_addr)) == addr {
+                // SAFETY: ifa_name is a NUL-terminated interface name.
+                let name = unsafe { std::ffi::CStr::from_ptr(ifa.ifa_name) };
+                found = interface_mtu(name);
+                break;
+            }
+        }
+        cur = ifa.ifa_next;
+    }
+    // SAFETY: freeing what getifaddrs allocated.
+    unsafe { libc::freeifaddrs(ifap) };
+    found
+}
+
+fn interface_mtu(name: &std::ffi::CStr) -> Option<u32> {
+    // SAFETY: a throwaway socket for the ioctl, closed below.
+    let fd = unsafe { libc::socket(libc::AF_INET, libc::SOCK_DGRAM, 0) };
+    if fd < 0 {
+        return None;
+    }
+    // SAFETY: ifreq is plain data; the name fits (IFNAMSIZ, from the kernel).
+    let mut req: libc::ifreq = unsafe { std::mem::zeroed() };
+    for (d, s) in req.ifr_name.iter_mut().zip(name.to_bytes()) {
+        *d = *s as libc::c_char;
+    }
+    // SAFETY: SIOCGIFMTU fills ifr_ifru.ifru_mtu.
+    let rc = unsafe { libc::ioctl(fd, libc::SIOCGIFMTU, &mut req) };
+    // SAFETY: closing our socket.
+    unsafe { libc::close(fd) };
+    (rc == 0).then(|| unsafe { req.ifr_ifru.ifru_mtu } as u32)
+}
+
+/// Turns views of the cluster into datapath state for one node.
+pub struct Reconciler {
+    cfg: DaemonConfig,
+    writer: Writer,
+    node: Option<NodeInfo>,
+    logged: BTreeSet<Skip>,
+    /// Skipped objects and parts in the last reconcile.
+    pub skipped: usize,
+}
+
+impl Reconciler {
+    pub fn new(cfg: DaemonConfig) -> Result<Self, DaemonError> {
+        let writer = Writer::open(&cfg.bpffs, &cfg.state_dir, &cfg.node_name, cfg.capacities)?;
+        Ok(Self {
+            cfg,
+            writer,
+            node: None,
+            logged: BTreeSet::new(),
+            skipped: 0,
+        })
+    }
+
+    pub fn node(&self) -> Option<&NodeInfo> {
+        self.node.as_ref()
+    }
+
+    pub fn writer(&mut self) -> &mut Writer {
+        &mut self.writer
+    }
+
+    /// Applies one view of the cluster. Problems with single objects are
+    /// logged once each and never stop the rest.
+    pub fn reconcile(&mut self, cluster: &ClusterState) -> Result<ApplyReport, DaemonError> {
+        self.learn_node(cluster);
+        let ctx = self.node.as_ref().map_or_else(
+            || NodeContext {
+                name: self.cfg.node_name.clone(),
+                ..Default::default()
+            },
+            NodeInfo::context,
+        );
+        let desired: DesiredState = desired_state(cluster, &ctx);
+        self.log_skips(&desired.skipped);
+        let report = self.writer.apply(&desired)?;
+        for f in &report.failures {
+            warn!(failure = %f, "datapath update incomplete; retried on the next change");
+        }
+        Ok(report)
+    }
+
+    fn log_skips(&mut self, skips: &[Skip]) {
+        let now: BTreeSet<Skip> = skips.iter().cloned().collect();
+        for s in now.difference(&self.logged) {
+            warn!(object = %s.object, reason = %s.reason, "skipped");
+        }
+        self.skipped = now.len();
+        self.logged = now;
+    }
+
+    /// Reads this node's Node object; on the first sighting or a change,
+    /// writes the node configuration map and the CNI configuration.
+    fn learn_node(&mut self, cluster: &ClusterState) {
+        let Some(node) = cluster.nodes.get(&self.cfg.node_name) else {
+            if self.node.is_none() {
+                warn!(node = %self.cfg.node_name, "own Node object not found yet; pods cannot be wired until it appears");
+            }
+            return;
+        };
+        let info = match node_info(node) {
+            Ok(i) => i,
+            Err(e) => {
+                warn!(node = %self.cfg.node_name, reason = %e, "own Node object unusable");
+                return;
+            }
+        };
+        if self.node.as_ref() == Some(&info) {
+            return;
+        }
+        info!(node = %info.name, address = %info.internal_ip, pod_cidr = ?info.pod_cidr, "node learned");
+        self.write_node_config(&info);
+        match info.pod_cidr {
+            Some(cidr) => {
+                if let Err(e) = self.write_conflist(cidr, info.internal_ip) {
+                    warn!(error = %e, "writing the CNI configuration failed");
+                }
+            }
+            None => warn!(node = %info.name, "Node has no spec.podCIDR: pods cannot be wired"),
+        }
+        self.node = Some(info);
+    }
+
+    fn write_node_config(&mut self, info: &NodeInfo) {
+        let (pod_cidr, pod_mask) = info
+            .pod_cidr
+            .map_or((0, 0), |c| (nbo(c.network()), nbo(c.netmask())));
+        let (cluster_cidr, cluster_mask) = self
+            .cfg
+            .cluster_cidr
+            .map_or((0, 0), |c| (nbo(c.network()), nbo(c.netmask())));
+        let cfg = NodeConfig {
+            version: NODE_CONFIG_VERSION,
+            flags: 0,
+            node_addr: nbo(info.internal_ip),
+            pod_cidr,
+            pod_mask,
+            cluster_cidr,
+            cluster_mask,
+            _pad: 0,
+        };
+        if let Err(e) = self.writer.maps().config.set(0, cfg, 0) {
+            warn!(error = %e, "writing the node configuration map failed");
+        }
+    }
+
+    fn write_conflist(&self, pod_cidr: Ipv4Net, node_addr: Ipv4Addr) -> Result<(), DaemonError> {
+        let mut conf = sluice_cni::NetConf::new(pod_cidr);
+        conf.cluster_cidr = self.cfg.cluster_cidr;
+        conf.state_dir = self.cfg.state_dir.clone();
+        conf.bpffs = self.cfg.bpffs.clone();
+        conf.mtu = uplink_mtu(node_addr)
+            .unwrap_or(1500)
+            .saturating_sub(self.cfg.mtu_overhead);
+        let text = serde_json::to_string_pretty(&sluice_cni::conflist(&conf))
+            .expect("a JSON value serializes");
+        let dir = &self.cfg.cni_conf_dir;
+        std::fs::create_dir_all(dir).map_err(io(dir))?;
+        let path = dir.join(CONFLIST_NAME);
+        if std::fs::read_to_string(&path).is_ok_and(|old| old == text) {
+            return Ok(());
+        }
+        let tmp = dir.join(format!(".{CONFLIST_NAME}.tmp"));
+        std::fs::write(&tmp, &text).map_err(io(&tmp))?;
+        std::fs::rename(&tmp, &path).map_err(io(&path))?;
+        info!(path = %path.display(), mtu = conf.mtu, "CNI configuration written");
+        Ok(())
+    }
+}

@@ -1,0 +1,171 @@
+//! Putting Kubernetes objects into a [`ClusterState`], whichever source
+//! they came from (API watchers or manifest files).
+
+use k8s_openapi::{
+    api::{
+        core::v1::{Endpoints, Node, Service},
+        discovery::v1::EndpointSlice,
+    },
+    apimachinery::pkg::apis::meta::v1::ObjectMeta,
+};
+
+use super::{ClusterState, ObjectKey};
+
+/// Namespace of a namespaced object that does not name one, as `kubectl
+/// apply` assumes.
+pub const DEFAULT_NAMESPACE: &str = "default";
+
+/// One object of a kind the model reads.
+// Unboxed like k8s-openapi's own types: these are moved a handful of
+// times between parsing and the state map, never stored in bulk.
+#[allow(clippy::large_enum_variant)]
+#[derive(Clone, Debug)]
+pub enum KubeObject {
+    Service(Service),
+    EndpointSlice(EndpointSlice),
+    Endpoints(Endpoints),
+    Node(Node),
+}
+
+impl KubeObject {
+    /// The object's `kind`.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            KubeObject::Service(_) => "Service",
+            KubeObject::EndpointSlice(_) => "EndpointSlice",
+            KubeObject::Endpoints(_) => "Endpoints",
+            KubeObject::Node(_) => "Node",
+        }
+    }
+
+    fn metadata(&self) -> &ObjectMeta {
+        match self {
+            KubeObject::Service(o) => &o.metadata,
+            KubeObject::EndpointSlice(o) => &o.metadata,
+            KubeObject::Endpoints(o) => &o.metadata,
+            KubeObject::Node(o) => &o.metadata,
+        }
+    }
+
+    /// `namespace/name` (namespace empty for a Node); `None` without a name.
+    pub fn key(&self) -> Option<ObjectKey> {
+        match self {
+            KubeObject::Node(_) => {
+                let name = self.metadata().name.as_deref().filter(|n| !n.is_empty())?;
+                Some(ObjectKey::new("", name))
+            }
+            _ => ObjectKey::of(self.metadata()),
+        }
+    }
+}
+
+impl ObjectKey {
+    /// The key of a namespaced object; an object without a namespace is in
+    /// `default` (what the API server would have made of it). `None` when
+    /// the object has no name.
+    pub fn of(meta: &ObjectMeta) -> Option<ObjectKey> {
+        let name = meta.name.as_deref().filter(|n| !n.is_empty())?;
+        let namespace = meta
+            .namespace
+            .as_deref()
+            .filter(|n| !n.is_empty())
+            .unwrap_or(DEFAULT_NAMESPACE);
+        Some(ObjectKey::new(namespace, name))
+    }
+}
+
+impl ClusterState {
+    /// A state holding `objects`; a later object with the same kind and key
+    /// replaces an earlier one. Objects without a name are dropped (parsers
+    /// and watchers never produce them).
+    pub fn from_objects(objects: impl IntoIterator<Item = KubeObject>) -> Self {
+        let mut state = ClusterState::default();
+        for object in objects {
+            state.insert(object);
+        }
+        state
+    }
+
+    /// Adds or replaces one object. Returns false (and changes nothing) when
+    /// the object has no name.
+    pub fn insert(&mut self, object: KubeObject) -> bool {
+        let Some(key) = object.key() else {
+            return false;
+        };
+        match object {
+            KubeObject::Service(o) => {
+                self.services.insert(key, o);
+            }
+            KubeObject::EndpointSlice(o) => {
+                self.endpoint_slices.insert(key, o);
+            }
+            KubeObject::Endpoints(o) => {
+                self.endpoints.insert(key, o);
+            }
+            KubeObject::Node(o) => {
+                self.nodes.insert(key.name, o);
+            }
+        }
+        true
+    }
+
+    /// Removes the object of `kind` ("Service", "EndpointSlice", "Endpoints"
+    /// or "Node") with `key` (namespace ignored for a Node). Returns whether
+    /// it was there.
+    pub fn remove(&mut self, kind: &str, key: &ObjectKey) -> bool {
+        match kind {
+            "Service" => self.services.remove(key).is_some(),
+            "EndpointSlice" => self.endpoint_slices.remove(key).is_some(),
+            "Endpoints" => self.endpoints.remove(key).is_some(),
+            "Node" => self.nodes.remove(&key.name).is_some(),
+            _ => false,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use serde_json::json;
+
+    use super::*;
+
+    fn service(meta: serde_json::Value) -> KubeObject {
+        KubeObject::Service(serde_json::from_value(json!({ "metadata": meta })).unwrap())
+    }
+
+    #[test]
+    fn keys_default_the_namespace_and_need_a_name() {
+        assert_eq!(
+            service(json!({"name": "web"})).key(),
+            Some(ObjectKey::new("default", "web"))
+        );
+        assert_eq!(
+            service(json!({"name": "web", "namespace": "shop"})).key(),
+            Some(ObjectKey::new("shop", "web"))
+        );
+        assert_eq!(service(json!({"namespace": "shop"})).key(), None);
+        assert_eq!(service(json!({"name": ""})).key(), None);
+        let node =
+            KubeObject::Node(serde_json::from_value(json!({"metadata": {"name": "n1"}})).unwrap());
+        assert_eq!(node.key(), Some(ObjectKey::new("", "n1")));
+    }
+
+    #[test]
+    fn later_objects_replace_earlier_ones_and_nameless_ones_are_dropped() {
+        let first = service(json!({"name": "web", "labels": {"v": "1"}}));
+        let second = service(json!({"name": "web", "labels": {"v": "2"}}));
+        let nameless = service(json!({}));
+        let node =
+            KubeObject::Node(serde_json::from_value(json!({"metadata": {"name": "n1"}})).unwrap());
+        let mut state = ClusterState::from_objects([first, second, nameless, node]);
+        assert_eq!(state.services.len(), 1);
+        let web = &state.services[&ObjectKey::new("default", "web")];
+        assert_eq!(web.metadata.labels.as_ref().unwrap()["v"], "2");
+        assert!(state.nodes.contains_key("n1"));
+
+        assert!(state.remove("Service", &ObjectKey::new("default", "web")));
+        assert!(!state.remove("Service", &ObjectKey::new("default", "web")));
+        assert!(state.remove("Node", &ObjectKey::new("ignored", "n1")));
+        assert!(state.services.is_empty() && state.nodes.is_empty());
+    }
+}

@@ -1,0 +1,666 @@
+//! Reading one Service the way kube-proxy's IPv4 proxier does
+//! (pkg/proxy/servicechangetracker.go, serviceport.go): which Services it
+//! proxies at all, which of their addresses are IPv4, and the per-port
+//! settings every frontend of a port shares.
+//!
+//! Anything unusable is reported as a [`Skip`] and left out; the rest of the
+//! Service is still programmed.
+
+use std::net::{IpAddr, Ipv4Addr};
+
+use ipnet::{IpNet, Ipv4Net};
+use k8s_openapi::{api::core::v1::Service, apimachinery::pkg::apis::meta::v1::Time};
+
+use super::{ObjectKey, Protocol, Skip, node::is_ipv6};
+
+/// Services with this label belong to another service proxy; kube-proxy's
+/// informers filter them out (and so their EndpointSlices too).
+pub const SERVICE_PROXY_NAME_LABEL: &str = "service.kubernetes.io/service-proxy-name";
+/// Set on headless Services' endpoints objects; kube-proxy's informers
+/// filter it out like the label above.
+pub const HEADLESS_LABEL: &str = "service.kubernetes.io/headless";
+
+/// sessionAffinityConfig.clientIP.timeoutSeconds when unset (API default).
+pub const DEFAULT_AFFINITY_TIMEOUT: u32 = 10_800;
+
+pub(crate) const IPV6_REASON: &str = "IPv6 not supported by the datapath yet";
+
+/// One Service as the datapath will see it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub(crate) struct ServicePlan {
+    pub key: ObjectKey,
+    /// For choosing the owner of a frontend two Services claim.
+    pub created: Option<Time>,
+    pub cluster_ip: Ipv4Addr,
+    pub external_ips: Vec<Ipv4Addr>,
+    /// status.loadBalancer.ingress IPs in VIP mode.
+    pub load_balancer_ips: Vec<Ipv4Addr>,
+    pub source_ranges: Vec<Ipv4Net>,
+    /// externalTrafficPolicy Local on a Service reachable from outside.
+    pub external_local: bool,
+    pub internal_local: bool,
+    pub affinity_timeout: Option<u32>,
+    pub health_check_node_port: Option<u16>,
+    pub has_selector: bool,
+    pub ports: Vec<PortPlan>,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub(crate) struct PortPlan {
+    /// Position in spec.ports: the tie-breaker between ports of one Service.
+    pub index: usize,
+    /// spec.ports[].name: endpoints are matched to the port by this name
+    /// and the protocol, never by targetPort.
+    pub name: String,
+    pub protocol: Protocol,
+    pub port: u16,
+    pub node_port: Option<u16>,
+}
+
+impl PortPlan {
+    /// kube-proxy's ExternallyAccessible() for one port.
+    pub fn externally_accessible(&self, service: &ServicePlan) -> bool {
+        self.node_port.is_some()
+            || !service.load_balancer_ips.is_empty()
+            || !service.external_ips.is_empty()
+    }
+
+    /// kube-proxy's UsesClusterEndpoints(): even with externalTrafficPolicy
+    /// Local, in-cluster traffic to external addresses uses every endpoint.
+    pub fn uses_cluster_endpoints(&self, service: &ServicePlan) -> bool {
+        !service.internal_local || self.externally_accessible(service)
+    }
+
+    /// kube-proxy's UsesLocalEndpoints().
+    pub fn uses_local_endpoints(&self, service: &ServicePlan) -> bool {
+        service.internal_local || (service.external_local && self.externally_accessible(service))
+    }
+}
+
+pub(crate) fn service_skip(key: &ObjectKey, reason: impl Into<String>) -> Skip {
+    Skip {
+        object: format!("Service {key}"),
+        reason: reason.into(),
+    }
+}
+
+/// The plan for `service`, or `None` when nothing of it is proxied: either
+/// by design (silently) or for a reason pushed to `skips`.
+pub(crate) fn plan_service(
+    key: &ObjectKey,
+    service: &Service,
+    skips: &mut Vec<Skip>,
+) -> Option<ServicePlan> {
+    let mut skip = |reason: String| skips.push(service_skip(key, reason));
+    // Services kube-proxy never proxies by design (another proxy's,
+    // headless, ExternalName) are left out without a word: they are normal
+    // in every cluster, and a skip is logged as a warning.
+    let labels = service.metadata.labels.as_ref();
+    if labels
+        .is_some_and(|l| l.contains_key(SERVICE_PROXY_NAME_LABEL) || l.contains_key(HEADLESS_LABEL))
+    {
+        return None;
+    }
+    let default_spec = Default::default();
+    let spec = service.spec.as_ref().unwrap_or(&default_spec);
+    let type_ = spec.type_.as_deref().unwrap_or("ClusterIP");
+    if type_ == "ExternalName" {
+        return None;
+    }
+
+    // The API server keeps clusterIP == clusterIPs[0]; objects written by
+    // hand may set only one of them.
+    let listed: Vec<&str> = match spec.cluster_ips.as_deref() {
+        Some(ips) if !ips.is_empty() => ips.iter().map(String::as_str).collect(),
+        _ => spec.cluster_ip.as_deref().into_iter().collect(),
+    };
+    match listed.first().map(|ip| ip.trim()) {
+        Some("None") => return None,
+        // The API server always allocates one (or None): only a manifest
+        // can lack it.
+        None | Some("") => {
+            skip("no clusterIP allocated: nothing to proxy".into());
+            return None;
+        }
+        Some(_) => {}
+    }
+    // Like kube-proxy's IPv4 proxier, serve the first IPv4 clusterIP; a
+    // Service without one (IPv6 single-stack) is not served on IPv4 at all,
+    // NodePorts included.
+    let mut cluster_ip = None;
+    let mut ipv6 = Vec::new();
+    for ip in &listed {
+        match ip.trim().parse::<IpAddr>() {
+            Ok(IpAddr::V4(v4)) if cluster_ip.is_none() => cluster_ip = Some(v4),
+            Ok(IpAddr::V4(v4)) => skip(format!("second IPv4 clusterIP {v4} ignored")),
+            Ok(IpAddr::V6(v6)) => ipv6.push(v6),
+            Err(_) => skip(format!("invalid clusterIP {ip:?}")),
+        }
+    }
+    for v6 in ipv6 {
+        let what = if cluster_ip.is_some() {
+            "clusterIP"
+        } else {
+            "IPv6-only Service, clusterIP"
+        };
+        skip(format!("{what} {v6}: {IPV6_REASON}"));
+    }
+    let cluster_ip = cluster_ip?;
+
+    let ports = plan_ports(service, type_, &mut skip);
+    if ports.is_empty() {
+        if spec.ports.as_ref().is_none_or(Vec::is_empty) {
+            skip("no ports: nothing to proxy".into());
+        }
+        return None;
+    }
+
+    let mut external_ips = Vec::new();
+    for ip in spec.external_ips.iter().flatten() {
+        match parse_ipv4(ip) {
+            Ok(v4) if !external_ips.contains(&v4) => external_ips.push(v4),
+            Ok(_) => {}
+            Err(why) => skip(format!("externalIP {ip:?}: {why}")),
+        }
+    }
+
+    let mut load_balancer_ips = Vec::new();
+    let ingress = service
+        .status
+        .as_ref()
+        .and_then(|s| s.load_balancer.as_ref())
+        .and_then(|lb| lb.ingress.as_deref())
+        .unwrap_or_default();
+    for ing in ingress {
+        // Hostname-only ingress points at a load balancer by name; there is
+        // no address to capture.
+        let Some(ip) = ing.ip.as_deref().filter(|ip| !ip.is_empty()) else {
+            continue;
+        };
+        match ing.ip_mode.as_deref() {
+            None | Some("VIP") => {}
+            // ipMode Proxy: the load balancer delivers to the nodes itself
+            // (with its own source address); capturing the IP in the node
+            // would bypass it. Normal, so not reported.
+            Some(_) => continue,
+        }
+        match parse_ipv4(ip) {
+            Ok(v4) if !load_balancer_ips.contains(&v4) => load_balancer_ips.push(v4),
+            Ok(_) => {}
+            Err(why) => skip(format!("load balancer ingress {ip:?}: {why}")),
+        }
+    }
+
+    let mut source_ranges = Vec::new();
+    for range in spec.load_balancer_source_ranges.iter().flatten() {
+        // API validation has long let whitespace padding through; kube-proxy
+        // trims it, so do we.
+        let trimmed = range.trim();
+        match trimmed.parse::<IpNet>() {
+            Ok(IpNet::V4(net)) => {
+                let net = net.trunc();
+                if !source_ranges.contains(&net) {
+                    source_ranges.push(net);
+                }
+            }
+            Ok(IpNet::V6(_)) => skip(format!("loadBalancerSourceRange {trimmed}: {IPV6_REASON}")),
+            Err(_) => skip(format!("invalid loadBalancerSourceRange {range:?} ignored")),
+        }
+    }
+
+    // kube-proxy (pkg/api/v1/service): externalTrafficPolicy only matters
+    // for a Service reachable from outside: NodePort, LoadBalancer, or a
+    // ClusterIP Service with externalIPs.
+    let externally_accessible = matches!(type_, "NodePort" | "LoadBalancer")
+        || (type_ == "ClusterIP"
+            && spec
+                .external_ips
+                .as_ref()
+                .is_some_and(|ips| !ips.is_empty()));
+    let external_local =
+        externally_accessible && spec.external_traffic_policy.as_deref() == Some("Local");
+    let internal_local = spec.internal_traffic_policy.as_deref() == Some("Local");
+
+    let affinity_timeout = if spec.session_affinity.as_deref() == Some("ClientIP") {
+        let timeout = spec
+            .session_affinity_config
+            .as_ref()
+            .and_then(|c| c.client_ip.as_ref())
+            .and_then(|c| c.timeout_seconds);
+        match timeout {
+            None => Some(DEFAULT_AFFINITY_TIMEOUT),
+            Some(t) if t > 0 => Some(t.unsigned_abs()),
+            Some(t) => {
+                skip(format!(
+                    "sessionAffinityConfig.clientIP.timeoutSeconds {t} is not positive; using {DEFAULT_AFFINITY_TIMEOUT}"
+                ));
+                Some(DEFAULT_AFFINITY_TIMEOUT)
+            }
+        }
+    } else {
+        None
+    };
+
+    // Only LoadBalancer Services get a health check (the cloud load balancer
+    // asks each node whether it has local endpoints).
+    let health_check_node_port = if type_ == "LoadBalancer" && external_local {
+        match spec.health_check_node_port {
+            Some(p) if (1..=65535).contains(&p) => u16::try_from(p).ok(),
+            None | Some(0) => {
+                skip("externalTrafficPolicy Local without a healthCheckNodePort".to_string());
+                None
+            }
+            Some(p) => {
+                skip(format!("invalid healthCheckNodePort {p}"));
+                None
+            }
+        }
+    } else {
+        None
+    };
+
+    Some(ServicePlan {
+        key: key.clone(),
+        created: service.metadata.creation_timestamp.clone(),
+        cluster_ip,
+        external_ips,
+        load_balancer_ips,
+        source_ranges,
+        external_local,
+        internal_local,
+        affinity_timeout,
+        health_check_node_port,
+        has_selector: spec.selector.as_ref().is_some_and(|s| !s.is_empty()),
+        ports,
+    })
+}
+
+fn plan_ports(service: &Service, type_: &str, skip: &mut impl FnMut(String)) -> Vec<PortPlan> {
+    let mut plans = Vec::new();
+    let ports = service
+        .spec
+        .as_ref()
+        .and_then(|s| s.ports.as_deref())
+        .unwrap_or_default();
+    for (index, port) in ports.iter().enumerate() {
+        let name = port.name.clone().unwrap_or_default();
+        let label = if name.is_empty() {
+            format!("port {}", port.port)
+        } else {
+            format!("port {name}")
+        };
+        let protocol = match parse_protocol(port.protocol.as_deref()) {
+            Ok(Protocol::Sctp) => {
+                skip(format!("{label}: SCTP not supported by the datapath yet"));
+                continue;
+            }
+            Ok(p) => p,
+            Err(why) => {
+                skip(format!("{label}: {why}"));
+                continue;
+            }
+        };
+        let Some(number) = port_number(port.port) else {
+            skip(format!("{label}: invalid port {}", port.port));
+            continue;
+        };
+        let node_port = match port.node_port {
+            None | Some(0) => None,
+            // The API server refuses a nodePort on a ClusterIP Service;
+            // only a hand-written manifest can have one.
+            Some(np) if !matches!(type_, "NodePort" | "LoadBalancer") => {
+                skip(format!(
+                    "{label}: nodePort {np} on a {type_} Service ignored"
+                ));
+                None
+            }
+            Some(np) => match port_number(np) {
+                Some(np) => Some(np),
+                None => {
+                    skip(format!("{label}: invalid nodePort {np}"));
+                    None
+                }
+            },
+        };
+        plans.push(PortPlan {
+            index,
+            name,
+            protocol,
+            port: number,
+            node_port,
+        });
+    }
+    plans
+}
+
+/// A port number in 1..=65535.
+pub(crate) fn port_number(n: i32) -> Option<u16> {
+    u16::try_from(n).ok().filter(|&p| p != 0)
+}
+
+/// A protocol as the API spells it; unset means TCP (the API default).
+pub(crate) fn parse_protocol(protocol: Option<&str>) -> Result<Protocol, String> {
+    match protocol {
+        None | Some("TCP") => Ok(Protocol::Tcp),
+        Some("UDP") => Ok(Protocol::Udp),
+        Some("SCTP") => Ok(Protocol::Sctp),
+        Some(other) => Err(format!("unknown protocol {other:?}")),
+    }
+}
+
+/// An IPv4 address, or why not.
+pub(crate) fn parse_ipv4(addr: &str) -> Result<Ipv4Addr, String> {
+    match addr.trim().parse::<IpAddr>() {
+        Ok(IpAddr::V4(v4)) => Ok(v4),
+        Ok(IpAddr::V6(_)) => Err(IPV6_REASON.to_string()),
+        Err(_) if is_ipv6(addr) => Err(IPV6_REASON.to_string()),
+        Err(_) => Err("not an IP address".to_string()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use serde_json::json;
+
+    use super::*;
+
+    fn plan(spec: serde_json::Value) -> (Option<ServicePlan>, Vec<Skip>) {
+        plan_with(
+            json!({"name": "web", "namespace": "default"}),
+            spec,
+            json!({}),
+        )
+    }
+
+    fn plan_with(
+        meta: serde_json::Value,
+        spec: serde_json::Value,
+        status: serde_json::Value,
+    ) -> (Option<ServicePlan>, Vec<Skip>) {
+        let svc: Service =
+            serde_json::from_value(json!({"metadata": meta, "spec": spec, "status": status}))
+                .unwrap();
+        let mut skips = Vec::new();
+        let plan = plan_service(&ObjectKey::new("default", "web"), &svc, &mut skips);
+        (plan, skips)
+    }
+
+    fn reasons(skips: &[Skip]) -> Vec<&str> {
+        skips.iter().map(|s| s.reason.as_str()).collect()
+    }
+
+    #[test]
+    fn services_kube_proxy_does_not_proxy() {
+        let port = json!([{"port": 80}]);
+        // (metadata, spec, reason reported; None = left out silently)
+        let cases = [
+            (json!({}), json!({"clusterIP": "None", "ports": port}), None),
+            (
+                json!({}),
+                json!({"clusterIPs": ["None"], "ports": port}),
+                None,
+            ),
+            (
+                json!({}),
+                json!({"type": "ExternalName", "externalName": "example.com"}),
+                None,
+            ),
+            (
+                json!({}),
+                json!({"type": "ExternalName", "clusterIP": "10.96.0.1", "ports": port}),
+                None,
+            ),
+            (
+                json!({"labels": {SERVICE_PROXY_NAME_LABEL: "other-proxy"}}),
+                json!({"clusterIP": "10.96.0.1", "ports": port}),
+                None,
+            ),
+            (
+                json!({"labels": {HEADLESS_LABEL: ""}}),
+                json!({"clusterIP": "10.96.0.1", "ports": port}),
+                None,
+            ),
+            (json!({}), json!({"ports": port}), Some("no clusterIP")),
+            (
+                json!({}),
+                json!({"clusterIP": "fd00::1", "ports": port}),
+                Some(IPV6_REASON),
+            ),
+            (
+                json!({}),
+                json!({"clusterIP": "10.96.0.300", "ports": port}),
+                Some("invalid clusterIP"),
+            ),
+            (
+                json!({}),
+                json!({"clusterIP": "10.96.0.1"}),
+                Some("no ports"),
+            ),
+        ];
+        for (meta, spec, want) in cases {
+            let mut meta = meta;
+            meta["name"] = json!("web");
+            let (plan, skips) = plan_with(meta, spec.clone(), json!({}));
+            assert!(plan.is_none(), "{spec}");
+            match want {
+                None => assert!(skips.is_empty(), "{spec}: {skips:?}"),
+                Some(want) => assert!(
+                    skips.len() == 1
+                        && skips[0].reason.contains(want)
+                        && skips[0].object == "Service default/web",
+                    "{spec}: {skips:?}"
+                ),
+            }
+        }
+    }
+
+    #[test]
+    fn cluster_ip_is_the_first_ipv4_of_cluster_ips() {
+        let cases = [
+            (json!({"clusterIP": "10.96.0.1"}), "10.96.0.1", 0),
+            (
+                json!({"clusterIP": "10.96.0.1", "clusterIPs": ["10.96.0.1", "fd00::1"]}),
+                "10.96.0.1",
+                1,
+            ),
+            (
+                json!({"clusterIP": "fd00::1", "clusterIPs": ["fd00::1", "10.96.0.2"]}),
+                "10.96.0.2",
+                1,
+            ),
+            (json!({"clusterIPs": ["10.96.0.3"]}), "10.96.0.3", 0),
+        ];
+        for (mut spec, want, ipv6_skips) in cases {
+            spec["ports"] = json!([{"port": 80}]);
+            let (plan, skips) = plan(spec.clone());
+            assert_eq!(
+                plan.unwrap().cluster_ip,
+                want.parse::<Ipv4Addr>().unwrap(),
+                "{spec}"
+            );
+            assert_eq!(
+                skips
+                    .iter()
+                    .filter(|s| s.reason.contains(IPV6_REASON))
+                    .count(),
+                ipv6_skips
+            );
+        }
+    }
+
+    #[test]
+    fn ports_are_checked_one_by_one() {
+        let (plan, skips) = plan(json!({
+            "clusterIP": "10.96.0.1",
+            "type": "NodePort",
+            "ports": [
+                {"name": "http", "port": 80, "nodePort": 30080},
+                {"name": "dns", "port": 53, "protocol": "UDP"},
+                {"name": "sig", "port": 2905, "protocol": "SCTP"},
+                {"name": "bad", "port": 0},
+                {"name": "huge", "port": 70000},
+                {"name": "weird", "port": 81, "protocol": "ICMP"},
+                {"port": 82, "nodePort": 99999},
+            ],
+        }));
+        let ports = plan.unwrap().ports;
+        assert_eq!(
+            ports,
+            vec![
+                PortPlan {
+                    index: 0,
+                    name: "http".into(),
+                    protocol: Protocol::Tcp,
+                    port: 80,
+                    node_port: Some(30080)
+                },
+                PortPlan {
+                    index: 1,
+                    name: "dns".into(),
+                    protocol: Protocol::Udp,
+                    port: 53,
+                    node_port: None
+                },
+                PortPlan {
+                    index: 6,
+                    name: String::new(),
+                    protocol: Protocol::Tcp,
+                    port: 82,
+                    node_port: None
+                },
+            ]
+        );
+        assert_eq!(
+            reasons(&skips),
+            vec![
+                "port sig: SCTP not supported by the datapath yet",
+                "port bad: invalid port 0",
+                "port huge: invalid port 70000",
+                "port weird: unknown protocol \"ICMP\"",
+                "port 82: invalid nodePort 99999",
+            ]
+        );
+    }
+
+    #[test]
+    fn all_ports_unusable_means_nothing_to_program() {
+        let (plan, skips) =
+            plan(json!({"clusterIP": "10.96.0.1", "ports": [{"port": 5000, "protocol": "SCTP"}]}));
+        assert!(plan.is_none());
+        assert_eq!(
+            reasons(&skips),
+            vec!["port 5000: SCTP not supported by the datapath yet"]
+        );
+    }
+
+    #[test]
+    fn node_port_on_a_cluster_ip_service_is_ignored() {
+        let (plan, skips) =
+            plan(json!({"clusterIP": "10.96.0.1", "ports": [{"port": 80, "nodePort": 30080}]}));
+        assert_eq!(plan.unwrap().ports[0].node_port, None);
+        assert_eq!(
+            reasons(&skips),
+            vec!["port 80: nodePort 30080 on a ClusterIP Service ignored"]
+        );
+    }
+
+    #[test]
+    fn external_addresses_keep_ipv4_in_vip_mode_only() {
+        let (plan, skips) = plan_with(
+            json!({"name": "web"}),
+            json!({
+                "type": "LoadBalancer", "clusterIP": "10.96.0.1", "ports": [{"port": 80, "nodePort": 30080}],
+                "externalIPs": ["192.0.2.1", "fd00::5", "192.0.2.1", "nonsense"],
+                "loadBalancerSourceRanges": [" 198.51.100.0/24 ", "10.1.2.3/8", "fd00::/8", "300.0.0.0/8"],
+            }),
+            json!({"loadBalancer": {"ingress": [
+                {"ip": "203.0.113.1"},
+                {"ip": "203.0.113.2", "ipMode": "VIP"},
+                {"ip": "203.0.113.3", "ipMode": "Proxy"},
+                {"hostname": "lb.example.com"},
+                {"ip": "fd00::9"},
+            ]}}),
+        );
+        let plan = plan.unwrap();
+        let v4 = |s: &str| s.parse::<Ipv4Addr>().unwrap();
+        assert_eq!(plan.external_ips, vec![v4("192.0.2.1")]);
+        assert_eq!(
+            plan.load_balancer_ips,
+            vec![v4("203.0.113.1"), v4("203.0.113.2")]
+        );
+        assert_eq!(
+            plan.source_ranges,
+            vec![
+                "198.51.100.0/24".parse::<Ipv4Net>().unwrap(),
+                "10.0.0.0/8".parse().unwrap()
+            ]
+        );
+        assert_eq!(
+            reasons(&skips),
+            vec![
+                "externalIP \"fd00::5\": IPv6 not supported by the datapath yet",
+                "externalIP \"nonsense\": not an IP address",
+                "load balancer ingress \"fd00::9\": IPv6 not supported by the datapath yet",
+                "loadBalancerSourceRange fd00::/8: IPv6 not supported by the datapath yet",
+                "invalid loadBalancerSourceRange \"300.0.0.0/8\" ignored",
+            ]
+        );
+    }
+
+    #[test]
+    fn traffic_policies_follow_kube_proxy() {
+        // (type, externalIPs, externalTrafficPolicy, internalTrafficPolicy) -> (external_local, internal_local)
+        let cases = [
+            ("ClusterIP", false, "Local", "Cluster", false, false),
+            ("ClusterIP", true, "Local", "Cluster", true, false),
+            ("NodePort", false, "Local", "Cluster", true, false),
+            ("LoadBalancer", false, "Local", "Local", true, true),
+            ("LoadBalancer", false, "Cluster", "Local", false, true),
+            ("NodePort", false, "Bogus", "Bogus", false, false),
+        ];
+        for (type_, ext_ips, etp, itp, want_ext, want_int) in cases {
+            let mut spec = json!({
+                "type": type_, "clusterIP": "10.96.0.1", "ports": [{"port": 80}],
+                "externalTrafficPolicy": etp, "internalTrafficPolicy": itp, "healthCheckNodePort": 31000,
+            });
+            if ext_ips {
+                spec["externalIPs"] = json!(["192.0.2.1"]);
+            }
+            let (plan, _) = plan(spec);
+            let plan = plan.unwrap();
+            assert_eq!(
+                (plan.external_local, plan.internal_local),
+                (want_ext, want_int),
+                "{type_} {etp} {itp}"
+            );
+            let want_hc = (type_ == "LoadBalancer" && want_ext).then_some(31000);
+            assert_eq!(plan.health_check_node_port, want_hc, "{type_} {etp}");
+        }
+    }
+
+    #[test]
+    fn session_affinity_timeout() {
+        let cases = [
+            (json!({}), None, 0),
+            (json!({"sessionAffinity": "None"}), None, 0),
+            (json!({"sessionAffinity": "ClientIP"}), Some(10_800), 0),
+            (
+                json!({"sessionAffinity": "ClientIP", "sessionAffinityConfig": {"clientIP": {"timeoutSeconds": 60}}}),
+                Some(60),
+                0,
+            ),
+            (
+                json!({"sessionAffinity": "ClientIP", "sessionAffinityConfig": {"clientIP": {"timeoutSeconds": 0}}}),
+                Some(10_800),
+                1,
+            ),
+        ];
+        for (mut spec, want, n_skips) in cases {
+            spec["clusterIP"] = json!("10.96.0.1");
+            spec["ports"] = json!([{"port": 80}]);
+            let (plan, skips) = plan(spec.clone());
+            assert_eq!(plan.unwrap().affinity_timeout, want, "{spec}");
+            assert_eq!(skips.len(), n_skips, "{spec}");
+        }
+    }
+}

@@ -1,0 +1,89 @@
+//! Names for ids: which Service each frontend id belongs to.
+//!
+//! The maps hold numbers; operators want names. The writer records every
+//! programmed frontend in `<state-dir>/frontends.json` (replaced atomically)
+//! so `sluicectl` can show `namespace/name` next to each id, whether or not
+//! the daemon is running.
+
+use std::{
+    io::Write,
+    net::Ipv4Addr,
+    path::{Path, PathBuf},
+};
+
+use serde::{Deserialize, Serialize};
+
+use crate::model::{Frontend, FrontendKind, Scope};
+
+pub const META_FILE: &str = "frontends.json";
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FrontendMeta {
+    pub id: u32,
+    pub namespace: String,
+    pub name: String,
+    pub port_name: String,
+    pub kind: String,
+    pub addr: Ipv4Addr,
+    pub port: u16,
+    pub protocol: String,
+    pub internal_scope: bool,
+    pub local_only: bool,
+    pub affinity_timeout: Option<u32>,
+    pub snat_remote: bool,
+    pub health_check_node_port: Option<u16>,
+}
+
+impl FrontendMeta {
+    pub fn new(id: u32, fe: &Frontend) -> Self {
+        Self {
+            id,
+            namespace: fe.service.namespace.clone(),
+            name: fe.service.name.clone(),
+            port_name: fe.service.port_name.clone(),
+            kind: match fe.kind {
+                FrontendKind::ClusterIp => "ClusterIP",
+                FrontendKind::NodePort => "NodePort",
+                FrontendKind::LoadBalancer => "LoadBalancer",
+                FrontendKind::ExternalIp => "ExternalIP",
+            }
+            .to_string(),
+            addr: fe.key.addr,
+            port: fe.key.port,
+            protocol: fe.key.protocol.to_string(),
+            internal_scope: fe.key.scope == Scope::Internal,
+            local_only: fe.local_only,
+            affinity_timeout: fe.affinity_timeout,
+            snat_remote: fe.snat_remote,
+            health_check_node_port: fe.health_check_node_port,
+        }
+    }
+}
+
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DatapathMeta {
+    pub node: String,
+    pub frontends: Vec<FrontendMeta>,
+}
+
+pub fn meta_path(state_dir: &Path) -> PathBuf {
+    state_dir.join(META_FILE)
+}
+
+/// Writes the file through a temporary and a rename, so readers never see
+/// half of it.
+pub fn write(state_dir: &Path, meta: &DatapathMeta) -> std::io::Result<()> {
+    std::fs::create_dir_all(state_dir)?;
+    let path = meta_path(state_dir);
+    let tmp = path.with_extension("json.tmp");
+    let mut f = std::fs::File::create(&tmp)?;
+    serde_json::to_writer(&mut f, meta)?;
+    f.write_all(b"\n")?;
+    f.sync_all()?;
+    std::fs::rename(&tmp, &path)
+}
+
+pub fn read(state_dir: &Path) -> std::io::Result<DatapathMeta> {
+    let bytes = std::fs::read(meta_path(state_dir))?;
+    serde_json::from_slice(&bytes).map_err(std::io::Error::other)
+}

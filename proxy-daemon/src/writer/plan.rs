@@ -1,0 +1,596 @@
+//! Turning a desired state into map operations, in an order that never
+//! leaves the datapath inconsistent (pure; the executor applies the result).
+//!
+//! The maps are the source of truth for what is programmed: on start the
+//! writer reads them back, so ids stay stable across restarts and only the
+//! difference is written. Within one frontend, backend slots are written
+//! before the master entry that counts them, and a shrinking master is
+//! written before its surplus slots are deleted, so a packet never finds a
+//! slot missing (Cilium's ordering). Backends are added before anything
+//! refers to them and removed after nothing does.
+
+use std::{
+    collections::{BTreeMap, BTreeSet},
+    net::Ipv4Addr,
+};
+
+use proxy_common::{
+    Backend, ServiceKey, ServiceValue,
+    service::{
+        BE_F_LOCAL, BE_F_TERMINATING, KIND_CLUSTER_IP, KIND_EXTERNAL_IP, KIND_LOAD_BALANCER,
+        KIND_NODE_PORT, SCOPE_EXTERNAL, SCOPE_INTERNAL, SVC_F_ADDR_ONLY, SVC_F_AFFINITY,
+        SVC_F_LOCAL, SVC_F_SNAT_REMOTE,
+    },
+};
+
+use super::ids::IdAllocator;
+use crate::model::{DesiredState, Frontend, FrontendKey, FrontendKind, Protocol, Scope};
+
+/// Raw contents of the service and backend maps.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct MapContents {
+    pub services: BTreeMap<ServiceKey, ServiceValue>,
+    pub backends: BTreeMap<u32, Backend>,
+}
+
+/// One map write.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Op {
+    PutBackend(u32, Backend),
+    PutService(ServiceKey, ServiceValue),
+    DeleteService(ServiceKey),
+    DeleteBackend(u32),
+}
+
+/// Operations that must be applied together or not at all past a failure:
+/// if one fails, the rest of its group is skipped (and groups depending on
+/// a failed backend are skipped too), which keeps the invariants above.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Group {
+    pub ops: Vec<Op>,
+    /// Backend ids the group's slots point at.
+    pub needs_backends: Vec<u32>,
+}
+
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Plan {
+    pub groups: Vec<Group>,
+    /// The contents after a fully successful apply.
+    pub target: MapContents,
+    /// Backends no longer used, by id: their UDP flows are flushed from CT
+    /// (kube-proxy clears conntrack for removed UDP endpoints).
+    pub removed_backends: BTreeSet<u32>,
+    /// Frontend ids assigned in this plan (their counters start at zero).
+    pub new_service_ids: BTreeSet<u32>,
+    /// The metadata of every programmed frontend, by id.
+    pub frontends_by_id: BTreeMap<u32, Frontend>,
+}
+
+impl Plan {
+    pub fn is_empty(&self) -> bool {
+        self.groups.is_empty()
+    }
+
+    pub fn op_count(&self) -> usize {
+        self.groups.iter().map(|g| g.ops.len()).sum()
+    }
+}
+
+pub fn nbo(a: Ipv4Addr) -> u32 {
+    u32::from_ne_bytes(a.octets())
+}
+
+pub fn from_nbo(a: u32) -> Ipv4Addr {
+    Ipv4Addr::from(a.to_ne_bytes())
+}
+
+fn scope_byte(s: Scope) -> u8 {
+    match s {
+        Scope::External => SCOPE_EXTERNAL,
+        Scope::Internal => SCOPE_INTERNAL,
+    }
+}
+
+pub fn kind_byte(k: FrontendKind) -> u8 {
+    match k {
+        FrontendKind::ClusterIp => KIND_CLUSTER_IP,
+        FrontendKind::NodePort => KIND_NODE_PORT,
+        FrontendKind::LoadBalancer => KIND_LOAD_BALANCER,
+        FrontendKind::ExternalIp => KIND_EXTERNAL_IP,
+    }
+}
+
+pub fn master_key(k: &FrontendKey) -> ServiceKey {
+    ServiceKey::frontend(
+        nbo(k.addr),
+        k.port.to_be(),
+        k.protocol.number(),
+        scope_byte(k.scope),
+    )
+}
+
+/// The frontend key of a master entry read back from the map.
+pub fn frontend_key(k: &ServiceKey) -> Option<FrontendKey> {
+    Some(FrontendKey {
+        addr: from_nbo(k.addr),
+        port: u16::from_be(k.port),
+        protocol: Protocol::from_number(k.proto)?,
+        scope: if k.scope == SCOPE_INTERNAL {
+            Scope::Internal
+        } else {
+            Scope::External
+        },
+    })
+}
+
+/// Backend identity: the same endpoint keeps one id across frontends.
+type BackendIdentity = (u32, u16, u8);
+
+fn identity(b: &Backend) -> BackendIdentity {
+    (b.addr, b.port, b.proto)
+}
+
+/// Computes the operations that take `current` to the contents `desired`
+/// asks for, reusing the ids already in `current`.
+pub fn plan(
+    current: &MapContents,
+    desired: &DesiredState,
+    svc_ids: &mut IdAllocator,
+    backend_ids: &mut IdAllocator,
+) -> Plan {
+    let mut plan = Plan::default();
+    let mut target = MapContents::default();
+    svc_ids.clear_used();
+    backend_ids.clear_used();
+
+    // Ids in use now: frontends by key, backends by identity.
+    let mut current_svc: BTreeMap<FrontendKey, u32> = BTreeMap::new();
+    for (k, v) in &current.services {
+        if k.slot == 0
+            && v.flags & SVC_F_ADDR_ONLY == 0
+            && let Some(fk) = frontend_key(k)
+        {
+            current_svc.insert(fk, v.svc_id);
+            svc_ids.mark_used(v.svc_id);
+        }
+    }
+    let mut current_be: BTreeMap<BackendIdentity, u32> = BTreeMap::new();
+    for (id, b) in &current.backends {
+        current_be.insert(identity(b), *id);
+        backend_ids.mark_used(*id);
+    }
+
+    // Target backends: one id per identity; flags merged (local if any
+    // frontend says so, terminating only if every use is terminating).
+    let mut wanted: BTreeMap<BackendIdentity, Backend> = BTreeMap::new();
+    for fe in desired.frontends.values() {
+        for b in &fe.backends {
+            let mut be = Backend {
+                addr: nbo(b.addr),
+                port: b.port.to_be(),
+                proto: fe.key.protocol.number(),
+                flags: 0,
+            };
+            if b.local {
+                be.flags |= BE_F_LOCAL;
+            }
+            if b.terminating {
+                be.flags |= BE_F_TERMINATING;
+            }
+            wanted
+                .entry(identity(&be))
+                .and_modify(|e| {
+                    e.flags |= be.flags & BE_F_LOCAL;
+                    if be.flags & BE_F_TERMINATING == 0 {
+                        e.flags &= !BE_F_TERMINATING;
+                    }
+                })
+                .or_insert(be);
+        }
+    }
+    let mut be_id: BTreeMap<BackendIdentity, u32> = BTreeMap::new();
+    for (ident, be) in &wanted {
+        let id = match current_be.get(ident) {
+            Some(id) => *id,
+            None => match backend_ids.allocate() {
+                Some(id) => id,
+                None => {
+                    // Out of ids: leave it out; frontends needing it are
+                    // reported by the executor as not programmed.
+                    continue;
+                }
+            },
+        };
+        be_id.insert(*ident, id);
+        target.backends.insert(id, *be);
+    }
+
+    // Address-only entries.
+    let addr_value = ServiceValue {
+        flags: SVC_F_ADDR_ONLY,
+        ..Default::default()
+    };
+    for a in &desired.service_addrs {
+        target
+            .services
+            .insert(ServiceKey::address_only(nbo(*a)), addr_value);
+    }
+
+    // Frontends: master and slots.
+    let mut frontend_groups: BTreeMap<ServiceKey, (Vec<ServiceKey>, Vec<u32>)> = BTreeMap::new();
+    for (fk, fe) in &desired.frontends {
+        let svc_id = match current_svc.get(fk) {
+            Some(id) => *id,
+            None => match svc_ids.allocate() {
+                Some(id) => {
+                    plan.new_service_ids.insert(id);
+                    id
+                }
+                None => continue,
+            },
+        };
+        let mk = master_key(fk);
+        let mut slot_keys = Vec::new();
+        let mut needs = Vec::new();
+        let proto = fk.protocol.number();
+        for b in &fe.backends {
+            let ident = (nbo(b.addr), b.port.to_be(), proto);
+            let Some(id) = be_id.get(&ident) else {
+                continue;
+            };
+            let slot = slot_keys.len() as u16 + 1;
+            let sk = mk.with_slot(slot);
+            target.services.insert(
+                sk,
+                ServiceValue {
+                    backend_id: *id,
+                    svc_id,
+                    ..Default::default()
+                },
+            );
+            slot_keys.push(sk);
+            needs.push(*id);
+            if slot == u16::MAX {
+                break;
+            }
+        }
+        let mut flags = 0;
+        if fe.local_only {
+            flags |= SVC_F_LOCAL;
+        }
+        if fe.affinity_timeout.is_some() {
+            flags |= SVC_F_AFFINITY;
+        }
+        if fe.snat_remote {
+            flags |= SVC_F_SNAT_REMOTE;
+        }
+        target.services.insert(
+            mk,
+            ServiceValue {
+                backend_id: 0,
+                svc_id,
+                count: slot_keys.len() as u16,
+                flags,
+                kind: kind_byte(fe.kind),
+                affinity_timeout: fe.affinity_timeout.unwrap_or(0),
+            },
+        );
+        frontend_groups.insert(mk, (slot_keys, needs));
+        plan.frontends_by_id.insert(svc_id, fe.clone());
+    }
+
+    // 1. New or changed backends.
+    for (id, be) in &target.backends {
+        if current.backends.get(id) != Some(be) {
+            plan.groups.push(Group {
+                ops: vec![Op::PutBackend(*id, *be)],
+                needs_backends: vec![],
+            });
+        }
+    }
+    // 2. New address-only entries.
+    for (k, v) in &target.services {
+        if v.flags & SVC_F_ADDR_ONLY != 0 && current.services.get(k) != Some(v) {
+            plan.groups.push(Group {
+                ops: vec![Op::PutService(*k, *v)],
+                needs_backends: vec![],
+            });
+        }
+    }
+    // 3. Per frontend: changed slots, then the master.
+    for (mk, (slots, needs)) in &frontend_groups {
+        let mut ops: Vec<Op> = slots
+            .iter()
+            .filter(|k| current.services.get(k) != target.services.get(k))
+            .map(|k| Op::PutService(*k, target.services[k]))
+            .collect();
+        if current.services.get(mk) != target.services.get(mk) {
+            ops.push(Op::PutService(*mk, target.services[mk]));
+        }
+        if !ops.is_empty() {
+            plan.groups.push(Group {
+                ops,
+                needs_backends: needs.clone(),
+            });
+        }
+    }
+    // 4. Deletions: masters of removed frontends before any slot, slots,
+    //    then address-only entries nothing uses any more.
+    let stale: Vec<&ServiceKey> = current
+        .services
+        .keys()
+        .filter(|k| !target.services.contains_key(k))
+        .collect();
+    let (masters, rest): (Vec<&ServiceKey>, Vec<&ServiceKey>) = stale
+        .into_iter()
+        .partition(|k| k.slot == 0 && current.services[*k].flags & SVC_F_ADDR_ONLY == 0);
+    let (slots, addrs): (Vec<&ServiceKey>, Vec<&ServiceKey>) =
+        rest.into_iter().partition(|k| k.slot != 0);
+    for k in masters.into_iter().chain(slots).chain(addrs) {
+        plan.groups.push(Group {
+            ops: vec![Op::DeleteService(*k)],
+            needs_backends: vec![],
+        });
+    }
+    // 5. Backends nothing refers to any more.
+    for id in current.backends.keys() {
+        if !target.backends.contains_key(id) {
+            plan.groups.push(Group {
+                ops: vec![Op::DeleteBackend(*id)],
+                needs_backends: vec![],
+            });
+            plan.removed_backends.insert(*id);
+        }
+    }
+    plan.target = target;
+    plan
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::model::{BackendAddr, ServiceRef};
+
+    fn ip(s: &str) -> Ipv4Addr {
+        s.parse().unwrap()
+    }
+
+    fn fe(vip: &str, port: u16, backends: &[(&str, u16)]) -> Frontend {
+        Frontend {
+            key: FrontendKey {
+                addr: ip(vip),
+                port,
+                protocol: Protocol::Tcp,
+                scope: Scope::External,
+            },
+            kind: FrontendKind::ClusterIp,
+            service: ServiceRef {
+                namespace: "default".into(),
+                name: "web".into(),
+                port_name: String::new(),
+            },
+            backends: backends
+                .iter()
+                .map(|(a, p)| BackendAddr {
+                    addr: ip(a),
+                    port: *p,
+                    local: false,
+                    terminating: false,
+                })
+                .collect(),
+            local_only: false,
+            affinity_timeout: None,
+            snat_remote: false,
+            source_ranges: vec![],
+            health_check_node_port: None,
+        }
+    }
+
+    fn desired(fes: Vec<Frontend>) -> DesiredState {
+        let mut d = DesiredState::default();
+        for f in fes {
+            d.service_addrs.insert(f.key.addr);
+            d.frontends.insert(f.key, f);
+        }
+        d
+    }
+
+    fn ids() -> (IdAllocator, IdAllocator) {
+        (IdAllocator::new(1000), IdAllocator::new(1000))
+    }
+
+    /// Applies a plan's operations to a copy of `current`.
+    fn apply(current: &MapContents, plan: &Plan) -> MapContents {
+        let mut m = current.clone();
+        for g in &plan.groups {
+            for op in &g.ops {
+                match op {
+                    Op::PutBackend(id, b) => {
+                        m.backends.insert(*id, *b);
+                    }
+                    Op::PutService(k, v) => {
+                        m.services.insert(*k, *v);
+                    }
+                    Op::DeleteService(k) => {
+                        m.services.remove(k);
+                    }
+                    Op::DeleteBackend(id) => {
+                        m.backends.remove(id);
+                    }
+                }
+            }
+        }
+        m
+    }
+
+    /// Every state the datapath can observe between two operations is
+    /// consistent: each master's slots exist and point at existing backends.
+    fn assert_consistent_throughout(current: &MapContents, plan: &Plan) {
+        let mut m = current.clone();
+        let check = |m: &MapContents, step: &str| {
+            for (k, v) in &m.services {
+                if k.slot == 0 && v.flags & SVC_F_ADDR_ONLY == 0 {
+                    for s in 1..=v.count {
+                        let slot = m
+                            .services
+                            .get(&k.with_slot(s))
+                            .unwrap_or_else(|| panic!("{step}: slot {s} of {k:?} missing"));
+                        assert!(
+                            m.backends.contains_key(&slot.backend_id),
+                            "{step}: backend {} missing",
+                            slot.backend_id
+                        );
+                    }
+                }
+            }
+        };
+        check(&m, "before");
+        for (i, g) in plan.groups.iter().enumerate() {
+            for op in &g.ops {
+                m = apply(
+                    &m,
+                    &Plan {
+                        groups: vec![Group {
+                            ops: vec![*op],
+                            needs_backends: vec![],
+                        }],
+                        ..Default::default()
+                    },
+                );
+                check(&m, &format!("after group {i} op {op:?}"));
+            }
+        }
+    }
+
+    #[test]
+    fn first_plan_programs_everything_consistently() {
+        let (mut s, mut b) = ids();
+        let d = desired(vec![
+            fe("10.96.0.1", 80, &[("10.0.0.1", 8080), ("10.0.0.2", 8080)]),
+            fe("10.96.0.2", 53, &[]),
+        ]);
+        let p = plan(&MapContents::default(), &d, &mut s, &mut b);
+        assert_consistent_throughout(&MapContents::default(), &p);
+        let after = apply(&MapContents::default(), &p);
+        assert_eq!(after, p.target);
+        // 2 backends; 2 address-only + 2 masters + 2 slots.
+        assert_eq!(after.backends.len(), 2);
+        assert_eq!(after.services.len(), 6);
+        assert_eq!(p.new_service_ids.len(), 2);
+    }
+
+    #[test]
+    fn replanning_the_same_state_is_a_no_op_and_keeps_ids() {
+        let (mut s, mut b) = ids();
+        let d = desired(vec![fe("10.96.0.1", 80, &[("10.0.0.1", 8080)])]);
+        let first = plan(&MapContents::default(), &d, &mut s, &mut b);
+        let programmed = apply(&MapContents::default(), &first);
+        // A restarted daemon has fresh allocators and reads the maps back.
+        let (mut s2, mut b2) = ids();
+        let again = plan(&programmed, &d, &mut s2, &mut b2);
+        assert!(again.is_empty(), "{:?}", again.groups);
+        assert_eq!(again.target, programmed);
+        assert!(again.new_service_ids.is_empty());
+    }
+
+    #[test]
+    fn shrinking_and_growing_stay_consistent_at_every_step() {
+        let (mut s, mut b) = ids();
+        let three = desired(vec![fe(
+            "10.96.0.1",
+            80,
+            &[("10.0.0.1", 80), ("10.0.0.2", 80), ("10.0.0.3", 80)],
+        )]);
+        let p1 = plan(&MapContents::default(), &three, &mut s, &mut b);
+        let m1 = apply(&MapContents::default(), &p1);
+        let one = desired(vec![fe("10.96.0.1", 80, &[("10.0.0.3", 80)])]);
+        let p2 = plan(&m1, &one, &mut s, &mut b);
+        assert_consistent_throughout(&m1, &p2);
+        assert_eq!(p2.removed_backends.len(), 2);
+        let m2 = apply(&m1, &p2);
+        let p3 = plan(&m2, &three, &mut s, &mut b);
+        assert_consistent_throughout(&m2, &p3);
+        // The surviving backend kept its id.
+        let id3 = |m: &MapContents| {
+            m.backends
+                .iter()
+                .find(|(_, be)| be.addr == nbo(ip("10.0.0.3")))
+                .map(|(id, _)| *id)
+                .unwrap()
+        };
+        assert_eq!(id3(&m1), id3(&m2));
+        assert_eq!(id3(&m2), id3(&apply(&m2, &p3)));
+    }
+
+    #[test]
+    fn removing_a_frontend_deletes_master_before_slots_and_address_last() {
+        let (mut s, mut b) = ids();
+        let d = desired(vec![fe("10.96.0.1", 80, &[("10.0.0.1", 80)])]);
+        let p = plan(&MapContents::default(), &d, &mut s, &mut b);
+        let m = apply(&MapContents::default(), &p);
+        let gone = plan(&m, &DesiredState::default(), &mut s, &mut b);
+        assert_consistent_throughout(&m, &gone);
+        let ops: Vec<Op> = gone.groups.iter().flat_map(|g| g.ops.clone()).collect();
+        let pos = |pred: &dyn Fn(&Op) -> bool| ops.iter().position(pred).unwrap();
+        let master = pos(&|o| matches!(o, Op::DeleteService(k) if k.slot == 0 && k.port != 0));
+        let slot = pos(&|o| matches!(o, Op::DeleteService(k) if k.slot == 1));
+        let addr = pos(&|o| matches!(o, Op::DeleteService(k) if k.port == 0));
+        let backend = pos(&|o| matches!(o, Op::DeleteBackend(_)));
+        assert!(master < slot && slot < addr && addr < backend, "{ops:?}");
+        assert!(apply(&m, &gone).services.is_empty());
+    }
+
+    #[test]
+    fn shared_backends_get_one_id_and_flags_reflect_every_use() {
+        let (mut s, mut b) = ids();
+        let mut a = fe("10.96.0.1", 80, &[("10.0.0.1", 80)]);
+        a.backends[0].local = true;
+        let mut c = fe("10.96.0.2", 80, &[("10.0.0.1", 80)]);
+        c.backends[0].terminating = true;
+        let p = plan(
+            &MapContents::default(),
+            &desired(vec![a, c]),
+            &mut s,
+            &mut b,
+        );
+        assert_eq!(p.target.backends.len(), 1);
+        let be = p.target.backends.values().next().unwrap();
+        assert_eq!(be.flags, BE_F_LOCAL, "terminating only if every use is");
+    }
+
+    #[test]
+    fn flags_and_kind_reach_the_master_entry() {
+        let (mut s, mut b) = ids();
+        let mut f = fe("10.96.0.1", 80, &[("10.0.0.1", 80)]);
+        f.kind = FrontendKind::NodePort;
+        f.local_only = true;
+        f.affinity_timeout = Some(300);
+        f.snat_remote = true;
+        let key = master_key(&f.key);
+        let p = plan(&MapContents::default(), &desired(vec![f]), &mut s, &mut b);
+        let v = p.target.services[&key];
+        assert_eq!(v.kind, KIND_NODE_PORT);
+        assert_eq!(v.flags, SVC_F_LOCAL | SVC_F_AFFINITY | SVC_F_SNAT_REMOTE);
+        assert_eq!(v.affinity_timeout, 300);
+        assert_eq!(frontend_key(&key).unwrap().port, 80);
+    }
+
+    #[test]
+    fn exhausted_ids_leave_frontends_out_instead_of_corrupting() {
+        let mut s = IdAllocator::new(2); // ids 1 only
+        let mut b = IdAllocator::new(1000);
+        let d = desired(vec![
+            fe("10.96.0.1", 80, &[("10.0.0.1", 80)]),
+            fe("10.96.0.2", 80, &[("10.0.0.1", 80)]),
+        ]);
+        let p = plan(&MapContents::default(), &d, &mut s, &mut b);
+        let masters = p
+            .target
+            .services
+            .iter()
+            .filter(|(k, v)| k.slot == 0 && v.flags & SVC_F_ADDR_ONLY == 0)
+            .count();
+        assert_eq!(masters, 1);
+        assert_consistent_throughout(&MapContents::default(), &p);
+    }
+}

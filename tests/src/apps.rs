@@ -1,0 +1,280 @@
+//! The workloads of simulated pods: identity servers that answer with their
+//! pod's name, and clients that report which pod answered and from where.
+//!
+//! Both run on threads that entered the pod's network namespace, so their
+//! sockets are the pod's sockets.
+
+use std::{
+    io::{BufRead, BufReader, Write},
+    net::{Ipv4Addr, SocketAddr, TcpListener, TcpStream, UdpSocket},
+    os::fd::AsRawFd,
+    sync::{
+        Arc,
+        atomic::{AtomicBool, AtomicU64, Ordering},
+    },
+    thread::JoinHandle,
+    time::Duration,
+};
+
+use anyhow::{Context, Result, bail};
+
+use crate::netns::NetNs;
+
+pub const IO_TIMEOUT: Duration = Duration::from_secs(3);
+
+/// A server running in a pod; stopped (and its socket closed) on drop.
+pub struct Server {
+    stop: Arc<AtomicBool>,
+    fd: i32,
+    thread: Option<JoinHandle<()>>,
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::SeqCst);
+        // Wakes a thread blocked in accept()/recvfrom().
+        // SAFETY: shutting down a socket the server thread still owns.
+        unsafe { libc::shutdown(self.fd, libc::SHUT_RDWR) };
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+/// Answers each line `L` on a TCP connection with `<name> L`; answers an
+/// HTTP GET with the name as body (for curl and the demo).
+pub fn serve_tcp(ns: &NetNs, name: &str, port: u16) -> Result<Server> {
+    let name = name.to_string();
+    let listener = ns
+        .run(move || TcpListener::bind((Ipv4Addr::UNSPECIFIED, port)))?
+        .with_context(|| format!("binding TCP port {port}"))?;
+    let fd = listener.as_raw_fd();
+    let stop = Arc::new(AtomicBool::new(false));
+    let stopped = stop.clone();
+    let thread = std::thread::spawn(move || {
+        for conn in listener.incoming() {
+            if stopped.load(Ordering::SeqCst) {
+                break;
+            }
+            let Ok(conn) = conn else { continue };
+            let name = name.clone();
+            std::thread::spawn(move || answer_tcp(conn, &name));
+        }
+    });
+    Ok(Server {
+        stop,
+        fd,
+        thread: Some(thread),
+    })
+}
+
+fn answer_tcp(conn: TcpStream, name: &str) {
+    let Ok(mut out) = conn.try_clone() else {
+        return;
+    };
+    let mut lines = BufReader::new(conn);
+    let mut line = String::new();
+    while matches!(lines.read_line(&mut line), Ok(n) if n > 0) {
+        if line.starts_with("GET ") {
+            // Drain the request headers, answer, close.
+            let mut h = String::new();
+            while matches!(lines.read_line(&mut h), Ok(n) if n > 2) {
+                h.clear();
+            }
+            let body = format!("{name}\n");
+            let _ = write!(
+                out,
+                "HTTP/1.1 200 OK\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+                body.len()
+            );
+            return;
+        }
+        if out
+            .write_all(format!("{name} {}\n", line.trim_end()).as_bytes())
+            .is_err()
+        {
+            return;
+        }
+        line.clear();
+    }
+}
+
+/// Answers each datagram `D` with `<name> D`.
+pub fn serve_udp(ns: &NetNs, name: &str, port: u16) -> Result<Server> {
+    let name = name.to_string();
+    let sock = ns
+        .run(move || UdpSocket::bind((Ipv4Addr::UNSPECIFIED, port)))?
+        .with_context(|| format!("binding UDP port {port}"))?;
+    let fd = sock.as_raw_fd();
+    let stop = Arc::new(AtomicBool::new(false));
+    let stopped = stop.clone();
+    let thread = std::thread::spawn(move || {
+        let mut buf = [0u8; 2048];
+        while !stopped.load(Ordering::SeqCst) {
+            let Ok((n, from)) = sock.recv_from(&mut buf) else {
+                continue;
+            };
+            if n == 0 && stopped.load(Ordering::SeqCst) {
+                break;
+            }
+            let mut reply = format!("{name} ").into_bytes();
+            reply.extend_from_slice(&buf[..n]);
+            let _ = sock.send_to(&reply, from);
+        }
+    });
+    Ok(Server {
+        stop,
+        fd,
+        thread: Some(thread),
+    })
+}
+
+/// The answering pod's name, from a reply line `<name> ...`.
+fn server_name(reply: &str) -> String {
+    reply.split_whitespace().next().unwrap_or("").to_string()
+}
+
+/// One TCP exchange: connect, send a line, return the answering pod's name.
+pub fn tcp_ask(target: SocketAddr) -> Result<String> {
+    let conn = TcpStream::connect_timeout(&target, IO_TIMEOUT)?;
+    conn.set_read_timeout(Some(IO_TIMEOUT))?;
+    // The connected socket only accepts segments from `target`: an answer
+    // means the reply came back from the address we dialled.
+    let mut out = conn.try_clone()?;
+    out.write_all(b"hello\n")?;
+    let mut line = String::new();
+    BufReader::new(conn).read_line(&mut line)?;
+    if line.is_empty() {
+        bail!("connection to {target} closed without an answer");
+    }
+    Ok(server_name(&line))
+}
+
+/// One UDP exchange from an unconnected socket: returns the answering pod's
+/// name and the address the reply came from.
+pub fn udp_ask(
+    sock: &UdpSocket,
+    target: SocketAddr,
+    payload: &str,
+) -> Result<(String, SocketAddr)> {
+    sock.send_to(payload.as_bytes(), target)?;
+    let mut buf = [0u8; 2048];
+    let (n, from) = sock.recv_from(&mut buf)?;
+    let reply = String::from_utf8_lossy(&buf[..n]).into_owned();
+    Ok((server_name(&reply), from))
+}
+
+pub fn udp_socket() -> Result<UdpSocket> {
+    let s = UdpSocket::bind((Ipv4Addr::UNSPECIFIED, 0))?;
+    s.set_read_timeout(Some(IO_TIMEOUT))?;
+    Ok(s)
+}
+
+/// A long-lived TCP conversation: a line every `interval`, each answer
+/// checked. Used to prove a flow survives changes around it.
+pub struct Stream {
+    stop: Arc<AtomicBool>,
+    pub exchanged: Arc<AtomicU64>,
+    server: Arc<std::sync::Mutex<String>>,
+    thread: Option<JoinHandle<StreamReport>>,
+}
+
+#[derive(Debug)]
+pub struct StreamReport {
+    pub server: String,
+    pub exchanged: u64,
+    /// The first failure, if the conversation broke.
+    pub error: Option<String>,
+}
+
+impl Stream {
+    pub fn start(ns: &NetNs, target: SocketAddr, interval: Duration) -> Result<Self> {
+        let stop = Arc::new(AtomicBool::new(false));
+        let exchanged = Arc::new(AtomicU64::new(0));
+        let server = Arc::new(std::sync::Mutex::new(String::new()));
+        let (s, e, who) = (stop.clone(), exchanged.clone(), server.clone());
+        let (ready_tx, ready_rx) = std::sync::mpsc::channel();
+        let thread = ns.spawn(move || {
+            let mut report = StreamReport {
+                server: String::new(),
+                exchanged: 0,
+                error: None,
+            };
+            let conn = match TcpStream::connect_timeout(&target, IO_TIMEOUT) {
+                Ok(c) => c,
+                Err(err) => {
+                    report.error = Some(format!("connect: {err}"));
+                    let _ = ready_tx.send(());
+                    return report;
+                }
+            };
+            let _ = conn.set_read_timeout(Some(IO_TIMEOUT));
+            let mut out = conn.try_clone().expect("clone socket");
+            let mut lines = BufReader::new(conn);
+            let mut seq = 0u64;
+            while !s.load(Ordering::SeqCst) {
+                let mut line = String::new();
+                let r = out
+                    .write_all(format!("seq {seq}\n").as_bytes())
+                    .and_then(|_| lines.read_line(&mut line));
+                match r {
+                    Ok(n) if n > 0 && line.trim_end().ends_with(&format!("seq {seq}")) => {
+                        report.server = server_name(&line);
+                        if seq == 0 {
+                            *who.lock().unwrap() = report.server.clone();
+                        }
+                        seq += 1;
+                        report.exchanged = seq;
+                        e.store(seq, Ordering::SeqCst);
+                        if seq == 1 {
+                            let _ = ready_tx.send(());
+                        }
+                    }
+                    Ok(_) => {
+                        report.error = Some(format!("bad or no answer to seq {seq}: {line:?}"));
+                        break;
+                    }
+                    Err(err) => {
+                        report.error = Some(format!("seq {seq}: {err}"));
+                        break;
+                    }
+                }
+                std::thread::sleep(interval);
+            }
+            let _ = ready_tx.send(());
+            report
+        })?;
+        // Return once the first exchange happened (or failed).
+        let _ = ready_rx.recv_timeout(IO_TIMEOUT * 2);
+        Ok(Self {
+            stop,
+            exchanged,
+            server,
+            thread: Some(thread),
+        })
+    }
+
+    /// The pod answering this stream (empty until the first answer).
+    pub fn server(&self) -> String {
+        self.server.lock().unwrap().clone()
+    }
+
+    pub fn stop(mut self) -> StreamReport {
+        self.stop.store(true, Ordering::SeqCst);
+        self.thread
+            .take()
+            .expect("stopped once")
+            .join()
+            .unwrap_or(StreamReport {
+                server: String::new(),
+                exchanged: 0,
+                error: Some("stream thread panicked".into()),
+            })
+    }
+}
+
+impl Drop for Stream {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::SeqCst);
+    }
+}

@@ -1,0 +1,4 @@
+//! Benchmarks run by `cargo xtask bench`. They print figures and
+//! comparisons; they assert nothing about speed (that would flake).
+
+pub mod datapath;

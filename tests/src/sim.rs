@@ -1,0 +1,427 @@
+//! A simulated cluster in network namespaces (DESIGN.md's test topology):
+//! a "fabric" namespace with a bridge as the underlay LAN, one namespace per
+//! node attached to it, pods as namespaces wired by the real `sluice-cni`
+//! binary run inside the node's namespace as a container runtime would,
+//! `sluiced` running inside each node's namespace on a shared manifests
+//! directory, and an "outside" host on the fabric.
+//!
+//! Nothing is added to the root network namespace; no namespace has a route
+//! off the machine; everything is removed on drop (or on a signal).
+
+use std::{
+    fs,
+    io::Write,
+    net::Ipv4Addr,
+    path::{Path, PathBuf},
+    process::{Child, Stdio},
+    time::{Duration, Instant},
+};
+
+use anyhow::{Context, Result, bail};
+
+use crate::{
+    bpffs::TempBpffs,
+    cleanup::{self, Item},
+    manifests,
+    netns::NetNs,
+};
+
+pub const CLUSTER_CIDR: &str = "10.244.0.0/16";
+pub const FABRIC_PREFIX: u8 = 24;
+
+/// Where the binaries under test are (`cargo xtask build` puts them there).
+#[derive(Clone, Debug)]
+pub struct Bins {
+    pub sluiced: PathBuf,
+    pub sluicectl: PathBuf,
+    pub cni: PathBuf,
+    pub dir: PathBuf,
+}
+
+impl Bins {
+    pub fn locate() -> Result<Self> {
+        let dir = std::env::var_os("SLUICE_BIN_DIR")
+            .map(PathBuf::from)
+            .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/release"));
+        let bins = Self {
+            sluiced: dir.join("sluiced"),
+            sluicectl: dir.join("sluicectl"),
+            cni: dir.join("sluice-cni"),
+            dir,
+        };
+        for b in [&bins.sluiced, &bins.sluicectl, &bins.cni] {
+            if !b.exists() {
+                bail!(
+                    "{} is missing: build the binaries first (`cargo xtask build`, or run the suite with `cargo xtask test`)",
+                    b.display()
+                );
+            }
+        }
+        Ok(bins)
+    }
+}
+
+/// Polls `f` every 20 ms until it returns true or `timeout` passes.
+pub fn wait_until(timeout: Duration, mut f: impl FnMut() -> bool) -> bool {
+    let start = Instant::now();
+    loop {
+        if f() {
+            return true;
+        }
+        if start.elapsed() > timeout {
+            return false;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+pub struct Node {
+    pub name: String,
+    pub ns: NetNs,
+    pub ip: Ipv4Addr,
+    pub pod_cidr: String,
+    pub bpffs: PathBuf,
+    pub state_dir: PathBuf,
+    pub cni_conf_dir: PathBuf,
+    pub log: PathBuf,
+    daemon: Option<Child>,
+    pods: u32,
+}
+
+pub struct Pod {
+    pub name: String,
+    pub ns: NetNs,
+    pub ip: Ipv4Addr,
+    pub node: String,
+    pub container_id: String,
+}
+
+pub struct Cluster {
+    pub bins: Bins,
+    pub nodes: Vec<Node>,
+    pub outside: NetNs,
+    pub outside_ip: Ipv4Addr,
+    pub manifests: PathBuf,
+    // Dropped last, in this order: namespaces above go first.
+    pub fabric: NetNs,
+    pub fs: TempBpffs,
+}
+
+fn fabric_ip(host: u8) -> Ipv4Addr {
+    Ipv4Addr::new(10, 77, 0, host)
+}
+
+impl Cluster {
+    /// Builds the fabric, `nodes` node namespaces and an outside host, and
+    /// writes each Node object into the manifests directory. Daemons are
+    /// not started yet.
+    pub fn new(nodes: usize) -> Result<Self> {
+        crate::privileges::require_root();
+        let bins = Bins::locate()?;
+        let fs = TempBpffs::new("cluster")?;
+        let manifests = fs.scratch().join("manifests");
+        fs::create_dir_all(&manifests)?;
+        let fabric = NetNs::new("fabric")?;
+        fabric.ip(&["link", "add", "fab0", "type", "bridge"])?;
+        fabric.ip(&["link", "set", "fab0", "up"])?;
+
+        let mut c = Self {
+            bins,
+            nodes: Vec::new(),
+            outside: NetNs::new("outside")?,
+            outside_ip: fabric_ip(200),
+            manifests,
+            fabric,
+            fs,
+        };
+        c.attach_host(&c.outside, "outside", c.outside_ip)?;
+        for i in 0..nodes {
+            let name = format!("node-{}", i + 1);
+            let ns = NetNs::new(&format!("n{}", i + 1))?;
+            let ip = fabric_ip(10 + i as u8);
+            c.attach_host(&ns, &format!("n{}", i + 1), ip)?;
+            let pod_cidr = format!("10.244.{}.0/24", i + 1);
+            let dir = c.fs.scratch().join(&name);
+            let bpffs = c.fs.path().join(&name);
+            fs::create_dir_all(&bpffs)?;
+            fs::create_dir_all(&dir)?;
+            let node = Node {
+                name: name.clone(),
+                ns,
+                ip,
+                pod_cidr: pod_cidr.clone(),
+                bpffs,
+                state_dir: dir.join("state"),
+                cni_conf_dir: dir.join("cni"),
+                log: dir.join("sluiced.log"),
+                daemon: None,
+                pods: 0,
+            };
+            c.apply(
+                &format!("node-{name}.yaml"),
+                &manifests::node(&name, ip, &pod_cidr),
+            )?;
+            c.nodes.push(node);
+        }
+        Ok(c)
+    }
+
+    /// Connects a host namespace to the fabric bridge with `eth0` = `ip`.
+    fn attach_host(&self, ns: &NetNs, tag: &str, ip: Ipv4Addr) -> Result<()> {
+        let port = format!("fab-{tag}");
+        // Both ends are created inside the fabric namespace, then one moves:
+        // never in the root namespace.
+        self.fabric.ip(&[
+            "link",
+            "add",
+            &port,
+            "type",
+            "veth",
+            "peer",
+            "name",
+            "eth0",
+            "netns",
+            ns.name(),
+        ])?;
+        self.fabric
+            .ip(&["link", "set", &port, "master", "fab0", "up"])?;
+        ns.ip(&[
+            "addr",
+            "add",
+            &format!("{ip}/{FABRIC_PREFIX}"),
+            "dev",
+            "eth0",
+        ])?;
+        ns.ip(&["link", "set", "eth0", "up"])?;
+        Ok(())
+    }
+
+    pub fn node(&self, name: &str) -> &Node {
+        self.nodes
+            .iter()
+            .find(|n| n.name == name)
+            .expect("known node")
+    }
+
+    /// Writes a manifest atomically (temporary file + rename), as an
+    /// operator's tooling would.
+    pub fn apply(&self, file: &str, yaml: &str) -> Result<()> {
+        let tmp = self.manifests.join(format!(".{file}.tmp"));
+        let mut f = fs::File::create(&tmp)?;
+        f.write_all(yaml.as_bytes())?;
+        f.sync_all()?;
+        fs::rename(&tmp, self.manifests.join(file))?;
+        Ok(())
+    }
+
+    pub fn delete(&self, file: &str) -> Result<()> {
+        fs::remove_file(self.manifests.join(file)).with_context(|| format!("removing {file}"))
+    }
+
+    /// Starts `sluiced` on every node and waits until each has written its
+    /// CNI configuration.
+    pub fn start_daemons(&mut self) -> Result<()> {
+        for i in 0..self.nodes.len() {
+            self.start_daemon(i)?;
+        }
+        Ok(())
+    }
+
+    pub fn start_daemon(&mut self, i: usize) -> Result<()> {
+        let bins = self.bins.clone();
+        let manifests = self.manifests.clone();
+        let node = &mut self.nodes[i];
+        node.start(&bins, &manifests)
+    }
+
+    pub fn stop_daemon(&mut self, i: usize) -> Result<()> {
+        self.nodes[i].stop()
+    }
+
+    /// Creates a pod on node `i`, wired by `sluice-cni` ADD.
+    pub fn add_pod(&mut self, i: usize, name: &str) -> Result<Pod> {
+        let bins = self.bins.clone();
+        self.nodes[i].add_pod(&bins, name)
+    }
+}
+
+impl Node {
+    fn start(&mut self, bins: &Bins, manifests: &Path) -> Result<()> {
+        if self.daemon.is_some() {
+            bail!("sluiced already runs on {}", self.name);
+        }
+        let log = fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&self.log)?;
+        let child = self
+            .ns
+            .command(&bins.sluiced)
+            .args(["--node-name", &self.name])
+            .arg("--manifests")
+            .arg(manifests)
+            .arg("--bpffs")
+            .arg(&self.bpffs)
+            .arg("--state-dir")
+            .arg(&self.state_dir)
+            .arg("--cni-conf-dir")
+            .arg(&self.cni_conf_dir)
+            .args(["--cluster-cidr", CLUSTER_CIDR])
+            .env("RUST_LOG", "info")
+            .stdin(Stdio::null())
+            .stdout(log.try_clone()?)
+            .stderr(log)
+            .spawn()
+            .context("starting sluiced")?;
+        cleanup::register(Item::Process(child.id() as i32));
+        self.daemon = Some(child);
+        let conflist = self.conflist_path();
+        if !wait_until(Duration::from_secs(20), || {
+            conflist.exists() || self.exited()
+        }) {
+            bail!(
+                "sluiced on {} did not write {}: {}",
+                self.name,
+                conflist.display(),
+                self.log_tail()
+            );
+        }
+        if self.exited() {
+            bail!("sluiced on {} exited: {}", self.name, self.log_tail());
+        }
+        Ok(())
+    }
+
+    fn exited(&mut self) -> bool {
+        matches!(
+            self.daemon.as_mut().map(|c| c.try_wait()),
+            Some(Ok(Some(_)))
+        )
+    }
+
+    /// Stops the daemon the way the kubelet does (SIGTERM) and waits.
+    pub fn stop(&mut self) -> Result<()> {
+        let Some(mut child) = self.daemon.take() else {
+            return Ok(());
+        };
+        // SAFETY: plain kill of our child.
+        unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            if child.try_wait()?.is_some() {
+                break;
+            }
+            if Instant::now() > deadline {
+                let _ = child.kill();
+                let _ = child.wait();
+                bail!("sluiced on {} ignored SIGTERM", self.name);
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        cleanup::unregister(&Item::Process(child.id() as i32));
+        Ok(())
+    }
+
+    pub fn running(&mut self) -> bool {
+        self.daemon.is_some() && !self.exited()
+    }
+
+    pub fn conflist_path(&self) -> PathBuf {
+        self.cni_conf_dir.join("10-sluice.conflist")
+    }
+
+    /// The last lines of the daemon's log, for failure messages.
+    pub fn log_tail(&self) -> String {
+        let text = fs::read_to_string(&self.log).unwrap_or_default();
+        let lines: Vec<&str> = text.lines().collect();
+        lines[lines.len().saturating_sub(25)..].join("\n")
+    }
+
+    /// The plugin configuration a runtime would pass on stdin: the conflist's
+    /// first plugin with the network's name and cniVersion injected.
+    pub fn cni_stdin(&self) -> Result<serde_json::Value> {
+        let text = fs::read_to_string(self.conflist_path())
+            .with_context(|| format!("reading {}", self.conflist_path().display()))?;
+        let list: serde_json::Value = serde_json::from_str(&text)?;
+        let mut conf = list["plugins"][0].clone();
+        conf["name"] = list["name"].clone();
+        conf["cniVersion"] = list["cniVersion"].clone();
+        Ok(conf)
+    }
+
+    /// Invokes the plugin inside this node's namespace like a container
+    /// runtime: environment variables and the configuration on stdin.
+    pub fn cni(
+        &self,
+        bins: &Bins,
+        command: &str,
+        container_id: &str,
+        netns: &Path,
+        stdin: &serde_json::Value,
+    ) -> Result<serde_json::Value> {
+        let mut child = self
+            .ns
+            .command(&bins.cni)
+            .env("CNI_COMMAND", command)
+            .env("CNI_CONTAINERID", container_id)
+            .env("CNI_NETNS", netns)
+            .env("CNI_IFNAME", "eth0")
+            .env("CNI_PATH", &bins.dir)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .context("starting sluice-cni")?;
+        child
+            .stdin
+            .take()
+            .expect("piped")
+            .write_all(stdin.to_string().as_bytes())?;
+        let out = child.wait_with_output()?;
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        if !out.status.success() {
+            bail!(
+                "sluice-cni {command} failed ({}): {stdout} {}",
+                out.status,
+                String::from_utf8_lossy(&out.stderr)
+            );
+        }
+        if stdout.trim().is_empty() {
+            return Ok(serde_json::Value::Null);
+        }
+        Ok(serde_json::from_str(&stdout)?)
+    }
+
+    fn add_pod(&mut self, bins: &Bins, name: &str) -> Result<Pod> {
+        self.pods += 1;
+        let ns = NetNs::new(&format!("p-{name}"))?;
+        let container_id = format!("{}-{}-{:08x}", self.name, name, std::process::id());
+        let result = self.cni(bins, "ADD", &container_id, &ns.path(), &self.cni_stdin()?)?;
+        let addr = result["ips"][0]["address"]
+            .as_str()
+            .context("ADD result without an address")?;
+        let ip: Ipv4Addr = addr
+            .split('/')
+            .next()
+            .unwrap_or_default()
+            .parse()
+            .with_context(|| format!("bad address {addr} in ADD result"))?;
+        Ok(Pod {
+            name: name.to_string(),
+            ns,
+            ip,
+            node: self.name.clone(),
+            container_id,
+        })
+    }
+}
+
+impl Drop for Node {
+    fn drop(&mut self) {
+        if let Some(mut child) = self.daemon.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+            cleanup::unregister(&Item::Process(child.id() as i32));
+        }
+    }
+}

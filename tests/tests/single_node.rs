@@ -1,0 +1,399 @@
+//! One node, end to end: pods wired by the real sluice-cni binary, sluiced
+//! reading a manifests directory, real TCP and UDP through the datapath.
+
+use std::{
+    collections::BTreeMap,
+    io::ErrorKind,
+    net::{Ipv4Addr, SocketAddr, TcpStream},
+    time::{Duration, Instant},
+};
+
+use sluice_tests::{
+    apps::{self, Server, Stream},
+    manifests::{self, Endpoint, Service, ready, tcp_port, udp_port},
+    sim::{Cluster, Pod, wait_until},
+};
+
+const VIP: Ipv4Addr = Ipv4Addr::new(10, 96, 0, 10);
+
+struct Setup {
+    backends: Vec<Pod>,
+    client: Pod,
+    svc: Service,
+    _servers: Vec<Server>,
+    // Last: torn down after the pods and servers above.
+    cluster: Cluster,
+}
+
+fn web_service() -> Service {
+    manifests::service(
+        "web",
+        VIP,
+        vec![tcp_port("http", 80, 8080), udp_port("dns", 53, 5353)],
+    )
+}
+
+fn slice_ports() -> Vec<(&'static str, u16, &'static str)> {
+    vec![("http", 8080, "TCP"), ("dns", 5353, "UDP")]
+}
+
+fn endpoints(pods: &[&Pod]) -> Vec<Endpoint> {
+    pods.iter().map(|p| ready(p.ip, &p.node)).collect()
+}
+
+/// One node, three backend pods serving TCP 8080 and UDP 5353, a client pod,
+/// and Service `web` (10.96.0.10: 80/TCP -> 8080, 53/UDP -> 5353).
+fn setup() -> Setup {
+    let mut cluster = Cluster::new(1).unwrap();
+    cluster.start_daemons().unwrap();
+    let mut backends = Vec::new();
+    let mut servers = Vec::new();
+    for i in 1..=3 {
+        let pod = cluster.add_pod(0, &format!("web-{i}")).unwrap();
+        servers.push(apps::serve_tcp(&pod.ns, &pod.name, 8080).unwrap());
+        servers.push(apps::serve_udp(&pod.ns, &pod.name, 5353).unwrap());
+        backends.push(pod);
+    }
+    let client = cluster.add_pod(0, "client").unwrap();
+    let svc = web_service();
+    cluster.apply("web-svc.yaml", &svc.yaml()).unwrap();
+    let eps = endpoints(&backends.iter().collect::<Vec<_>>());
+    cluster
+        .apply(
+            "web-slice.yaml",
+            &manifests::endpoint_slice(&svc, &slice_ports(), &eps),
+        )
+        .unwrap();
+    let s = Setup {
+        backends,
+        client,
+        svc,
+        _servers: servers,
+        cluster,
+    };
+    let target = SocketAddr::from((VIP, 80));
+    let ok = wait_until(Duration::from_secs(5), || {
+        s.client
+            .ns
+            .run(move || apps::tcp_ask(target).is_ok())
+            .unwrap_or(false)
+    });
+    assert!(
+        ok,
+        "service never answered: {}",
+        s.cluster.nodes[0].log_tail()
+    );
+    s
+}
+
+fn tcp_spread(client: &Pod, target: SocketAddr, n: usize) -> BTreeMap<String, usize> {
+    client
+        .ns
+        .run(move || {
+            let mut seen = BTreeMap::new();
+            for i in 0..n {
+                let who = apps::tcp_ask(target)
+                    .unwrap_or_else(|e| panic!("connection {i} to {target} failed: {e}"));
+                *seen.entry(who).or_insert(0) += 1;
+            }
+            seen
+        })
+        .unwrap()
+}
+
+fn assert_fair(seen: &BTreeMap<String, usize>, backends: &[Pod], n: usize) {
+    assert_eq!(seen.values().sum::<usize>(), n);
+    for b in backends {
+        let got = seen.get(&b.name).copied().unwrap_or(0);
+        assert!(
+            got * 5 >= n,
+            "{} got {got} of {n} connections (< 20%): {seen:?}",
+            b.name
+        );
+    }
+}
+
+#[test]
+fn a_tcp_connections_spread_over_backends_and_replies_come_from_the_vip() {
+    let s = setup();
+    // A connected TCP socket accepts segments only from the address it
+    // dialled: each answer proves the reply came from VIP:80.
+    let seen = tcp_spread(&s.client, SocketAddr::from((VIP, 80)), 300);
+    assert_fair(&seen, &s.backends, 300);
+}
+
+#[test]
+fn b_udp_spreads_and_one_flow_stays_on_one_backend() {
+    let s = setup();
+    let target = SocketAddr::from((VIP, 53));
+    let (spread, flow) = s
+        .client
+        .ns
+        .run(move || {
+            let mut spread = BTreeMap::new();
+            for i in 0..300 {
+                // A new socket is a new source port: a new flow.
+                let sock = apps::udp_socket().unwrap();
+                let (who, from) = apps::udp_ask(&sock, target, &format!("q{i}"))
+                    .unwrap_or_else(|e| panic!("datagram {i} got no answer: {e}"));
+                assert_eq!(from, target, "reply {i} came from {from}, not the VIP");
+                *spread.entry(who).or_insert(0usize) += 1;
+            }
+            let sock = apps::udp_socket().unwrap();
+            let mut flow = BTreeMap::new();
+            for i in 0..100 {
+                let (who, from) = apps::udp_ask(&sock, target, &format!("f{i}")).unwrap();
+                assert_eq!(from, target);
+                *flow.entry(who).or_insert(0usize) += 1;
+            }
+            (spread, flow)
+        })
+        .unwrap();
+    assert_fair(&spread, &s.backends, 300);
+    assert_eq!(
+        flow.len(),
+        1,
+        "one UDP flow moved between backends: {flow:?}"
+    );
+    assert_eq!(flow.values().sum::<usize>(), 100);
+}
+
+#[test]
+fn c_removed_endpoint_gets_no_new_connections_and_other_streams_live_on() {
+    let s = setup();
+    let target = SocketAddr::from((VIP, 80));
+    let stream = Stream::start(&s.client.ns, target, Duration::from_millis(20)).unwrap();
+    std::thread::sleep(Duration::from_millis(200));
+    let streamed = stream.exchanged.load(std::sync::atomic::Ordering::SeqCst);
+    assert!(streamed > 0, "stream did not start");
+    // Remove a backend the stream does not use.
+    let streaming = stream.server();
+    let victim = s
+        .backends
+        .iter()
+        .find(|b| b.name != streaming)
+        .expect("three backends");
+    let remaining: Vec<&Pod> = s
+        .backends
+        .iter()
+        .filter(|b| b.name != victim.name)
+        .collect();
+    s.cluster
+        .apply(
+            "web-slice.yaml",
+            &manifests::endpoint_slice(&s.svc, &slice_ports(), &endpoints(&remaining)),
+        )
+        .unwrap();
+    let written = Instant::now();
+    std::thread::sleep(Duration::from_secs(1).saturating_sub(written.elapsed()));
+    let seen = tcp_spread(&s.client, target, 100);
+    assert!(
+        !seen.contains_key(&victim.name),
+        "{} still got new connections 1 s after its removal: {seen:?}",
+        victim.name
+    );
+    assert_eq!(seen.values().sum::<usize>(), 100);
+    std::thread::sleep(Duration::from_millis(300));
+    let report = stream.stop();
+    assert!(
+        report.error.is_none(),
+        "the established stream broke: {report:?}"
+    );
+    assert!(report.exchanged > streamed, "stream stalled: {report:?}");
+    assert_eq!(
+        report.server, streaming,
+        "the stream moved to another backend"
+    );
+}
+
+#[test]
+fn d_service_without_endpoints_refuses_at_once() {
+    let s = setup();
+    let empty = manifests::service(
+        "empty",
+        Ipv4Addr::new(10, 96, 0, 20),
+        vec![tcp_port("http", 80, 8080)],
+    );
+    s.cluster.apply("empty-svc.yaml", &empty.yaml()).unwrap();
+    s.cluster
+        .apply(
+            "empty-slice.yaml",
+            &manifests::endpoint_slice(&empty, &[("http", 8080, "TCP")], &[]),
+        )
+        .unwrap();
+    let target = SocketAddr::from((Ipv4Addr::new(10, 96, 0, 20), 80));
+    // Give the daemon time to program it, then every attempt must be refused fast.
+    let programmed = wait_until(Duration::from_secs(3), || {
+        s.client
+            .ns
+            .run(move || {
+                matches!(TcpStream::connect_timeout(&target, Duration::from_secs(1)),
+                    Err(e) if e.kind() == ErrorKind::ConnectionRefused)
+            })
+            .unwrap()
+    });
+    assert!(programmed, "service without endpoints never refused");
+    for _ in 0..5 {
+        let (kind, took) = s
+            .client
+            .ns
+            .run(move || {
+                let t = Instant::now();
+                let r = TcpStream::connect_timeout(&target, Duration::from_secs(5));
+                (r.err().map(|e| e.kind()), t.elapsed())
+            })
+            .unwrap();
+        assert_eq!(kind, Some(ErrorKind::ConnectionRefused));
+        assert!(took < Duration::from_secs(1), "refusal took {took:?}");
+    }
+    // UDP gets ICMP port unreachable too: a connected socket sees it.
+    let refused = s
+        .client
+        .ns
+        .run(move || {
+            let sock = std::net::UdpSocket::bind((Ipv4Addr::UNSPECIFIED, 0)).unwrap();
+            sock.set_read_timeout(Some(Duration::from_secs(1))).unwrap();
+            sock.connect(SocketAddr::from((Ipv4Addr::new(10, 96, 0, 20), 80)))
+                .unwrap();
+            let _ = sock.send(b"x");
+            let mut buf = [0u8; 16];
+            sock.recv(&mut buf).err().map(|e| e.kind())
+        })
+        .unwrap();
+    // Port 80/UDP is not a port of this service: refused as unknown port.
+    assert_eq!(refused, Some(ErrorKind::ConnectionRefused));
+}
+
+#[test]
+fn e_a_pod_reaches_itself_through_its_service() {
+    let s = setup();
+    let me = &s.backends[0];
+    let self_svc = manifests::service(
+        "self",
+        Ipv4Addr::new(10, 96, 0, 30),
+        vec![tcp_port("http", 80, 8080), udp_port("dns", 53, 5353)],
+    );
+    s.cluster.apply("self-svc.yaml", &self_svc.yaml()).unwrap();
+    s.cluster
+        .apply(
+            "self-slice.yaml",
+            &manifests::endpoint_slice(&self_svc, &slice_ports(), &endpoints(&[me])),
+        )
+        .unwrap();
+    let tcp_target = SocketAddr::from((Ipv4Addr::new(10, 96, 0, 30), 80));
+    let udp_target = SocketAddr::from((Ipv4Addr::new(10, 96, 0, 30), 53));
+    let ok = wait_until(Duration::from_secs(3), || {
+        me.ns
+            .run(move || apps::tcp_ask(tcp_target).is_ok())
+            .unwrap()
+    });
+    assert!(
+        ok,
+        "hairpin TCP never worked: {}",
+        s.cluster.nodes[0].log_tail()
+    );
+    let name = me.name.clone();
+    me.ns
+        .run(move || {
+            for _ in 0..20 {
+                assert_eq!(apps::tcp_ask(tcp_target).unwrap(), name);
+                let sock = apps::udp_socket().unwrap();
+                let (who, from) = apps::udp_ask(&sock, udp_target, "me?").unwrap();
+                assert_eq!((who.as_str(), from), (name.as_str(), udp_target));
+            }
+        })
+        .unwrap();
+    // Through the shared service, a backend sometimes lands on itself.
+    let seen = tcp_spread(me, SocketAddr::from((VIP, 80)), 60);
+    assert!(seen.contains_key(&me.name), "never hairpinned: {seen:?}");
+}
+
+#[test]
+fn f_a_changed_service_port_is_applied_live() {
+    let s = setup();
+    let mut svc = s.svc.clone();
+    svc.ports[0].port = 8081;
+    s.cluster.apply("web-svc.yaml", &svc.yaml()).unwrap();
+    let new = SocketAddr::from((VIP, 8081));
+    let old = SocketAddr::from((VIP, 80));
+    let moved = wait_until(Duration::from_secs(3), || {
+        s.client
+            .ns
+            .run(move || {
+                apps::tcp_ask(new).is_ok()
+                    && matches!(TcpStream::connect_timeout(&old, Duration::from_secs(1)),
+                        Err(e) if e.kind() == ErrorKind::ConnectionRefused)
+            })
+            .unwrap()
+    });
+    assert!(
+        moved,
+        "port change not applied: {}",
+        s.cluster.nodes[0].log_tail()
+    );
+    let seen = tcp_spread(&s.client, new, 60);
+    assert_eq!(seen.values().sum::<usize>(), 60);
+}
+
+#[test]
+fn g_daemon_restart_keeps_established_streams() {
+    let mut s = setup();
+    let target = SocketAddr::from((VIP, 80));
+    let stream = Stream::start(&s.client.ns, target, Duration::from_millis(20)).unwrap();
+    std::thread::sleep(Duration::from_millis(200));
+    s.cluster.stop_daemon(0).unwrap();
+    let during = stream.exchanged.load(std::sync::atomic::Ordering::SeqCst);
+    // With the daemon gone the datapath carries on alone, new flows included.
+    std::thread::sleep(Duration::from_millis(500));
+    let seen = tcp_spread(&s.client, target, 30);
+    assert_eq!(seen.values().sum::<usize>(), 30);
+    s.cluster.start_daemon(0).unwrap();
+    std::thread::sleep(Duration::from_millis(500));
+    let seen = tcp_spread(&s.client, target, 30);
+    assert_eq!(seen.values().sum::<usize>(), 30);
+    let report = stream.stop();
+    assert!(
+        report.error.is_none(),
+        "stream broke across the restart: {report:?}"
+    );
+    assert!(report.exchanged > during + 20, "stream stalled: {report:?}");
+}
+
+#[test]
+fn h_bad_manifests_are_skipped_and_the_rest_keeps_working() {
+    let s = setup();
+    s.cluster
+        .apply(
+            "broken.yaml",
+            "apiVersion: v1\nkind: Service\nmetadata: [oops\n",
+        )
+        .unwrap();
+    s.cluster
+        .apply(
+            "invalid.yaml",
+            "apiVersion: v1\nkind: Service\nmetadata:\n  name: bad\n  namespace: default\nspec:\n  clusterIP: 10.96.0.300\n  ports:\n  - port: 80\n",
+        )
+        .unwrap();
+    let target = SocketAddr::from((VIP, 80));
+    std::thread::sleep(Duration::from_millis(500));
+    let seen = tcp_spread(&s.client, target, 30);
+    assert_eq!(seen.values().sum::<usize>(), 30);
+    let log_has = |needle: &str| {
+        wait_until(Duration::from_secs(3), || {
+            s.cluster.nodes[0].log_tail().contains(needle)
+                || std::fs::read_to_string(&s.cluster.nodes[0].log)
+                    .unwrap_or_default()
+                    .contains(needle)
+        })
+    };
+    assert!(
+        log_has("broken.yaml"),
+        "parse failure not logged: {}",
+        s.cluster.nodes[0].log_tail()
+    );
+    assert!(
+        log_has("default/bad"),
+        "invalid Service not logged: {}",
+        s.cluster.nodes[0].log_tail()
+    );
+}
