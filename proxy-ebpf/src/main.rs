@@ -250,8 +250,14 @@ fn hairpin_reply(ctx: &TcContext, pkt: &mut Packet) -> Verdict {
     redirect_back(ctx, reason::HAIRPIN_REPLY)
 }
 
+/// Sends the packet back into the pod it came from. It was addressed to
+/// the gateway's MAC; the pod would discard it as someone else's frame, so
+/// the addresses are swapped as if the gateway had routed it back.
 #[inline(always)]
 fn redirect_back(ctx: &TcContext, reason: u32) -> Verdict {
+    if packet::swap_macs(ctx).is_err() {
+        return Verdict::drop(reason::DROP_REWRITE);
+    }
     // SAFETY: plain helper call.
     let action = unsafe { bpf_redirect(ifindex(ctx), 0) } as i32;
     if action != TC_ACT_REDIRECT as i32 {

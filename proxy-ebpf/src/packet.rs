@@ -200,3 +200,15 @@ pub fn parse(ctx: &TcContext) -> Parsed {
     pkt.l4_complete = l4_avail >= need && ptr_at::<u8>(ctx, l4_off + need as usize - 1).is_some();
     Parsed::Ipv4(pkt)
 }
+
+/// Swaps the Ethernet source and destination addresses.
+#[inline(always)]
+pub fn swap_macs(ctx: &TcContext) -> Result<(), ()> {
+    let Some(macs) = read::<[u8; 12]>(ctx, 0) else {
+        return Err(());
+    };
+    let mut swapped = [0u8; 12];
+    swapped[..6].copy_from_slice(&macs[6..]);
+    swapped[6..].copy_from_slice(&macs[..6]);
+    ctx.store(0, &swapped, 0).map_err(|_| ())
+}

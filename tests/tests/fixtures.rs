@@ -343,14 +343,22 @@ fn cases() -> Vec<Case> {
             to_self.bytes(),
         )
         .verdict(TC_ACT_REDIRECT, reason::FWD_NEW)
-        .out(tcp((HAIRPIN, 40004), (CLIENT, 8080), TCP_SYN).bytes()),
+        .out(
+            tcp((HAIRPIN, 40004), (CLIENT, 8080), TCP_SYN)
+                .with_macs(GATEWAY_MAC, CLIENT_MAC)
+                .bytes(),
+        ),
         case(
             "its reply to the hairpin address comes back from the VIP",
             PROG_FROM_POD,
             tcp((CLIENT, 8080), (HAIRPIN, 40004), TCP_SYN | TCP_ACK).bytes(),
         )
         .verdict(TC_ACT_REDIRECT, reason::HAIRPIN_REPLY)
-        .out(tcp((VIP_SELF, 80), (CLIENT, 40004), TCP_SYN | TCP_ACK).bytes()),
+        .out(
+            tcp((VIP_SELF, 80), (CLIENT, 40004), TCP_SYN | TCP_ACK)
+                .with_macs(GATEWAY_MAC, CLIENT_MAC)
+                .bytes(),
+        ),
         case(
             "a packet to the hairpin address without a flow is dropped",
             PROG_FROM_POD,
