@@ -148,7 +148,9 @@ fn interface_mtu(name: &std::ffi::CStr) -> Option<u32> {
     let rc = unsafe { libc::ioctl(fd, libc::SIOCGIFMTU, &mut req) };
     // SAFETY: closing our socket.
     unsafe { libc::close(fd) };
-    (rc == 0).then(|| unsafe { req.ifr_ifru.ifru_mtu } as u32)
+    // SAFETY: the ioctl succeeded, so the union holds the MTU.
+    let mtu = unsafe { req.ifr_ifru.ifru_mtu } as u32;
+    (rc == 0).then_some(mtu)
 }
 
 /// Turns views of the cluster into datapath state for one node.

@@ -107,8 +107,8 @@ pub fn create(
     };
     // The reply entry first: once the service entry exists, packets are
     // forwarded and replies may follow at once.
-    CT.insert(&rev_key, &rev, 0).map_err(|_| ())?;
-    CT.insert(&key(pkt, CT_DIR_SERVICE), &fwd, 0)
+    CT.insert(rev_key, rev, 0).map_err(|_| ())?;
+    CT.insert(key(pkt, CT_DIR_SERVICE), fwd, 0)
         .map_err(|_| ())?;
     Ok(fwd)
 }
@@ -166,7 +166,7 @@ pub fn sync_partner(e: *mut CtEntry, pkt: &Packet, partner_dir: u8, new_bits: u1
             dir: partner_dir,
             _pad: [0; 2],
         };
-        if let Some(p) = CT.get_ptr_mut(&partner) {
+        if let Some(p) = CT.get_ptr_mut(partner) {
             (*p).flags |= (*e).flags & CT_STATE_MASK;
             (*p).last_seen = now;
             (*p).synced = now;
@@ -192,7 +192,7 @@ pub fn remember_fragment(pkt: &Packet) {
         sport: pkt.sport,
         dport: pkt.dport,
     };
-    let _ = FRAGS.insert(&k, &v, 0);
+    let _ = FRAGS.insert(k, v, 0);
 }
 
 /// Fills in the ports of a later fragment from its first fragment.
@@ -206,7 +206,7 @@ pub fn fragment_ports(pkt: &mut Packet) -> bool {
         _pad: 0,
     };
     // SAFETY: read-only copy of a map value.
-    match unsafe { FRAGS.get(&k) } {
+    match unsafe { FRAGS.get(k) } {
         Some(p) => {
             pkt.sport = p.sport;
             pkt.dport = p.dport;

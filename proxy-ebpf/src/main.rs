@@ -35,8 +35,8 @@ use crate::{
     packet::{FRAG_LATER, Packet, Parsed},
 };
 
-const PASS: i32 = TC_ACT_OK as i32;
-const DROP: i32 = TC_ACT_SHOT as i32;
+const PASS: i32 = TC_ACT_OK;
+const DROP: i32 = TC_ACT_SHOT;
 
 /// A verdict and the reason it is counted under.
 struct Verdict {
@@ -177,7 +177,7 @@ fn translate(ctx: &TcContext, pkt: &mut Packet, fe: &ServiceValue) -> Verdict {
     let now = conntrack::now();
     let ct_key = conntrack::key(pkt, CT_DIR_SERVICE);
     let len = pkt.len;
-    let existing = match CT.get_ptr_mut(&ct_key) {
+    let existing = match CT.get_ptr_mut(ct_key) {
         // SAFETY: pointer to a live map value.
         Some(e) if !conntrack::is_stale(unsafe { &*e }, pkt, now) => Some(e),
         _ => None,
@@ -205,7 +205,7 @@ fn translate(ctx: &TcContext, pkt: &mut Packet, fe: &ServiceValue) -> Verdict {
             if conntrack::create(pkt, fe.svc_id, backend_id, &be, ifindex(ctx), now).is_err() {
                 return Verdict::drop(reason::DROP_CT_CREATE);
             }
-            match CT.get_ptr_mut(&ct_key) {
+            match CT.get_ptr_mut(ct_key) {
                 Some(e) => (e, true),
                 None => return Verdict::drop(reason::DROP_CT_CREATE),
             }
@@ -260,7 +260,7 @@ fn redirect_back(ctx: &TcContext, reason: u32) -> Verdict {
     }
     // SAFETY: plain helper call.
     let action = unsafe { bpf_redirect(ifindex(ctx), 0) } as i32;
-    if action != TC_ACT_REDIRECT as i32 {
+    if action != TC_ACT_REDIRECT {
         return Verdict::drop(reason::DROP_REWRITE);
     }
     Verdict { action, reason }
@@ -288,7 +288,7 @@ fn reverse_nat(ctx: &TcContext, pkt: &mut Packet, hairpin: bool) -> Verdict {
             Verdict::pass(reason::PASS_REPLY_FRAGMENT)
         };
     }
-    let Some(entry) = CT.get_ptr_mut(&conntrack::key(pkt, CT_DIR_REPLY)) else {
+    let Some(entry) = CT.get_ptr_mut(conntrack::key(pkt, CT_DIR_REPLY)) else {
         return miss(pkt);
     };
     if let Some(r) = untranslatable(pkt) {

@@ -122,7 +122,7 @@ pub fn port_unreachable(ctx: &TcContext, pkt: &Packet) -> Result<i32, ()> {
     let ifindex = unsafe { (*ctx.skb.skb).ifindex };
     // SAFETY: plain helper call.
     let ret = unsafe { bpf_redirect(ifindex, 0) } as i32;
-    if ret == TC_ACT_REDIRECT as i32 {
+    if ret == TC_ACT_REDIRECT {
         Ok(ret)
     } else {
         Err(())

@@ -267,7 +267,10 @@ impl Node {
             .arg("--cni-conf-dir")
             .arg(&self.cni_conf_dir)
             .args(["--cluster-cidr", CLUSTER_CIDR])
-            .env("RUST_LOG", std::env::var("SLUICE_TEST_LOG").unwrap_or_else(|_| "info".into()))
+            .env(
+                "RUST_LOG",
+                std::env::var("SLUICE_TEST_LOG").unwrap_or_else(|_| "info".into()),
+            )
             .stdin(Stdio::null())
             .stdout(log.try_clone()?)
             .stderr(log)

@@ -157,7 +157,7 @@ fn bpf_linker() -> Result<()> {
 pub fn path_with_cargo_bin() -> std::ffi::OsString {
     let mut parts = vec![cargo_bin()];
     if let Some(p) = std::env::var_os("PATH") {
-        parts.extend(std::env::split_paths(&p));
+        parts.extend(std::env::split_paths(&p).filter(|d| *d != cargo_bin()));
     }
     std::env::join_paths(parts).expect("valid PATH")
 }

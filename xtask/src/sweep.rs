@@ -18,7 +18,8 @@ fn alive(pid: u32) -> bool {
 /// The pid a test object's name starts with, if it is one of ours.
 fn owner(name: &str) -> Option<u32> {
     let rest = name
-        .strip_prefix("slcni-")
+        .strip_prefix("cni/")
+        .or_else(|| name.strip_prefix("slcni-"))
         .or_else(|| name.strip_prefix("sl"))
         .or(Some(name))?;
     let digits: String = rest.chars().take_while(|c| c.is_ascii_digit()).collect();
@@ -81,5 +82,6 @@ mod tests {
         assert_eq!(super::owner("slcni-77-host"), Some(77));
         assert_eq!(super::owner("99-3-fixtures"), Some(99));
         assert_eq!(super::owner("slx"), None);
+        assert_eq!(super::owner("cni/4242-1"), Some(4242));
     }
 }
