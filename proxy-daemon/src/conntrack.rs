@@ -11,14 +11,15 @@ use std::collections::BTreeSet;
 use aya::maps::{HashMap, MapData, MapError};
 use proxy_common::{CtEntry, CtKey, proto};
 
-/// CLOCK_MONOTONIC in whole seconds: the datapath's clock (bpf_ktime_get_ns).
+/// CLOCK_MONOTONIC_COARSE in whole seconds: the datapath's clock
+/// (bpf_ktime_get_coarse_ns).
 pub fn monotonic_secs() -> u32 {
     let mut ts = libc::timespec {
         tv_sec: 0,
         tv_nsec: 0,
     };
     // SAFETY: clock_gettime writes into the struct we pass.
-    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
+    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC_COARSE, &mut ts) };
     ts.tv_sec as u32
 }
 

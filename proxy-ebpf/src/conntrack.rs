@@ -1,6 +1,6 @@
 //! Connection tracking: flow creation, per-packet state, partner refresh.
 
-use aya_ebpf::helpers::bpf_ktime_get_ns;
+use aya_ebpf::helpers::bpf_ktime_get_coarse_ns;
 use proxy_common::{
     Backend, CtEntry, CtKey, FragKey, FragPorts,
     ct::{
@@ -19,11 +19,13 @@ use crate::{
 
 pub const HAIRPIN_ADDR: u32 = u32::from_ne_bytes(HAIRPIN_SNAT_ADDR);
 
-/// Monotonic seconds, the clock of every CT timestamp.
+/// Monotonic seconds, the clock of every CT timestamp. The coarse clock
+/// (tick-granular, CLOCK_MONOTONIC_COARSE) reads no hardware counter, and
+/// second-granular timeouts need nothing finer.
 #[inline(always)]
 pub fn now() -> u32 {
     // SAFETY: helper without arguments.
-    (unsafe { bpf_ktime_get_ns() } / 1_000_000_000) as u32
+    (unsafe { bpf_ktime_get_coarse_ns() } / 1_000_000_000) as u32
 }
 
 #[inline(always)]
@@ -53,7 +55,7 @@ pub fn is_stale(e: &CtEntry, pkt: &Packet, now: u32) -> bool {
 }
 
 /// Creates both entries of a new flow from `pkt` (as the client sent it)
-/// to `be`, and returns the service entry.
+/// to `be`, with `pkt` already accounted, and returns the service entry.
 #[inline(always)]
 pub fn create(
     pkt: &Packet,
@@ -77,7 +79,7 @@ pub fn create(
         new_daddr: be.addr,
         new_sport: pkt.sport,
         new_dport: be.port,
-        flags: CT_F_REWRITE_DST | extra,
+        flags: CT_F_REWRITE_DST | extra | client_state_bits(pkt),
         _pad0: 0,
         svc_id,
         backend_id,
@@ -85,15 +87,19 @@ pub fn create(
         last_seen: now,
         synced: now,
         ifindex,
-        packets: 0,
-        bytes: 0,
+        packets: 1,
+        bytes: pkt.len as u64,
     };
     let rev = CtEntry {
         new_saddr: pkt.daddr,
         new_daddr: pkt.saddr,
         new_sport: pkt.dport,
         new_dport: pkt.sport,
-        flags: CT_F_REWRITE_SRC | if hairpin { extra | CT_F_REWRITE_DST } else { 0 },
+        flags: CT_F_REWRITE_SRC
+            | if hairpin { extra | CT_F_REWRITE_DST } else { 0 }
+            | client_state_bits(pkt),
+        packets: 0,
+        bytes: 0,
         ..fwd
     };
     let rev_key = CtKey {
@@ -113,10 +119,9 @@ pub fn create(
     Ok(fwd)
 }
 
-/// Accounts a packet on its entry and returns the TCP state bits it set anew.
-/// `from_client` is the packet's direction within the connection.
+/// The TCP state bits a packet sets, by direction.
 #[inline(always)]
-pub fn observe(e: *mut CtEntry, pkt: &Packet, now: u32, from_client: bool) -> u16 {
+fn state_bits(pkt: &Packet, from_client: bool) -> u16 {
     let mut bits = 0;
     if pkt.proto == proto::TCP {
         if pkt.tcp_flags & TCP_RST != 0 {
@@ -135,6 +140,19 @@ pub fn observe(e: *mut CtEntry, pkt: &Packet, now: u32, from_client: bool) -> u1
     } else if !from_client {
         bits |= CT_F_REPLY_SEEN;
     }
+    bits
+}
+
+#[inline(always)]
+fn client_state_bits(pkt: &Packet) -> u16 {
+    state_bits(pkt, true)
+}
+
+/// Accounts a packet on its entry and returns the TCP state bits it set anew.
+/// `from_client` is the packet's direction within the connection.
+#[inline(always)]
+pub fn observe(e: *mut CtEntry, pkt: &Packet, now: u32, from_client: bool) -> u16 {
+    let bits = state_bits(pkt, from_client);
     // SAFETY: `e` points into a CT map value that stays valid for this run.
     unsafe {
         let new_bits = bits & !(*e).flags;

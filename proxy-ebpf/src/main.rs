@@ -9,7 +9,10 @@
 //! Every path ends in exactly one reason code, counted per CPU.
 #![no_std]
 #![no_main]
+// Inline assembly for single-instruction unaligned packet access (access.rs).
+#![feature(asm_experimental_arch)]
 
+mod access;
 mod conntrack;
 mod lb;
 mod maps;
@@ -24,7 +27,7 @@ use aya_ebpf::{
     programs::TcContext,
 };
 use proxy_common::{
-    ServiceValue,
+    CtEntry, ServiceValue,
     ct::{CT_DIR_REPLY, CT_DIR_SERVICE, CT_F_REDIRECT_BACK},
     reason,
 };
@@ -126,6 +129,10 @@ fn untranslatable(pkt: &Packet) -> Option<u32> {
     }
 }
 
+/// Traffic a pod sends. An established flow needs one lookup (its CT
+/// entry), which also keeps flows of a Service that was just deleted alive
+/// until they end, as kube-proxy's conntrack does. Otherwise: is the
+/// destination a service address at all, then the frontend and a backend.
 #[inline(always)]
 fn to_service(ctx: &TcContext, pkt: &mut Packet) -> Verdict {
     if !pkt.has_ports() {
@@ -142,27 +149,33 @@ fn to_service(ctx: &TcContext, pkt: &mut Packet) -> Verdict {
             Verdict::pass(reason::PASS_FRAGMENT)
         };
     }
-    let Some(fe) = lb::frontend(pkt) else {
-        if !lb::is_service_addr(pkt.daddr) {
-            return Verdict::pass(pass_reason(pkt));
-        }
+    let now = conntrack::now();
+    if let Some(entry) = CT.get_ptr_mut(conntrack::key(pkt, CT_DIR_SERVICE))
+        // SAFETY: pointer to a live map value.
+        && !conntrack::is_stale(unsafe { &*entry }, pkt, now)
+    {
         if let Some(r) = untranslatable(pkt) {
             return Verdict::drop(r);
         }
-        return refuse(ctx, pkt, reason::REJECT_UNKNOWN_PORT);
-    };
+        return established(ctx, pkt, entry, now);
+    }
+    if !lb::is_service_addr(pkt.daddr) {
+        return Verdict::pass(pass_reason(pkt));
+    }
     if let Some(r) = untranslatable(pkt) {
         return Verdict::drop(r);
     }
-    translate(ctx, pkt, &fe)
+    if pkt.frag == FRAG_LATER {
+        return Verdict::drop(reason::DROP_FRAG_NO_STATE);
+    }
+    let Some(fe) = lb::frontend(pkt) else {
+        return refuse(ctx, pkt, reason::REJECT_UNKNOWN_PORT);
+    };
+    new_connection(ctx, pkt, &fe, now)
 }
 
 #[inline(always)]
 fn refuse(ctx: &TcContext, pkt: &Packet, why: u32) -> Verdict {
-    // A later fragment has no header to quote: dropping it is all we can do.
-    if pkt.frag == FRAG_LATER {
-        return Verdict::drop(why);
-    }
     match reject::port_unreachable(ctx, pkt) {
         Ok(action) => Verdict {
             action,
@@ -172,48 +185,13 @@ fn refuse(ctx: &TcContext, pkt: &Packet, why: u32) -> Verdict {
     }
 }
 
+/// A packet of a flow that has its backend.
 #[inline(always)]
-fn translate(ctx: &TcContext, pkt: &mut Packet, fe: &ServiceValue) -> Verdict {
-    let now = conntrack::now();
-    let ct_key = conntrack::key(pkt, CT_DIR_SERVICE);
+fn established(ctx: &TcContext, pkt: &mut Packet, entry: *mut CtEntry, now: u32) -> Verdict {
     let len = pkt.len;
-    let existing = match CT.get_ptr_mut(ct_key) {
-        // SAFETY: pointer to a live map value.
-        Some(e) if !conntrack::is_stale(unsafe { &*e }, pkt, now) => Some(e),
-        _ => None,
-    };
-    let (entry, new_conn) = match existing {
-        Some(e) => (e, false),
-        None => {
-            if pkt.frag == FRAG_LATER {
-                return Verdict::drop(reason::DROP_FRAG_NO_STATE);
-            }
-            if fe.count == 0 {
-                count_service(
-                    fe.svc_id,
-                    SvcDelta {
-                        len,
-                        new_conn: false,
-                        refused: true,
-                    },
-                );
-                return refuse(ctx, pkt, reason::REJECT_NO_BACKEND);
-            }
-            let Some((backend_id, be)) = lb::pick_backend(pkt, fe) else {
-                return Verdict::drop(reason::DROP_MAP_INCONSISTENT);
-            };
-            if conntrack::create(pkt, fe.svc_id, backend_id, &be, ifindex(ctx), now).is_err() {
-                return Verdict::drop(reason::DROP_CT_CREATE);
-            }
-            match CT.get_ptr_mut(ct_key) {
-                Some(e) => (e, true),
-                None => return Verdict::drop(reason::DROP_CT_CREATE),
-            }
-        }
-    };
     let new_bits = conntrack::observe(entry, pkt, now, true);
-    // SAFETY: pointer to a live map value; copied so later map updates cannot
-    // change the rewrite half-way.
+    // SAFETY: pointer to a live map value; copied so later map updates
+    // cannot change the rewrite half-way.
     let e = unsafe { *entry };
     conntrack::remember_fragment(pkt);
     if nat::apply(ctx, pkt, &e).is_err() {
@@ -224,15 +202,52 @@ fn translate(ctx: &TcContext, pkt: &mut Packet, fe: &ServiceValue) -> Verdict {
         e.svc_id,
         SvcDelta {
             len,
-            new_conn,
+            new_conn: false,
             refused: false,
         },
     );
-    let reason = if new_conn {
-        reason::FWD_NEW
-    } else {
-        reason::FWD_ESTABLISHED
+    forward(ctx, &e, reason::FWD_ESTABLISHED)
+}
+
+/// The first packet of a flow: choose a backend, create both CT entries.
+#[inline(always)]
+fn new_connection(ctx: &TcContext, pkt: &mut Packet, fe: &ServiceValue, now: u32) -> Verdict {
+    let len = pkt.len;
+    if fe.count == 0 {
+        count_service(
+            fe.svc_id,
+            SvcDelta {
+                len,
+                new_conn: false,
+                refused: true,
+            },
+        );
+        return refuse(ctx, pkt, reason::REJECT_NO_BACKEND);
+    }
+    let Some((backend_id, be)) = lb::pick_backend(pkt, fe) else {
+        return Verdict::drop(reason::DROP_MAP_INCONSISTENT);
     };
+    let Ok(e) = conntrack::create(pkt, fe.svc_id, backend_id, &be, ifindex(ctx), now) else {
+        return Verdict::drop(reason::DROP_CT_CREATE);
+    };
+    conntrack::remember_fragment(pkt);
+    if nat::apply(ctx, pkt, &e).is_err() {
+        return Verdict::drop(reason::DROP_REWRITE);
+    }
+    count_service(
+        e.svc_id,
+        SvcDelta {
+            len,
+            new_conn: true,
+            refused: false,
+        },
+    );
+    forward(ctx, &e, reason::FWD_NEW)
+}
+
+/// Passes a translated packet on, or turns a hairpinned one around.
+#[inline(always)]
+fn forward(ctx: &TcContext, e: &CtEntry, reason: u32) -> Verdict {
     if e.flags & CT_F_REDIRECT_BACK != 0 {
         return redirect_back(ctx, reason);
     }

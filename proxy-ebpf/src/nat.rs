@@ -1,90 +1,134 @@
 //! Address and port rewrites with checksum maintenance.
 //!
-//! Rewrites go through the skb helpers rather than direct stores: the helpers
-//! keep the L4 checksum right whatever the skb's checksum state (a pod's TCP
-//! packets on a veth are CHECKSUM_PARTIAL, where only the pseudo-header part
-//! may be touched), unshare cloned data, and handle UDP's "no checksum" zero.
+//! Addresses and ports are written directly into the packet and the IPv4
+//! header checksum is updated incrementally here (RFC 1624). The L4
+//! checksum goes through `bpf_l4_csum_replace` in diff mode, at most twice
+//! (addresses, which are part of the pseudo-header, and ports): only the
+//! kernel knows the skb's checksum state, and for a CHECKSUM_PARTIAL skb (a
+//! pod's TCP on a veth) the field holds the pseudo-header sum, which must
+//! see the address change but not the port change. The helper also keeps
+//! UDP's "no checksum" zero. Doing it this way costs two helper calls per
+//! packet instead of ten.
 
 use aya_ebpf::{
     bindings::{BPF_F_MARK_MANGLED_0, BPF_F_PSEUDO_HDR},
+    helpers::bpf_l4_csum_replace,
     programs::TcContext,
 };
-use proxy_common::{CtEntry, ct::CT_F_REWRITE_DST, ct::CT_F_REWRITE_SRC, proto};
+use proxy_common::{
+    CtEntry,
+    ct::{CT_F_REWRITE_DST, CT_F_REWRITE_SRC},
+    proto,
+};
 
-use crate::packet::{IP_CSUM_OFF, IP_DADDR_OFF, IP_SADDR_OFF, Packet};
+use crate::{
+    access::{load16, store16, store32},
+    packet::{ETH_HLEN, FRAG_LATER, Packet},
+};
 
 pub struct RewriteError;
 
+/// Ones' complement addition with end-around carry.
 #[inline(always)]
-fn l4_flags(pkt: &Packet, size: u64) -> u64 {
-    let mangled = if pkt.proto == proto::UDP {
-        BPF_F_MARK_MANGLED_0 as u64
-    } else {
-        0
-    };
-    size | mangled
+fn add(a: u32, b: u32) -> u32 {
+    let (s, carry) = a.overflowing_add(b);
+    s.wrapping_add(carry as u32)
 }
 
 #[inline(always)]
-fn set_addr(
-    ctx: &TcContext,
-    pkt: &Packet,
-    off: u32,
-    old: u32,
-    new: u32,
-) -> Result<(), RewriteError> {
-    if old == new {
-        return Ok(());
-    }
-    ctx.store(off as usize, &new, 0).map_err(|_| RewriteError)?;
-    ctx.l3_csum_replace(IP_CSUM_OFF as usize, old as u64, new as u64, 4)
-        .map_err(|_| RewriteError)?;
-    if let Some(csum) = pkt.l4_csum_off() {
-        ctx.l4_csum_replace(
-            csum as usize,
-            old as u64,
-            new as u64,
-            l4_flags(pkt, 4) | BPF_F_PSEUDO_HDR as u64,
-        )
-        .map_err(|_| RewriteError)?;
-    }
-    Ok(())
+fn fold(mut x: u32) -> u16 {
+    x = (x & 0xffff) + (x >> 16);
+    x = (x & 0xffff) + (x >> 16);
+    x as u16
+}
+
+/// The checksum difference of replacing 32-bit `old` by `new` (`~m + m'`).
+#[inline(always)]
+fn delta32(old: u32, new: u32) -> u32 {
+    add(!old, new)
 }
 
 #[inline(always)]
-fn set_port(
-    ctx: &TcContext,
-    pkt: &Packet,
-    off: u32,
-    old: u16,
-    new: u16,
-) -> Result<(), RewriteError> {
-    // Later fragments carry no ports: the first fragment's rewrite covers them.
-    let Some(csum) = pkt.l4_csum_off() else {
-        return Ok(());
-    };
-    if old == new {
-        return Ok(());
+fn delta16(old: u16, new: u16) -> u32 {
+    add(u32::from(!old), u32::from(new))
+}
+
+/// The address of `len` bytes at `off`, if they are inside the packet.
+#[inline(always)]
+fn at(ctx: &TcContext, off: usize, len: usize) -> Result<usize, RewriteError> {
+    let p = ctx.data() + off;
+    if p + len > ctx.data_end() {
+        return Err(RewriteError);
     }
-    ctx.store(off as usize, &new, 0).map_err(|_| RewriteError)?;
-    ctx.l4_csum_replace(csum as usize, old as u64, new as u64, l4_flags(pkt, 2))
-        .map_err(|_| RewriteError)
+    Ok(p)
 }
 
 /// Applies a CT entry's rewrite to the packet and updates `pkt` to match.
 #[inline(always)]
 pub fn apply(ctx: &TcContext, pkt: &mut Packet, e: &CtEntry) -> Result<(), RewriteError> {
-    if e.flags & CT_F_REWRITE_DST != 0 {
-        set_addr(ctx, pkt, IP_DADDR_OFF, pkt.daddr, e.new_daddr)?;
-        set_port(ctx, pkt, pkt.l4_off + 2, pkt.dport, e.new_dport)?;
-        pkt.daddr = e.new_daddr;
-        pkt.dport = e.new_dport;
+    let ip = ETH_HLEN;
+    let l4 = pkt.l4_off as usize;
+    // Later fragments carry no L4 header: the first fragment's rewrite
+    // covered the ports and the checksum of the whole datagram.
+    let ports = pkt.has_ports() && pkt.frag != FRAG_LATER;
+    let mut addr_diff = 0u32;
+    let mut port_diff = 0u32;
+    // A port rewritten to itself (port == targetPort) needs no second
+    // checksum update: the helper call is the costliest step here.
+    let mut ports_rewritten = false;
+    // SAFETY: every address is bounds-checked against data_end by `at`.
+    unsafe {
+        if e.flags & CT_F_REWRITE_DST != 0 {
+            store32(at(ctx, ip + 16, 4)?, e.new_daddr);
+            addr_diff = add(addr_diff, delta32(pkt.daddr, e.new_daddr));
+            if ports {
+                store16(at(ctx, l4 + 2, 2)?, e.new_dport);
+                port_diff = add(port_diff, delta16(pkt.dport, e.new_dport));
+                ports_rewritten |= pkt.dport != e.new_dport;
+            }
+            pkt.daddr = e.new_daddr;
+            pkt.dport = e.new_dport;
+        }
+        if e.flags & CT_F_REWRITE_SRC != 0 {
+            store32(at(ctx, ip + 12, 4)?, e.new_saddr);
+            addr_diff = add(addr_diff, delta32(pkt.saddr, e.new_saddr));
+            if ports {
+                store16(at(ctx, l4, 2)?, e.new_sport);
+                port_diff = add(port_diff, delta16(pkt.sport, e.new_sport));
+                ports_rewritten |= pkt.sport != e.new_sport;
+            }
+            pkt.saddr = e.new_saddr;
+            pkt.sport = e.new_sport;
+        }
+        let check = at(ctx, ip + 10, 2)?;
+        let old = load16(check);
+        store16(check, !fold(add(u32::from(!old), addr_diff)));
     }
-    if e.flags & CT_F_REWRITE_SRC != 0 {
-        set_addr(ctx, pkt, IP_SADDR_OFF, pkt.saddr, e.new_saddr)?;
-        set_port(ctx, pkt, pkt.l4_off, pkt.sport, e.new_sport)?;
-        pkt.saddr = e.new_saddr;
-        pkt.sport = e.new_sport;
+    if let Some(off) = pkt.l4_csum_off() {
+        let mangled0 = if pkt.proto == proto::UDP {
+            BPF_F_MARK_MANGLED_0 as u64
+        } else {
+            0
+        };
+        // Size 0: `to` is a precomputed checksum difference.
+        // SAFETY: helper calls on the program's own skb.
+        unsafe {
+            if bpf_l4_csum_replace(
+                ctx.skb.skb,
+                off,
+                0,
+                addr_diff as u64,
+                mangled0 | BPF_F_PSEUDO_HDR as u64,
+            ) != 0
+            {
+                return Err(RewriteError);
+            }
+            if ports_rewritten
+                && bpf_l4_csum_replace(ctx.skb.skb, off, 0, port_diff as u64, mangled0) != 0
+            {
+                return Err(RewriteError);
+            }
+        }
     }
     Ok(())
 }

@@ -5,10 +5,10 @@
 //! rewrite is complete, so callers can refuse to translate instead of
 //! rewriting bytes that are not there.
 
-use core::mem::size_of;
-
 use aya_ebpf::{helpers::bpf_skb_pull_data, programs::TcContext};
 use proxy_common::proto;
+
+use crate::access::{load16, load32, store16, store32};
 
 pub const ETH_HLEN: usize = 14;
 const ETH_P_IP: u16 = 0x0800;
@@ -86,20 +86,12 @@ pub enum Parsed {
 }
 
 #[inline(always)]
-fn ptr_at<T>(ctx: &TcContext, off: usize) -> Option<*const T> {
-    let start = ctx.data();
-    let end = ctx.data_end();
-    if start + off + size_of::<T>() > end {
+fn in_bounds(ctx: &TcContext, off: usize, len: usize) -> Option<usize> {
+    let p = ctx.data() + off;
+    if p + len > ctx.data_end() {
         return None;
     }
-    Some((start + off) as *const T)
-}
-
-#[inline(always)]
-fn read<T: Copy>(ctx: &TcContext, off: usize) -> Option<T> {
-    // SAFETY: bounds checked against data_end above; packet data has no
-    // alignment guarantee, hence the unaligned read.
-    ptr_at::<T>(ctx, off).map(|p| unsafe { p.read_unaligned() })
+    Some(p)
 }
 
 #[inline(always)]
@@ -113,36 +105,33 @@ pub fn parse(ctx: &TcContext) -> Parsed {
         unsafe { bpf_skb_pull_data(ctx.skb.skb as *mut _, want) };
     }
 
-    let Some(ethertype) = read::<u16>(ctx, 12) else {
+    let Some(eth) = in_bounds(ctx, 0, ETH_HLEN) else {
         return Parsed::NotIpv4;
     };
-    if ethertype != ETH_P_IP.to_be() {
+    // SAFETY (all loads below): each address was bounds-checked just before.
+    if unsafe { load16(eth + 12) } != ETH_P_IP.to_be() {
         return Parsed::NotIpv4;
     }
-    let Some(vihl) = read::<u8>(ctx, ETH_HLEN) else {
+    let Some(ip) = in_bounds(ctx, ETH_HLEN, IP_MIN_HLEN) else {
         return Parsed::Malformed;
     };
-    let Some(tot_len) = read::<u16>(ctx, ETH_HLEN + 2) else {
-        return Parsed::Malformed;
+    // Little-endian words of the fixed header: byte 0 is the low byte.
+    let (w0, w1, w2, saddr, daddr) = unsafe {
+        (
+            load32(ip),
+            load32(ip + 4),
+            load32(ip + 8),
+            load32(ip + 12),
+            load32(ip + 16),
+        )
     };
-    let Some(frag_off) = read::<u16>(ctx, ETH_HLEN + 6) else {
-        return Parsed::Malformed;
-    };
-    let Some(ip_id) = read::<u16>(ctx, ETH_HLEN + 4) else {
-        return Parsed::Malformed;
-    };
-    let Some(l4proto) = read::<u8>(ctx, ETH_HLEN + 9) else {
-        return Parsed::Malformed;
-    };
-    let Some(saddr) = read::<u32>(ctx, ETH_HLEN + 12) else {
-        return Parsed::Malformed;
-    };
-    let Some(daddr) = read::<u32>(ctx, ETH_HLEN + 16) else {
-        return Parsed::Malformed;
-    };
+    let vihl = w0 as u8;
+    let tot_len = u32::from(u16::from_be((w0 >> 16) as u16));
+    let ip_id = w1 as u16;
+    let frag_off = u16::from_be((w1 >> 16) as u16);
+    let l4proto = (w2 >> 8) as u8;
 
     let ihl = ((vihl & 0x0f) as usize) * 4;
-    let tot_len = u16::from_be(tot_len) as u32;
     if vihl >> 4 != 4 || ihl < IP_MIN_HLEN {
         return Parsed::Malformed;
     }
@@ -150,7 +139,6 @@ pub fn parse(ctx: &TcContext) -> Parsed {
     if tot_len < ihl as u32 || tot_len + ETH_HLEN as u32 > len {
         return Parsed::Malformed;
     }
-    let frag_off = u16::from_be(frag_off);
     let frag = if frag_off & IP_OFFSET_MASK != 0 {
         FRAG_LATER
     } else if frag_off & IP_MF != 0 {
@@ -183,32 +171,36 @@ pub fn parse(ctx: &TcContext) -> Parsed {
         proto::UDP => 8,
         _ => return Parsed::Ipv4(pkt),
     };
-    if let Some(p) = ptr_at::<u32>(ctx, l4_off) {
-        let p = p as *const u16;
-        // SAFETY: the four bytes at `p` are inside the packet (checked above).
-        unsafe {
-            pkt.sport = p.read_unaligned();
-            pkt.dport = p.add(1).read_unaligned();
-        }
+    if let Some(l4) = in_bounds(ctx, l4_off, 4) {
+        let ports = unsafe { load32(l4) };
+        pkt.sport = ports as u16;
+        pkt.dport = (ports >> 16) as u16;
     }
     if l4proto == proto::TCP
-        && let Some(flags) = read::<u8>(ctx, l4_off + 13)
+        && let Some(l4) = in_bounds(ctx, l4_off, 14)
     {
-        pkt.tcp_flags = flags;
+        // Bytes 12-13: data offset, flags.
+        pkt.tcp_flags = (unsafe { load16(l4 + 12) } >> 8) as u8;
     }
     // Complete means both inside the datagram and inside the linear data.
-    pkt.l4_complete = l4_avail >= need && ptr_at::<u8>(ctx, l4_off + need as usize - 1).is_some();
+    pkt.l4_complete = l4_avail >= need && in_bounds(ctx, l4_off, need as usize).is_some();
     Parsed::Ipv4(pkt)
 }
 
 /// Swaps the Ethernet source and destination addresses.
 #[inline(always)]
 pub fn swap_macs(ctx: &TcContext) -> Result<(), ()> {
-    let Some(macs) = read::<[u8; 12]>(ctx, 0) else {
+    let Some(p) = in_bounds(ctx, 0, 12) else {
         return Err(());
     };
-    let mut swapped = [0u8; 12];
-    swapped[..6].copy_from_slice(&macs[6..]);
-    swapped[6..].copy_from_slice(&macs[..6]);
-    ctx.store(0, &swapped, 0).map_err(|_| ())
+    // SAFETY: the 12 bytes are inside the packet (checked above).
+    unsafe {
+        let (d0, d1) = (load32(p), load16(p + 4));
+        let (s0, s1) = (load32(p + 6), load16(p + 10));
+        store32(p, s0);
+        store16(p + 4, s1);
+        store32(p + 6, d0);
+        store16(p + 10, d1);
+    }
+    Ok(())
 }

@@ -83,6 +83,8 @@ struct Row {
     ct_hit_fwd: i64,
     ct_hit_reply: i64,
     new_conn: i64,
+    ct_hit_single: i64,
+    ct_hit_moved: i64,
     seed_secs: f64,
 }
 
@@ -222,15 +224,27 @@ fn measure(n: u32) -> Result<(Row, Memory)> {
             .collect::<Result<_>>()?,
     );
 
-    let non_service = repeat_ns(&mut dp, PROG_FROM_POD, &plain)?;
+    // SLUICE_BENCH_PHASE limits the run to one path (for profiling).
+    let phase = std::env::var("SLUICE_BENCH_PHASE").unwrap_or_default();
+    let wants = |p: &str| phase.is_empty() || phase == p;
+    let mut non_service = floor_repeat;
+    if wants("non-service") {
+        non_service = repeat_ns(&mut dp, PROG_FROM_POD, &plain)?;
+    }
     let fwd = tcp((CLIENT, 40001), (mirror, 80), TCP_ACK).bytes();
     dp.run(
         PROG_FROM_POD,
         &tcp((CLIENT, 40001), (mirror, 80), TCP_SYN).bytes(),
     )?;
-    let ct_fwd = repeat_ns(&mut dp, PROG_FROM_POD, &fwd)?;
+    let mut ct_fwd = floor_repeat;
+    if wants("ct-fwd") {
+        ct_fwd = repeat_ns(&mut dp, PROG_FROM_POD, &fwd)?;
+    }
     let reply = tcp((mirror, 80), (CLIENT, 40001), TCP_ACK).bytes();
-    let ct_reply = repeat_ns(&mut dp, PROG_TO_POD, &reply)?;
+    let mut ct_reply = floor_repeat;
+    if wants("ct-reply") {
+        ct_reply = repeat_ns(&mut dp, PROG_TO_POD, &reply)?;
+    }
 
     // New connections, one run at a time, to a service in the middle.
     let target = vip(n / 2);
@@ -244,26 +258,45 @@ fn measure(n: u32) -> Result<(Row, Memory)> {
         dir: CT_DIR_SERVICE,
         _pad: [0; 2],
     };
-    let mut singles = Vec::with_capacity(SINGLE_RUNS);
-    let mut floor_singles = Vec::with_capacity(SINGLE_RUNS);
-    for _ in 0..SINGLE_RUNS {
-        let r = dp.run(PROG_FROM_POD, &syn)?;
-        anyhow::ensure!(r.action == TC_ACT_OK);
-        singles.push(r.duration_ns);
-        let rev_key = CtKey {
-            saddr: u32::from_ne_bytes([r.output[30], r.output[31], r.output[32], r.output[33]]),
-            daddr: nbo(CLIENT),
-            sport: u16::from_ne_bytes([r.output[36], r.output[37]]),
-            dport: 40002u16.to_be(),
-            proto: proto::TCP,
-            dir: CT_DIR_REPLY,
-            _pad: [0; 2],
-        };
-        dp.maps.ct.remove(&fwd_key)?;
-        dp.maps.ct.remove(&rev_key)?;
-        floor_singles.push(floor.run(&syn, 1)?);
+    // An established flow whose port changes (80 -> 8080): not idempotent,
+    // so it is timed as single runs, like new connections.
+    let moved = tcp((CLIENT, 40003), (target, 80), TCP_ACK).bytes();
+    dp.run(
+        PROG_FROM_POD,
+        &tcp((CLIENT, 40003), (target, 80), TCP_SYN).bytes(),
+    )?;
+    let (mut new_conn, mut ct_hit_single, mut ct_hit_moved) = (0, 0, 0);
+    if wants("new") {
+        let mut singles = Vec::with_capacity(SINGLE_RUNS);
+        let mut floor_singles = Vec::with_capacity(SINGLE_RUNS);
+        let mut hit_singles = Vec::with_capacity(SINGLE_RUNS);
+        let mut moved_singles = Vec::with_capacity(SINGLE_RUNS);
+        for _ in 0..SINGLE_RUNS {
+            let r = dp.run(PROG_FROM_POD, &syn)?;
+            anyhow::ensure!(r.action == TC_ACT_OK);
+            singles.push(r.duration_ns);
+            let rev_key = CtKey {
+                saddr: u32::from_ne_bytes([r.output[30], r.output[31], r.output[32], r.output[33]]),
+                daddr: nbo(CLIENT),
+                sport: u16::from_ne_bytes([r.output[36], r.output[37]]),
+                dport: 40002u16.to_be(),
+                proto: proto::TCP,
+                dir: CT_DIR_REPLY,
+                _pad: [0; 2],
+            };
+            dp.maps.ct.remove(&fwd_key)?;
+            dp.maps.ct.remove(&rev_key)?;
+            floor_singles.push(floor.run(&syn, 1)?);
+            // Calibration: the established path timed the same way (one
+            // run per call), to tell what single runs cost on their own.
+            hit_singles.push(dp.run(PROG_FROM_POD, &fwd)?.duration_ns);
+            moved_singles.push(dp.run(PROG_FROM_POD, &moved)?.duration_ns);
+        }
+        let floor_single = median(floor_singles) as i64;
+        new_conn = median(singles) as i64 - floor_single;
+        ct_hit_single = median(hit_singles) as i64 - floor_single;
+        ct_hit_moved = median(moved_singles) as i64 - floor_single;
     }
-    let new_conn = median(singles) as i64 - median(floor_singles) as i64;
 
     let row = Row {
         services: n,
@@ -271,6 +304,8 @@ fn measure(n: u32) -> Result<(Row, Memory)> {
         ct_hit_fwd: ct_fwd as i64 - floor_repeat as i64,
         ct_hit_reply: ct_reply as i64 - floor_repeat as i64,
         new_conn,
+        ct_hit_single,
+        ct_hit_moved,
         seed_secs,
     };
     let bpffs = dp.fs.path().to_path_buf();
@@ -310,29 +345,43 @@ pub fn run() -> Result<()> {
         .map(|s| s.split(',').filter_map(|x| x.trim().parse().ok()).collect())
         .unwrap_or_else(|| vec![1, 1_000, 10_000, 100_000]);
     println!(
-        "== datapath: ns per packet above the empty-program floor (BPF_PROG_TEST_RUN, median of {ROUNDS} x {REPEAT} runs; new connections: median of {SINGLE_RUNS} single runs)"
+        "== datapath: ns per packet above the empty-program floor, measured by BPF_PROG_TEST_RUN"
     );
     println!(
-        "{:>9} {:>9} {:>12} {:>12} {:>13} {:>15} {:>10} {:>8}",
+        "   warm: one skb run {REPEAT} times, median of {ROUNDS} rounds (idempotent packets; the CT-hit flow keeps its port)"
+    );
+    println!(
+        "   single: one run per call, median of {SINGLE_RUNS} (cold skb each time; used where a packet cannot repeat)"
+    );
+    println!(
+        "{:>8} {:>9} | {:>11} {:>11} {:>12} | {:>12} {:>13} {:>13} | {:>6} {:>6}",
         "services",
         "backends",
         "non-service",
         "ct-hit fwd",
         "ct-hit reply",
-        "new connection",
+        "ct-hit same",
+        "ct-hit 80>8080",
+        "new conn",
         "floor",
         "seed s"
+    );
+    println!(
+        "{:>8} {:>9} | {:>11} {:>11} {:>12} | {:>12} {:>13} {:>13} | {:>6} {:>6}",
+        "", "", "warm", "warm", "warm", "single", "single", "single", "warm", ""
     );
     let mut mems = Vec::new();
     for n in counts {
         let (r, m) = measure(n)?;
         println!(
-            "{:>9} {:>9} {:>9} ns {:>9} ns {:>10} ns {:>12} ns {:>7} ns {:>8.1}",
+            "{:>8} {:>9} | {:>8} ns {:>8} ns {:>9} ns | {:>9} ns {:>11} ns {:>10} ns | {:>3} ns {:>6.1}",
             r.services,
             r.services * BACKENDS_PER_SERVICE,
             r.non_service,
             r.ct_hit_fwd,
             r.ct_hit_reply,
+            r.ct_hit_single,
+            r.ct_hit_moved,
             r.new_conn,
             m.floor_repeat,
             r.seed_secs
