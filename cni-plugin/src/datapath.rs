@@ -104,8 +104,18 @@ fn program_errno(e: &ProgramError) -> Option<i32> {
 /// Both pins are opened before anything is changed, so a missing pin
 /// ([`AttachError::MissingPin`]) leaves the interface untouched.
 pub fn attach_pod_programs(host_ifname: &str, bpffs: &Path) -> Result<(), AttachError> {
+    attach_pinned(host_ifname, program_pins(bpffs))
+}
+
+/// Attaches (or atomically replaces) pinned TC programs on `ifname`, each on
+/// its hook, at Sluice's fixed priority and handle. All pins are opened
+/// before anything is changed.
+pub fn attach_pinned(
+    host_ifname: &str,
+    pins: impl IntoIterator<Item = (PathBuf, TcAttachType)>,
+) -> Result<(), AttachError> {
     let mut progs = Vec::with_capacity(2);
-    for (path, hook) in program_pins(bpffs) {
+    for (path, hook) in pins {
         let prog = match SchedClassifier::from_pin(&path) {
             Ok(p) => p,
             Err(e) if program_errno(&e) == Some(libc::ENOENT) => {

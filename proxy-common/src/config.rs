@@ -16,8 +16,17 @@ pub struct NodeConfig {
     /// The cluster's pod CIDR and netmask, NBO (0/0 when unknown).
     pub cluster_cidr: u32,
     pub cluster_mask: u32,
-    pub _pad: u32,
+    /// Source ports masquerade may allocate (host order, inclusive). Kept
+    /// out of the kernel's ephemeral range so a masqueraded flow never
+    /// takes a port a host socket uses.
+    pub snat_port_min: u16,
+    pub snat_port_max: u16,
 }
 crate::assert_size!(NodeConfig, 32);
 
 pub const NODE_CONFIG_VERSION: u32 = 1;
+
+/// Default masquerade port range: above Linux's default ephemeral range
+/// (32768-60999).
+pub const DEFAULT_SNAT_PORT_MIN: u16 = 61_000;
+pub const DEFAULT_SNAT_PORT_MAX: u16 = 65_535;

@@ -37,6 +37,8 @@ crate::assert_size!(CtKey, 16);
 pub const CT_DIR_SERVICE: u8 = 1;
 /// Entry keyed by the reply tuple of a translated flow.
 pub const CT_DIR_REPLY: u8 = 2;
+/// Entry keyed by a pod's tuple towards outside the cluster (masquerade).
+pub const CT_DIR_EGRESS: u8 = 3;
 
 /// Value of `sluice_ct4_v1`.
 #[repr(C)]

@@ -40,10 +40,18 @@ pub const PROG_FROM_POD: &str = "from_pod";
 /// TC egress program for a pod's host-side veth (traffic entering the pod).
 pub const PROG_TO_POD: &str = "to_pod";
 
+/// TC ingress program for the node's uplink (traffic arriving at the node).
+pub const PROG_FROM_NETDEV: &str = "from_netdev";
+/// TC egress program for the node's uplink (traffic leaving the node).
+pub const PROG_TO_NETDEV: &str = "to_netdev";
+
 /// Pin file names of the programs, under [`PIN_DIR`]. The CNI plugin attaches
-/// these to each new pod before ADD returns.
+/// the pod programs to each new pod before ADD returns; the daemon attaches
+/// the netdev programs to the uplink.
 pub const PIN_PROG_FROM_POD: &str = "prog_from_pod";
 pub const PIN_PROG_TO_POD: &str = "prog_to_pod";
+pub const PIN_PROG_FROM_NETDEV: &str = "prog_from_netdev";
+pub const PIN_PROG_TO_NETDEV: &str = "prog_to_netdev";
 
 /// TC filter priority and handle of Sluice's cls_bpf filters. Fixed values let
 /// a restarted daemon replace a filter in place (atomically) instead of adding

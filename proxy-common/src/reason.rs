@@ -26,6 +26,11 @@ pub const DROP_REJECT_FAILED: u32 = 18;
 pub const DROP_UNSUPPORTED_PROTO: u32 = 19;
 pub const PASS_REPLY_FRAGMENT: u32 = 20;
 pub const DROP_HAIRPIN_NO_STATE: u32 = 21;
+pub const PASS_UPLINK: u32 = 22;
+pub const MASQUERADE: u32 = 23;
+pub const MASQUERADE_REPLY: u32 = 24;
+pub const DROP_SNAT_PORTS_EXHAUSTED: u32 = 25;
+pub const PASS_MASQUERADE_UNSUPPORTED: u32 = 26;
 
 /// Size of the reason counter array (room for codes added later).
 pub const MAX: u32 = 64;
@@ -46,6 +51,7 @@ pub const fn is_drop(code: u32) -> bool {
             | DROP_REJECT_FAILED
             | DROP_UNSUPPORTED_PROTO
             | DROP_HAIRPIN_NO_STATE
+            | DROP_SNAT_PORTS_EXHAUSTED
     )
 }
 
@@ -74,6 +80,11 @@ pub const fn name(code: u32) -> Option<&'static str> {
         DROP_UNSUPPORTED_PROTO => "drop-unsupported-protocol",
         PASS_REPLY_FRAGMENT => "pass-reply-fragment",
         DROP_HAIRPIN_NO_STATE => "drop-hairpin-no-state",
+        PASS_UPLINK => "pass-uplink",
+        MASQUERADE => "masquerade",
+        MASQUERADE_REPLY => "masquerade-reply",
+        DROP_SNAT_PORTS_EXHAUSTED => "drop-snat-ports-exhausted",
+        PASS_MASQUERADE_UNSUPPORTED => "pass-masquerade-unsupported-protocol",
         _ => return None,
     })
 }

@@ -10,8 +10,9 @@ use std::{
     path::{Path, PathBuf},
 };
 
+use aya::programs::TcAttachType;
 use ipnet::Ipv4Net;
-use proxy_common::{NodeConfig, config::NODE_CONFIG_VERSION};
+use proxy_common::{NodeConfig, config::NODE_CONFIG_VERSION, names};
 use tracing::{info, warn};
 
 use crate::{
@@ -33,6 +34,8 @@ pub struct DaemonConfig {
     pub capacities: Capacities,
     /// Subtracted from the uplink MTU for pods (50 with the VXLAN overlay).
     pub mtu_overhead: u32,
+    /// Masquerade source ports (inclusive).
+    pub snat_ports: (u16, u16),
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -102,8 +105,8 @@ pub fn start_datapath(cfg: &DaemonConfig) -> Result<usize, DaemonError> {
     Ok(attached)
 }
 
-/// The MTU of the interface holding `addr` in this network namespace.
-pub fn uplink_mtu(addr: Ipv4Addr) -> Option<u32> {
+/// The interface holding `addr` in this network namespace, and its MTU.
+pub fn uplink(addr: Ipv4Addr) -> Option<(String, u32)> {
     let mut ifap: *mut libc::ifaddrs = std::ptr::null_mut();
     // SAFETY: getifaddrs allocates a list we free below.
     if unsafe { libc::getifaddrs(&mut ifap) } != 0 {
@@ -122,7 +125,7 @@ pub fn uplink_mtu(addr: Ipv4Addr) -> Option<u32> {
             if Ipv4Addr::from(u32::from_be(sin.sin_addr.s_addr)) == addr {
                 // SAFETY: ifa_name is a NUL-terminated interface name.
                 let name = unsafe { std::ffi::CStr::from_ptr(ifa.ifa_name) };
-                found = interface_mtu(name);
+                found = interface_mtu(name).map(|mtu| (name.to_string_lossy().into_owned(), mtu));
                 break;
             }
         }
@@ -233,6 +236,7 @@ impl Reconciler {
         }
         info!(node = %info.name, address = %info.internal_ip, pod_cidr = ?info.pod_cidr, "node learned");
         self.write_node_config(&info);
+        self.attach_uplink(info.internal_ip);
         match info.pod_cidr {
             Some(cidr) => {
                 if let Err(e) = self.write_conflist(cidr, info.internal_ip) {
@@ -242,6 +246,23 @@ impl Reconciler {
             None => warn!(node = %info.name, "Node has no spec.podCIDR: pods cannot be wired"),
         }
         self.node = Some(info);
+    }
+
+    /// Masquerade lives on the interface that holds the node's address.
+    fn attach_uplink(&self, addr: Ipv4Addr) {
+        let Some((dev, _)) = uplink(addr) else {
+            warn!(address = %addr, "no interface holds the node address: masquerade is off");
+            return;
+        };
+        let dir = crate::datapath::pin_dir(&self.cfg.bpffs);
+        let pins = [
+            (dir.join(names::PIN_PROG_FROM_NETDEV), TcAttachType::Ingress),
+            (dir.join(names::PIN_PROG_TO_NETDEV), TcAttachType::Egress),
+        ];
+        match sluice_cni::attach_pinned(&dev, pins) {
+            Ok(()) => info!(interface = %dev, "uplink programs attached"),
+            Err(e) => warn!(interface = %dev, error = %e, "attaching the uplink programs failed"),
+        }
     }
 
     fn write_node_config(&mut self, info: &NodeInfo) {
@@ -260,7 +281,8 @@ impl Reconciler {
             pod_mask,
             cluster_cidr,
             cluster_mask,
-            _pad: 0,
+            snat_port_min: self.cfg.snat_ports.0,
+            snat_port_max: self.cfg.snat_ports.1,
         };
         if let Err(e) = self.writer.maps().config.set(0, cfg, 0) {
             warn!(error = %e, "writing the node configuration map failed");
@@ -272,8 +294,8 @@ impl Reconciler {
         conf.cluster_cidr = self.cfg.cluster_cidr;
         conf.state_dir = self.cfg.state_dir.clone();
         conf.bpffs = self.cfg.bpffs.clone();
-        conf.mtu = uplink_mtu(node_addr)
-            .unwrap_or(1500)
+        conf.mtu = uplink(node_addr)
+            .map_or(1500, |(_, mtu)| mtu)
             .saturating_sub(self.cfg.mtu_overhead);
         let text = serde_json::to_string_pretty(&sluice_cni::conflist(&conf))
             .expect("a JSON value serializes");

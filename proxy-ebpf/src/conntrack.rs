@@ -1,12 +1,15 @@
 //! Connection tracking: flow creation, per-packet state, partner refresh.
 
-use aya_ebpf::helpers::bpf_ktime_get_coarse_ns;
+use aya_ebpf::{
+    bindings::BPF_NOEXIST,
+    helpers::{bpf_get_prandom_u32, bpf_ktime_get_coarse_ns},
+};
 use proxy_common::{
     Backend, CtEntry, CtKey, FragKey, FragPorts,
     ct::{
-        CT_DIR_REPLY, CT_DIR_SERVICE, CT_F_FIN_BACKEND, CT_F_FIN_CLIENT, CT_F_HAIRPIN,
-        CT_F_REDIRECT_BACK, CT_F_REPLY_SEEN, CT_F_REWRITE_DST, CT_F_REWRITE_SRC, CT_F_RST,
-        CT_STATE_MASK,
+        CT_DIR_EGRESS, CT_DIR_REPLY, CT_DIR_SERVICE, CT_F_FIN_BACKEND, CT_F_FIN_CLIENT,
+        CT_F_HAIRPIN, CT_F_REDIRECT_BACK, CT_F_REPLY_SEEN, CT_F_REWRITE_DST, CT_F_REWRITE_SRC,
+        CT_F_RST, CT_STATE_MASK,
     },
     proto,
     service::HAIRPIN_SNAT_ADDR,
@@ -117,6 +120,72 @@ pub fn create(
     CT.insert(key(pkt, CT_DIR_SERVICE), fwd, 0)
         .map_err(|_| ())?;
     Ok(fwd)
+}
+
+/// Tries per new masqueraded flow before giving up on a free port.
+const SNAT_TRIES: u32 = 8;
+
+/// Creates both entries of a new masqueraded flow: `pkt` (a pod's packet
+/// leaving the cluster) gets `node_addr` and a free port from
+/// `[port_min, port_max]` as its source. The port is claimed by inserting
+/// the reply entry with BPF_NOEXIST, so two CPUs can never hand out the same
+/// (destination, port) pair. Returns the forward entry, or `Err` when every
+/// try found its port taken.
+#[inline(always)]
+pub fn create_snat(
+    pkt: &Packet,
+    node_addr: u32,
+    port_min: u16,
+    port_max: u16,
+    now: u32,
+) -> Result<CtEntry, ()> {
+    let span = u32::from(port_max.saturating_sub(port_min)) + 1;
+    // SAFETY: plain helper call.
+    let start = unsafe { bpf_get_prandom_u32() };
+    let mut fwd = CtEntry {
+        new_saddr: node_addr,
+        new_daddr: 0,
+        new_sport: 0,
+        new_dport: 0,
+        flags: CT_F_REWRITE_SRC | client_state_bits(pkt),
+        _pad0: 0,
+        svc_id: 0,
+        backend_id: 0,
+        created: now,
+        last_seen: now,
+        synced: now,
+        ifindex: 0,
+        packets: 1,
+        bytes: pkt.len as u64,
+    };
+    let rev = CtEntry {
+        new_daddr: pkt.saddr,
+        new_dport: pkt.sport,
+        new_saddr: 0,
+        flags: CT_F_REWRITE_DST | client_state_bits(pkt),
+        packets: 0,
+        bytes: 0,
+        ..fwd
+    };
+    for i in 0..SNAT_TRIES {
+        // A stride that is odd and large spreads retries over the range.
+        let port = port_min + (start.wrapping_add(i.wrapping_mul(40_503)) % span) as u16;
+        let rev_key = CtKey {
+            saddr: pkt.daddr,
+            daddr: node_addr,
+            sport: pkt.dport,
+            dport: port.to_be(),
+            proto: pkt.proto,
+            dir: CT_DIR_REPLY,
+            _pad: [0; 2],
+        };
+        if CT.insert(rev_key, rev, BPF_NOEXIST as u64).is_ok() {
+            fwd.new_sport = port.to_be();
+            CT.insert(key(pkt, CT_DIR_EGRESS), fwd, 0).map_err(|_| ())?;
+            return Ok(fwd);
+        }
+    }
+    Err(())
 }
 
 /// The TCP state bits a packet sets, by direction.

@@ -5,6 +5,8 @@
 //!   a pod reaching itself is turned around at once (hairpin).
 //! - `to_pod`, TC egress of the same veth: traffic about to enter the pod.
 //!   Replies of translated flows get the frontend back as their source.
+//! - `to_netdev` / `from_netdev`, TC egress / ingress of the node's uplink:
+//!   masquerade of pod traffic leaving the cluster, and its replies.
 //!
 //! Every path ends in exactly one reason code, counted per CPU.
 #![no_std]
@@ -17,6 +19,7 @@ mod conntrack;
 mod lb;
 mod maps;
 mod nat;
+mod netdev;
 mod packet;
 mod reject;
 
@@ -98,6 +101,28 @@ pub fn to_pod(ctx: TcContext) -> i32 {
         // makes of a bad header is its business, not ours to hide.
         Parsed::Malformed => Verdict::pass(reason::PASS_NOT_SERVICE),
         Parsed::Ipv4(mut pkt) => reverse_nat(&ctx, &mut pkt, false),
+    };
+    finish(&ctx, v)
+}
+
+#[classifier]
+pub fn to_netdev(ctx: TcContext) -> i32 {
+    let v = match packet::parse(&ctx) {
+        Parsed::NotIpv4 => Verdict::pass(reason::PASS_NON_IPV4),
+        // The node's own stack built it; not ours to judge.
+        Parsed::Malformed => Verdict::pass(reason::PASS_UPLINK),
+        Parsed::Ipv4(mut pkt) => netdev::masquerade(&ctx, &mut pkt),
+    };
+    finish(&ctx, v)
+}
+
+#[classifier]
+pub fn from_netdev(ctx: TcContext) -> i32 {
+    let v = match packet::parse(&ctx) {
+        Parsed::NotIpv4 => Verdict::pass(reason::PASS_NON_IPV4),
+        // The node's stack drops what is really broken.
+        Parsed::Malformed => Verdict::pass(reason::PASS_UPLINK),
+        Parsed::Ipv4(mut pkt) => netdev::unmasquerade(&ctx, &mut pkt),
     };
     finish(&ctx, v)
 }

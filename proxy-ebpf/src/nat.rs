@@ -23,7 +23,7 @@ use proxy_common::{
 
 use crate::{
     access::{load16, store16, store32},
-    packet::{ETH_HLEN, FRAG_LATER, Packet},
+    packet::{ETH_HLEN, Packet},
 };
 
 pub struct RewriteError;
@@ -67,10 +67,9 @@ fn at(ctx: &TcContext, off: usize, len: usize) -> Result<usize, RewriteError> {
 #[inline(always)]
 pub fn apply(ctx: &TcContext, pkt: &mut Packet, e: &CtEntry) -> Result<(), RewriteError> {
     let ip = ETH_HLEN;
-    let l4 = pkt.l4_off as usize;
     // Later fragments carry no L4 header: the first fragment's rewrite
     // covered the ports and the checksum of the whole datagram.
-    let ports = pkt.has_ports() && pkt.frag != FRAG_LATER;
+    let (sport_at, dport_at) = pkt.port_offsets();
     let mut addr_diff = 0u32;
     let mut port_diff = 0u32;
     // A port rewritten to itself (port == targetPort) needs no second
@@ -81,8 +80,8 @@ pub fn apply(ctx: &TcContext, pkt: &mut Packet, e: &CtEntry) -> Result<(), Rewri
         if e.flags & CT_F_REWRITE_DST != 0 {
             store32(at(ctx, ip + 16, 4)?, e.new_daddr);
             addr_diff = add(addr_diff, delta32(pkt.daddr, e.new_daddr));
-            if ports {
-                store16(at(ctx, l4 + 2, 2)?, e.new_dport);
+            if let Some(off) = dport_at {
+                store16(at(ctx, off, 2)?, e.new_dport);
                 port_diff = add(port_diff, delta16(pkt.dport, e.new_dport));
                 ports_rewritten |= pkt.dport != e.new_dport;
             }
@@ -92,8 +91,8 @@ pub fn apply(ctx: &TcContext, pkt: &mut Packet, e: &CtEntry) -> Result<(), Rewri
         if e.flags & CT_F_REWRITE_SRC != 0 {
             store32(at(ctx, ip + 12, 4)?, e.new_saddr);
             addr_diff = add(addr_diff, delta32(pkt.saddr, e.new_saddr));
-            if ports {
-                store16(at(ctx, l4, 2)?, e.new_sport);
+            if let Some(off) = sport_at {
+                store16(at(ctx, off, 2)?, e.new_sport);
                 port_diff = add(port_diff, delta16(pkt.sport, e.new_sport));
                 ports_rewritten |= pkt.sport != e.new_sport;
             }
@@ -113,13 +112,14 @@ pub fn apply(ctx: &TcContext, pkt: &mut Packet, e: &CtEntry) -> Result<(), Rewri
         // Size 0: `to` is a precomputed checksum difference.
         // SAFETY: helper calls on the program's own skb.
         unsafe {
-            if bpf_l4_csum_replace(
-                ctx.skb.skb,
-                off,
-                0,
-                addr_diff as u64,
-                mangled0 | BPF_F_PSEUDO_HDR as u64,
-            ) != 0
+            if pkt.csum_covers_addresses()
+                && bpf_l4_csum_replace(
+                    ctx.skb.skb,
+                    off,
+                    0,
+                    addr_diff as u64,
+                    mangled0 | BPF_F_PSEUDO_HDR as u64,
+                ) != 0
             {
                 return Err(RewriteError);
             }

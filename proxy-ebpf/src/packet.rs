@@ -12,12 +12,12 @@ use crate::access::{load16, load32, store16, store32};
 
 pub const ETH_HLEN: usize = 14;
 const ETH_P_IP: u16 = 0x0800;
-pub const IP_CSUM_OFF: u32 = (ETH_HLEN + 10) as u32;
-pub const IP_SADDR_OFF: u32 = (ETH_HLEN + 12) as u32;
-pub const IP_DADDR_OFF: u32 = (ETH_HLEN + 16) as u32;
 const IP_MIN_HLEN: usize = 20;
 const IP_MF: u16 = 0x2000;
 const IP_OFFSET_MASK: u16 = 0x1fff;
+
+const ICMP_ECHO_REPLY: u8 = 0;
+const ICMP_ECHO_REQUEST: u8 = 8;
 
 pub const TCP_FIN: u8 = 0x01;
 pub const TCP_SYN: u8 = 0x02;
@@ -35,13 +35,24 @@ pub const FRAG_LATER: u8 = 2;
 /// bytes of options, and a TCP header without options.
 const MAX_HEADERS: u32 = (ETH_HLEN + 60 + 20) as u32;
 
+/// Not ICMP echo.
+pub const ECHO_NONE: u8 = 0;
+/// ICMP echo request: its identifier plays the source port.
+pub const ECHO_REQUEST: u8 = 1;
+/// ICMP echo reply: its identifier plays the destination port.
+pub const ECHO_REPLY: u8 = 2;
+
 pub struct Packet {
     /// NBO, as on the wire.
     pub saddr: u32,
     pub daddr: u32,
-    /// NBO; zero when the L4 header is absent.
+    /// NBO; zero when the L4 header is absent. For ICMP echo the identifier
+    /// is the source port of a request and the destination port of a reply,
+    /// so a reply's tuple is the swapped request tuple, as for TCP and UDP.
     pub sport: u16,
     pub dport: u16,
+    /// `ECHO_*`.
+    pub echo: u8,
     pub proto: u8,
     pub tcp_flags: u8,
     /// `FRAG_*`.
@@ -68,14 +79,46 @@ impl Packet {
         match self.proto {
             proto::TCP => Some(self.l4_off + 16),
             proto::UDP => Some(self.l4_off + 6),
+            proto::ICMP if self.echo != ECHO_NONE => Some(self.l4_off + 2),
             _ => None,
         }
     }
 
-    /// Whether the datapath can translate this packet's ports.
+    /// Where the source and destination ports (ICMP echo: the identifier)
+    /// are, if the packet carries them.
+    #[inline(always)]
+    pub fn port_offsets(&self) -> (Option<usize>, Option<usize>) {
+        let l4 = self.l4_off as usize;
+        if self.frag == FRAG_LATER {
+            return (None, None);
+        }
+        if self.has_ports() {
+            return (Some(l4), Some(l4 + 2));
+        }
+        match self.echo {
+            ECHO_REQUEST => (Some(l4 + 4), None),
+            ECHO_REPLY => (None, Some(l4 + 4)),
+            _ => (None, None),
+        }
+    }
+
+    /// Whether the L4 checksum covers the addresses (TCP and UDP have a
+    /// pseudo-header; ICMP does not).
+    #[inline(always)]
+    pub fn csum_covers_addresses(&self) -> bool {
+        self.has_ports()
+    }
+
+    /// Whether the packet is TCP or UDP (what Services translate).
     #[inline(always)]
     pub fn has_ports(&self) -> bool {
         self.proto == proto::TCP || self.proto == proto::UDP
+    }
+
+    /// Whether masquerade can translate the packet: TCP, UDP, ICMP echo.
+    #[inline(always)]
+    pub fn nat_capable(&self) -> bool {
+        self.has_ports() || self.echo != ECHO_NONE
     }
 }
 
@@ -154,6 +197,7 @@ pub fn parse(ctx: &TcContext) -> Parsed {
         daddr,
         sport: 0,
         dport: 0,
+        echo: ECHO_NONE,
         proto: l4proto,
         tcp_flags: 0,
         frag,
@@ -169,6 +213,7 @@ pub fn parse(ctx: &TcContext) -> Parsed {
     let need = match l4proto {
         proto::TCP => 20,
         proto::UDP => 8,
+        proto::ICMP => return Parsed::Ipv4(parse_echo(ctx, pkt, l4_off, l4_avail)),
         _ => return Parsed::Ipv4(pkt),
     };
     if let Some(l4) = in_bounds(ctx, l4_off, 4) {
@@ -185,6 +230,32 @@ pub fn parse(ctx: &TcContext) -> Parsed {
     // Complete means both inside the datagram and inside the linear data.
     pkt.l4_complete = l4_avail >= need && in_bounds(ctx, l4_off, need as usize).is_some();
     Parsed::Ipv4(pkt)
+}
+
+/// ICMP echo: type, code, checksum, identifier, sequence.
+#[inline(always)]
+fn parse_echo(ctx: &TcContext, mut pkt: Packet, l4_off: usize, l4_avail: u32) -> Packet {
+    if l4_avail < 8 {
+        return pkt;
+    }
+    let Some(l4) = in_bounds(ctx, l4_off, 8) else {
+        return pkt;
+    };
+    // SAFETY: the eight bytes are inside the packet (checked above).
+    let (kind, id) = unsafe { (load16(l4) as u8, load16(l4 + 4)) };
+    match kind {
+        ICMP_ECHO_REQUEST => {
+            pkt.echo = ECHO_REQUEST;
+            pkt.sport = id;
+        }
+        ICMP_ECHO_REPLY => {
+            pkt.echo = ECHO_REPLY;
+            pkt.dport = id;
+        }
+        _ => return pkt,
+    }
+    pkt.l4_complete = true;
+    pkt
 }
 
 /// Swaps the Ethernet source and destination addresses.

@@ -99,6 +99,42 @@ fn answer_tcp(conn: TcpStream, name: &str) {
     }
 }
 
+/// Answers each TCP connection with the address it came from, then closes:
+/// shows what source address arrived (masquerade checks).
+pub fn serve_peer_address(ns: &NetNs, port: u16) -> Result<Server> {
+    let listener = ns
+        .run(move || TcpListener::bind((Ipv4Addr::UNSPECIFIED, port)))?
+        .with_context(|| format!("binding TCP port {port}"))?;
+    let fd = listener.as_raw_fd();
+    let stop = Arc::new(AtomicBool::new(false));
+    let stopped = stop.clone();
+    let thread = std::thread::spawn(move || {
+        for conn in listener.incoming() {
+            if stopped.load(Ordering::SeqCst) {
+                break;
+            }
+            let Ok(mut conn) = conn else { continue };
+            if let Ok(peer) = conn.peer_addr() {
+                let _ = writeln!(conn, "{}", peer.ip());
+            }
+        }
+    });
+    Ok(Server {
+        stop,
+        fd,
+        thread: Some(thread),
+    })
+}
+
+/// The source address a `serve_peer_address` server saw for our connection.
+pub fn ask_peer_address(target: SocketAddr) -> Result<String> {
+    let conn = TcpStream::connect_timeout(&target, IO_TIMEOUT)?;
+    conn.set_read_timeout(Some(IO_TIMEOUT))?;
+    let mut line = String::new();
+    BufReader::new(conn).read_line(&mut line)?;
+    Ok(line.trim().to_string())
+}
+
 /// Answers each datagram `D` with `<name> D`.
 pub fn serve_udp(ns: &NetNs, name: &str, port: u16) -> Result<Server> {
     let name = name.to_string();

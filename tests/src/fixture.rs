@@ -165,6 +165,11 @@ impl Datapath {
         Ok(())
     }
 
+    pub fn set_config(&mut self, c: proxy_common::NodeConfig) -> Result<()> {
+        self.maps.config.set(0, c, 0)?;
+        Ok(())
+    }
+
     pub fn ct_insert(&mut self, key: CtKey, entry: CtEntry) -> Result<()> {
         self.maps.ct.insert(key, entry, 0)?;
         Ok(())

@@ -97,6 +97,14 @@ pub fn icmp_echo(src: Ipv4Addr, dst: Ipv4Addr, id: u16) -> Frame {
     )
 }
 
+pub fn icmp_echo_reply(src: Ipv4Addr, dst: Ipv4Addr, id: u16) -> Frame {
+    let mut f = icmp_echo(src, dst, id);
+    if let L4::Icmp { kind, .. } = &mut f.l4 {
+        *kind = 0;
+    }
+    f
+}
+
 /// Internet checksum (RFC 1071) of the concatenation of `parts`.
 pub fn checksum(parts: &[&[u8]]) -> u16 {
     let mut sum: u32 = 0;

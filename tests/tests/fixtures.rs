@@ -423,12 +423,10 @@ fn cases() -> Vec<Case> {
     ]
 }
 
-#[test]
-fn packet_fixtures() {
-    let mut dp = seeded();
-    seed_established_flow(&mut dp);
+/// Runs cases in order and fails with every case that went wrong.
+fn run_cases(dp: &mut Datapath, cases: Vec<Case>) {
     let mut failures = Vec::new();
-    for c in cases() {
+    for c in cases {
         let before = dp.reason_count(c.reason);
         let r = dp
             .run(c.prog, &c.input)
@@ -465,6 +463,13 @@ fn packet_fixtures() {
         }
     }
     assert!(failures.is_empty(), "\n{}", failures.join("\n"));
+}
+
+#[test]
+fn packet_fixtures() {
+    let mut dp = seeded();
+    seed_established_flow(&mut dp);
+    run_cases(&mut dp, cases());
 }
 
 #[test]
@@ -548,6 +553,17 @@ fn port_reuse_after_close_makes_a_fresh_choice() {
 #[test]
 fn garbage_never_crashes_or_changes_a_passed_frame() {
     let mut dp = seeded();
+    // The uplink programs only look at packets once the node is configured.
+    dp.set_config(proxy_common::NodeConfig {
+        version: proxy_common::config::NODE_CONFIG_VERSION,
+        node_addr: nbo(Ipv4Addr::new(10, 77, 0, 10)),
+        pod_cidr: nbo(Ipv4Addr::new(10, 244, 0, 0)),
+        pod_mask: (u32::MAX << 8).to_be(),
+        snat_port_min: 61_000,
+        snat_port_max: 65_535,
+        ..Default::default()
+    })
+    .unwrap();
     // A fixed-seed xorshift: reproducible garbage, half of it claiming IPv4.
     let mut x: u64 = 0x9e37_79b9_7f4a_7c15;
     let mut next = || {
@@ -565,7 +581,12 @@ fn garbage_never_crashes_or_changes_a_passed_frame() {
             f[13] = 0x00;
             f[14] = 0x45;
         }
-        for prog in [PROG_FROM_POD, PROG_TO_POD] {
+        for prog in [
+            PROG_FROM_POD,
+            PROG_TO_POD,
+            proxy_common::names::PROG_FROM_NETDEV,
+            proxy_common::names::PROG_TO_NETDEV,
+        ] {
             let r = dp.run(prog, &f).unwrap();
             assert!(
                 r.action == TC_ACT_OK || r.action == TC_ACT_SHOT,
@@ -576,5 +597,119 @@ fn garbage_never_crashes_or_changes_a_passed_frame() {
                 assert_eq!(r.output, f, "{prog} changed a passed garbage frame");
             }
         }
+    }
+}
+
+mod masquerade {
+    use super::*;
+    use proxy_common::{
+        NodeConfig,
+        config::NODE_CONFIG_VERSION,
+        names::{PROG_FROM_NETDEV, PROG_TO_NETDEV},
+    };
+    use sluice_tests::packet::icmp_echo_reply;
+
+    const NODE: Ipv4Addr = Ipv4Addr::new(10, 77, 0, 10);
+    const OUTSIDE: Ipv4Addr = Ipv4Addr::new(10, 77, 0, 200);
+    const REMOTE_POD: Ipv4Addr = Ipv4Addr::new(10, 244, 7, 7);
+    /// One port only: the allocation is deterministic and can run out.
+    const PORT: u16 = 61_000;
+
+    fn mask(bits: u32) -> u32 {
+        (u32::MAX << (32 - bits)).to_be()
+    }
+
+    fn node() -> Datapath {
+        let mut dp = Datapath::load("masq", Capacities::default()).unwrap();
+        dp.set_config(NodeConfig {
+            version: NODE_CONFIG_VERSION,
+            flags: 0,
+            node_addr: nbo(NODE),
+            pod_cidr: nbo(Ipv4Addr::new(10, 244, 0, 0)),
+            pod_mask: mask(24),
+            cluster_cidr: nbo(Ipv4Addr::new(10, 244, 0, 0)),
+            cluster_mask: mask(16),
+            snat_port_min: PORT,
+            snat_port_max: PORT,
+        })
+        .unwrap();
+        dp
+    }
+
+    fn cases() -> Vec<Case> {
+        vec![
+            case(
+                "pod TCP leaving the cluster gets the node's address and a masquerade port",
+                PROG_TO_NETDEV,
+                tcp((CLIENT, 40000), (OUTSIDE, 80), TCP_SYN).bytes(),
+            )
+            .verdict(TC_ACT_OK, reason::MASQUERADE)
+            .out(tcp((NODE, PORT), (OUTSIDE, 80), TCP_SYN).bytes()),
+            case(
+                "its reply gets the pod back",
+                PROG_FROM_NETDEV,
+                tcp((OUTSIDE, 80), (NODE, PORT), TCP_SYN | TCP_ACK).bytes(),
+            )
+            .verdict(TC_ACT_OK, reason::MASQUERADE_REPLY)
+            .out(tcp((OUTSIDE, 80), (CLIENT, 40000), TCP_SYN | TCP_ACK).bytes()),
+            case(
+                "later packets of the flow keep the port",
+                PROG_TO_NETDEV,
+                tcp((CLIENT, 40000), (OUTSIDE, 80), TCP_ACK).bytes(),
+            )
+            .verdict(TC_ACT_OK, reason::MASQUERADE)
+            .out(tcp((NODE, PORT), (OUTSIDE, 80), TCP_ACK).bytes()),
+            case(
+                "another flow to the same destination finds no free port",
+                PROG_TO_NETDEV,
+                tcp((CLIENT, 40001), (OUTSIDE, 80), TCP_SYN).bytes(),
+            )
+            .verdict(TC_ACT_SHOT, reason::DROP_SNAT_PORTS_EXHAUSTED),
+            case(
+                "UDP is masqueraded too (its own port space)",
+                PROG_TO_NETDEV,
+                udp((CLIENT, 5000), (OUTSIDE, 53), b"q").bytes(),
+            )
+            .verdict(TC_ACT_OK, reason::MASQUERADE)
+            .out(udp((NODE, PORT), (OUTSIDE, 53), b"q").bytes()),
+            case(
+                "ping leaving the cluster: the echo identifier is the port",
+                PROG_TO_NETDEV,
+                icmp_echo(CLIENT, OUTSIDE, 7).bytes(),
+            )
+            .verdict(TC_ACT_OK, reason::MASQUERADE)
+            .out(icmp_echo(NODE, OUTSIDE, PORT).bytes()),
+            case(
+                "the echo reply comes back to the pod with its identifier",
+                PROG_FROM_NETDEV,
+                icmp_echo_reply(OUTSIDE, NODE, PORT).bytes(),
+            )
+            .verdict(TC_ACT_OK, reason::MASQUERADE_REPLY)
+            .out(icmp_echo_reply(OUTSIDE, CLIENT, 7).bytes()),
+            case(
+                "pod-to-pod traffic keeps pod addresses",
+                PROG_TO_NETDEV,
+                tcp((CLIENT, 40002), (REMOTE_POD, 80), TCP_SYN).bytes(),
+            )
+            .verdict(TC_ACT_OK, reason::PASS_UPLINK),
+            case(
+                "the node's own traffic is left alone",
+                PROG_TO_NETDEV,
+                tcp((NODE, 40003), (OUTSIDE, 80), TCP_SYN).bytes(),
+            )
+            .verdict(TC_ACT_OK, reason::PASS_UPLINK),
+            case(
+                "traffic to the node that is no reply is left alone",
+                PROG_FROM_NETDEV,
+                tcp((OUTSIDE, 1234), (NODE, 22), TCP_SYN).bytes(),
+            )
+            .verdict(TC_ACT_OK, reason::PASS_UPLINK),
+        ]
+    }
+
+    #[test]
+    fn masquerade_fixtures() {
+        let mut dp = node();
+        run_cases(&mut dp, cases());
     }
 }

@@ -72,9 +72,26 @@ struct Args {
     #[arg(long, default_value_t = service::DEFAULT_MAX_SERVICE_IDS)]
     max_service_ids: u32,
 
+    /// Source ports masquerade may use, MIN-MAX. Keep it outside the
+    /// node's ephemeral range (net.ipv4.ip_local_port_range).
+    #[arg(long, default_value = "61000-65535", value_parser = parse_port_range)]
+    snat_ports: (u16, u16),
+
     /// Log format.
     #[arg(long, value_enum, default_value_t = LogFormat::Text)]
     log_format: LogFormat,
+}
+
+fn parse_port_range(s: &str) -> Result<(u16, u16), String> {
+    let (a, b) = s.split_once('-').ok_or("expected MIN-MAX")?;
+    let (a, b): (u16, u16) = (
+        a.trim().parse().map_err(|e| format!("{a}: {e}"))?,
+        b.trim().parse().map_err(|e| format!("{b}: {e}"))?,
+    );
+    if a == 0 || a > b {
+        return Err(format!("{a}-{b} is not a range of ports"));
+    }
+    Ok((a, b))
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
@@ -164,6 +181,7 @@ async fn run(args: Args) -> Result<()> {
             ..Capacities::default()
         },
         mtu_overhead: 0,
+        snat_ports: args.snat_ports,
     };
     let attached = start_datapath(&cfg).context("starting the datapath")?;
     info!(pods = attached, bpffs = %args.bpffs.display(), "datapath loaded; existing pods re-attached");

@@ -68,10 +68,13 @@ const LAYOUTS: [Layout; 7] = [
     layout::<u32, NodeConfig>(names::MAP_CONFIG, MapType::Array),
 ];
 
-/// Programs and the pin file each is published under for the CNI plugin.
-const PROGRAMS: [(&str, &str); 2] = [
+/// Programs and the pin file each is published under (for the CNI plugin
+/// and for re-attaching).
+const PROGRAMS: [(&str, &str); 4] = [
     (names::PROG_FROM_POD, names::PIN_PROG_FROM_POD),
     (names::PROG_TO_POD, names::PIN_PROG_TO_POD),
+    (names::PROG_FROM_NETDEV, names::PIN_PROG_FROM_NETDEV),
+    (names::PROG_TO_NETDEV, names::PIN_PROG_TO_NETDEV),
 ];
 
 /// Loads Sluice's programs against the maps pinned under `<bpffs>/sluice`,
