@@ -10,12 +10,9 @@ use sluice::{
     conntrack,
     daemon::{DaemonConfig, Reconciler, lock_state_dir, start_datapath},
     datapath::Capacities,
-    source::watch::ManifestDir,
+    source::{Update, manifests},
 };
-use tokio::{
-    signal::unix::{SignalKind, signal},
-    sync::mpsc,
-};
+use tokio::signal::unix::{SignalKind, signal};
 use tracing::{error, info, warn};
 
 /// Sluice's node daemon: programs the eBPF service datapath of this node from
@@ -82,18 +79,6 @@ struct Args {
     log_format: LogFormat,
 }
 
-fn parse_port_range(s: &str) -> Result<(u16, u16), String> {
-    let (a, b) = s.split_once('-').ok_or("expected MIN-MAX")?;
-    let (a, b): (u16, u16) = (
-        a.trim().parse().map_err(|e| format!("{a}: {e}"))?,
-        b.trim().parse().map_err(|e| format!("{b}: {e}"))?,
-    );
-    if a == 0 || a > b {
-        return Err(format!("{a}-{b} is not a range of ports"));
-    }
-    Ok((a, b))
-}
-
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
 enum LogFormat {
     Text,
@@ -136,24 +121,16 @@ fn main() -> ExitCode {
     }
 }
 
-/// Rereads the manifests and applies the result, if anything changed.
-fn refresh(source: &mut ManifestDir, reconciler: &mut Reconciler, force: bool) {
-    let scan = source.rescan();
-    for p in &scan.problems {
-        warn!(file = %p.file.display(), reason = %p.reason, "manifest skipped");
-    }
-    if !scan.changed && !force {
-        return;
-    }
-    let started = std::time::Instant::now();
-    match reconciler.reconcile(&source.state()) {
+/// Applies one view of the cluster.
+fn apply(reconciler: &mut Reconciler, update: &Update) {
+    match reconciler.reconcile(&update.state) {
         Ok(r) => info!(
             frontends = r.frontends,
             backends = r.backends,
             map_writes = r.ops,
             flushed_udp_flows = r.flushed_flows,
             skipped = reconciler.skipped,
-            micros = started.elapsed().as_micros() as u64,
+            micros = update.seen.elapsed().as_micros() as u64,
             "datapath programmed"
         ),
         Err(e) => error!(error = %e, "programming the datapath failed"),
@@ -161,11 +138,6 @@ fn refresh(source: &mut ManifestDir, reconciler: &mut Reconciler, force: bool) {
 }
 
 async fn run(args: Args) -> Result<()> {
-    anyhow::ensure!(
-        args.manifests.is_dir(),
-        "manifests directory {} does not exist",
-        args.manifests.display()
-    );
     let _lock = lock_state_dir(&args.state_dir)?;
     let cfg = DaemonConfig {
         node_name: args.node_name.clone(),
@@ -186,37 +158,22 @@ async fn run(args: Args) -> Result<()> {
     let attached = start_datapath(&cfg).context("starting the datapath")?;
     info!(pods = attached, bpffs = %args.bpffs.display(), "datapath loaded; existing pods re-attached");
     let mut reconciler = Reconciler::new(cfg)?;
-
-    // Any filesystem event only marks the directory dirty; the loop rereads
-    // it after a short quiet period (editors and `kubectl` write in bursts).
-    let (tx, mut dirty) = mpsc::channel::<()>(1);
-    let mut watcher = notify::recommended_watcher(move |_event| {
-        let _ = tx.try_send(());
-    })
-    .context("starting the directory watcher")?;
-    notify::Watcher::watch(
-        &mut watcher,
-        &args.manifests,
-        notify::RecursiveMode::NonRecursive,
-    )
-    .with_context(|| format!("watching {}", args.manifests.display()))?;
-
-    let mut source = ManifestDir::new(&args.manifests);
-    refresh(&mut source, &mut reconciler, true);
+    let mut source = manifests::spawn(args.manifests.clone())?;
 
     let mut sigterm = signal(SignalKind::terminate())?;
     let mut sigint = signal(SignalKind::interrupt())?;
     let mut gc = tokio::time::interval(Duration::from_secs(args.ct_gc_interval.max(1)));
-    // A safety net for missed events (e.g. a directory swapped by a mount).
-    let mut resync = tokio::time::interval(Duration::from_secs(10));
     loop {
         tokio::select! {
-            Some(()) = dirty.recv() => {
-                tokio::time::sleep(Duration::from_millis(30)).await;
-                while dirty.try_recv().is_ok() {}
-                refresh(&mut source, &mut reconciler, false);
+            changed = source.changed() => {
+                if changed.is_err() {
+                    anyhow::bail!("the object source stopped");
+                }
+                let update = source.borrow_and_update().clone();
+                if let Some(update) = update {
+                    apply(&mut reconciler, &update);
+                }
             }
-            _ = resync.tick() => refresh(&mut source, &mut reconciler, false),
             _ = gc.tick() => {
                 let now = conntrack::monotonic_secs();
                 match conntrack::collect_expired(&mut reconciler.writer().maps().ct, now) {
@@ -231,4 +188,16 @@ async fn run(args: Args) -> Result<()> {
     }
     info!("stopping; pinned maps and attached programs stay in place");
     Ok(())
+}
+
+fn parse_port_range(s: &str) -> Result<(u16, u16), String> {
+    let (a, b) = s.split_once('-').ok_or("expected MIN-MAX")?;
+    let (a, b): (u16, u16) = (
+        a.trim().parse().map_err(|e| format!("{a}: {e}"))?,
+        b.trim().parse().map_err(|e| format!("{b}: {e}"))?,
+    );
+    if a == 0 || a > b {
+        return Err(format!("{a}-{b} is not a range of ports"));
+    }
+    Ok((a, b))
 }

@@ -1,5 +1,21 @@
-//! Where Kubernetes objects come from: manifest files (and, later, the API
-//! server). Every source ends in the same [`crate::model::ClusterState`].
+//! Where Kubernetes objects come from: a directory of manifests or the API
+//! server. Every source delivers whole views of the cluster
+//! ([`crate::model::ClusterState`]) as they change; the daemon does not care
+//! which one it runs on.
 
+use std::{sync::Arc, time::Instant};
+
+use crate::model::ClusterState;
+
+pub mod manifests;
 pub mod parse;
 pub mod watch;
+
+/// A new view of the cluster.
+#[derive(Clone, Debug)]
+pub struct Update {
+    pub state: Arc<ClusterState>,
+    /// When the change behind this view was first seen (for the
+    /// change-to-programmed latency).
+    pub seen: Instant,
+}

@@ -1,4 +1,5 @@
 //! Benchmarks run by `cargo xtask bench`. They print figures and
 //! comparisons; they assert nothing about speed (that would flake).
 
+pub mod cni;
 pub mod datapath;

@@ -8,6 +8,10 @@ fn main() -> anyhow::Result<()> {
         sluice_tests::bench::datapath::run()?;
         ran = true;
     }
+    if all || which == "cni" {
+        sluice_tests::bench::cni::run()?;
+        ran = true;
+    }
     anyhow::ensure!(
         ran,
         "unknown benchmark {which:?} (datapath, cni, control-plane, all)"
