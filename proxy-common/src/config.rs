@@ -21,8 +21,11 @@ pub struct NodeConfig {
     /// takes a port a host socket uses.
     pub snat_port_min: u16,
     pub snat_port_max: u16,
+    /// Entries of every Maglev table (a prime); 0 when Maglev is off.
+    pub maglev_size: u32,
+    pub _pad: u32,
 }
-crate::assert_size!(NodeConfig, 32);
+crate::assert_size!(NodeConfig, 40);
 
 pub const NODE_CONFIG_VERSION: u32 = 1;
 

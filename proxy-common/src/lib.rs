@@ -15,7 +15,7 @@ pub mod stats;
 
 pub use config::NodeConfig;
 pub use ct::{CtEntry, CtKey, FragKey, FragPorts};
-pub use service::{Backend, ServiceKey, ServiceValue};
+pub use service::{AffinityKey, AffinityValue, Backend, ServiceKey, ServiceValue, SourceRangeKey};
 pub use stats::{ReasonCounter, ServiceCounter};
 
 /// IANA protocol numbers used by the datapath.
@@ -48,4 +48,7 @@ mod pod_impls {
     unsafe impl aya::Pod for crate::ReasonCounter {}
     unsafe impl aya::Pod for crate::ServiceCounter {}
     unsafe impl aya::Pod for crate::NodeConfig {}
+    unsafe impl aya::Pod for crate::AffinityKey {}
+    unsafe impl aya::Pod for crate::AffinityValue {}
+    unsafe impl aya::Pod for crate::SourceRangeKey {}
 }

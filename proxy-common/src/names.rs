@@ -23,9 +23,15 @@ pub const MAP_REASONS: &str = "sluice_rsn_v1";
 pub const MAP_SVC_STATS: &str = "sluice_svst_v1";
 /// Node configuration, a one-element array.
 pub const MAP_CONFIG: &str = "sluice_cfg_v1";
+/// ClientIP session affinity, LRU: `AffinityKey -> AffinityValue`.
+pub const MAP_AFFINITY: &str = "sluice_aff4_v1";
+/// loadBalancerSourceRanges, LPM trie: `(svc_id, source prefix) -> u32`.
+pub const MAP_SOURCE_RANGES: &str = "sluice_srcr4_v1";
+/// Maglev tables, hash of maps: `svc_id -> array of backend ids`.
+pub const MAP_MAGLEV: &str = "sluice_mglv4_v1";
 
 /// Every map the datapath pins, in the order `sluicectl status` lists them.
-pub const ALL_MAPS: [&str; 7] = [
+pub const ALL_MAPS: [&str; 10] = [
     MAP_SERVICES,
     MAP_BACKENDS,
     MAP_CT,
@@ -33,6 +39,9 @@ pub const ALL_MAPS: [&str; 7] = [
     MAP_REASONS,
     MAP_SVC_STATS,
     MAP_CONFIG,
+    MAP_AFFINITY,
+    MAP_SOURCE_RANGES,
+    MAP_MAGLEV,
 ];
 
 /// TC ingress program for a pod's host-side veth (traffic leaving the pod).
@@ -44,6 +53,8 @@ pub const PROG_TO_POD: &str = "to_pod";
 pub const PROG_FROM_NETDEV: &str = "from_netdev";
 /// TC egress program for the node's uplink (traffic leaving the node).
 pub const PROG_TO_NETDEV: &str = "to_netdev";
+/// TC ingress program for the overlay device (traffic from other nodes).
+pub const PROG_FROM_OVERLAY: &str = "from_overlay";
 
 /// Pin file names of the programs, under [`PIN_DIR`]. The CNI plugin attaches
 /// the pod programs to each new pod before ADD returns; the daemon attaches
@@ -52,6 +63,7 @@ pub const PIN_PROG_FROM_POD: &str = "prog_from_pod";
 pub const PIN_PROG_TO_POD: &str = "prog_to_pod";
 pub const PIN_PROG_FROM_NETDEV: &str = "prog_from_netdev";
 pub const PIN_PROG_TO_NETDEV: &str = "prog_to_netdev";
+pub const PIN_PROG_FROM_OVERLAY: &str = "prog_from_overlay";
 
 /// TC filter priority and handle of Sluice's cls_bpf filters. Fixed values let
 /// a restarted daemon replace a filter in place (atomically) instead of adding

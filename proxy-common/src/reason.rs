@@ -31,6 +31,10 @@ pub const MASQUERADE: u32 = 23;
 pub const MASQUERADE_REPLY: u32 = 24;
 pub const DROP_SNAT_PORTS_EXHAUSTED: u32 = 25;
 pub const PASS_MASQUERADE_UNSUPPORTED: u32 = 26;
+pub const DROP_NO_LOCAL_BACKEND: u32 = 27;
+pub const DROP_SOURCE_RANGE: u32 = 28;
+pub const NODEPORT_REPLY: u32 = 29;
+pub const PASS_OVERLAY: u32 = 30;
 
 /// Size of the reason counter array (room for codes added later).
 pub const MAX: u32 = 64;
@@ -52,6 +56,8 @@ pub const fn is_drop(code: u32) -> bool {
             | DROP_UNSUPPORTED_PROTO
             | DROP_HAIRPIN_NO_STATE
             | DROP_SNAT_PORTS_EXHAUSTED
+            | DROP_NO_LOCAL_BACKEND
+            | DROP_SOURCE_RANGE
     )
 }
 
@@ -85,6 +91,10 @@ pub const fn name(code: u32) -> Option<&'static str> {
         MASQUERADE_REPLY => "masquerade-reply",
         DROP_SNAT_PORTS_EXHAUSTED => "drop-snat-ports-exhausted",
         PASS_MASQUERADE_UNSUPPORTED => "pass-masquerade-unsupported-protocol",
+        DROP_NO_LOCAL_BACKEND => "drop-no-local-backend",
+        DROP_SOURCE_RANGE => "drop-source-range",
+        NODEPORT_REPLY => "external-reply",
+        PASS_OVERLAY => "pass-overlay",
         _ => return None,
     })
 }

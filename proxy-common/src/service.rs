@@ -79,6 +79,17 @@ pub const SVC_F_AFFINITY: u8 = 1 << 1;
 pub const SVC_F_LOCAL: u8 = 1 << 2;
 /// Replies to remote backends need SNAT to the node (NodePort-style frontends).
 pub const SVC_F_SNAT_REMOTE: u8 = 1 << 3;
+/// With no backend, drop new connections instead of refusing them (a Local
+/// traffic policy without local endpoints, as kube-proxy does).
+pub const SVC_F_DROP_EMPTY: u8 = 1 << 4;
+/// Only sources in `sluice_srcr4_v1` for this frontend may connect
+/// (loadBalancerSourceRanges).
+pub const SVC_F_SOURCE_RANGES: u8 = 1 << 5;
+/// Address-only entry of one of the node's own addresses: NodePorts live
+/// there, but other ports belong to the node (SSH, kubelet) and pass.
+pub const SVC_F_NODE_ADDR: u8 = 1 << 6;
+/// The frontend has a Maglev table in `sluice_mglv4_v1`.
+pub const SVC_F_MAGLEV: u8 = 1 << 7;
 
 pub const KIND_CLUSTER_IP: u8 = 0;
 pub const KIND_NODE_PORT: u8 = 1;
@@ -129,3 +140,41 @@ pub const MAX_SLOTS: u16 = u16::MAX;
 /// it is its default route, so the reply comes back through the datapath,
 /// which turns it around. Link-local, never routed off the node.
 pub const HAIRPIN_SNAT_ADDR: [u8; 4] = [169, 254, 42, 1];
+
+/// Key of `sluice_aff4_v1` (ClientIP session affinity).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct AffinityKey {
+    /// Client address, NBO.
+    pub client: u32,
+    pub svc_id: u32,
+}
+crate::assert_size!(AffinityKey, 8);
+
+/// Value of `sluice_aff4_v1`.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct AffinityValue {
+    pub backend_id: u32,
+    /// Monotonic seconds of the last new connection that used it.
+    pub last_used: u32,
+}
+crate::assert_size!(AffinityValue, 8);
+
+/// Data part of an `sluice_srcr4_v1` LPM key: the frontend id (always fully
+/// matched: the prefix length counts its 32 bits) then the source prefix.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct SourceRangeKey {
+    pub svc_id: u32,
+    /// Source address, NBO.
+    pub addr: u32,
+}
+crate::assert_size!(SourceRangeKey, 8);
+
+pub const DEFAULT_MAX_AFFINITY_ENTRIES: u32 = 65_536;
+pub const DEFAULT_MAX_SOURCE_RANGES: u32 = 16_384;
+/// Frontends that may have a Maglev table at the same time.
+pub const DEFAULT_MAX_MAGLEV_TABLES: u32 = 4_096;
+/// Maglev table size: a prime, as the Maglev paper requires.
+pub const DEFAULT_MAGLEV_TABLE_SIZE: u32 = 16_381;

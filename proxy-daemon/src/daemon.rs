@@ -18,7 +18,8 @@ use tracing::{info, warn};
 use crate::{
     datapath::{Capacities, DatapathError, Loader},
     model::{ClusterState, DesiredState, NodeContext, NodeInfo, Skip, desired_state, node_info},
-    writer::{ApplyReport, Writer, plan::nbo},
+    overlay::{self, Overlay, OverlayConfig, OverlayError},
+    writer::{ApplyReport, PlanOptions, Writer, plan::nbo},
 };
 
 /// The CNI configuration file sluiced writes for runtimes.
@@ -32,10 +33,13 @@ pub struct DaemonConfig {
     pub cni_conf_dir: PathBuf,
     pub cluster_cidr: Option<Ipv4Net>,
     pub capacities: Capacities,
-    /// Subtracted from the uplink MTU for pods (50 with the VXLAN overlay).
-    pub mtu_overhead: u32,
     /// Masquerade source ports (inclusive).
     pub snat_ports: (u16, u16),
+    /// Maglev table size (a prime); 0 chooses backends at random.
+    pub maglev_size: u32,
+    /// VXLAN overlay (VNI, UDP port); `None` leaves cross-node routing to
+    /// someone else.
+    pub overlay: Option<(u32, u16)>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -50,6 +54,8 @@ pub enum DaemonError {
     },
     #[error(transparent)]
     Datapath(#[from] DatapathError),
+    #[error("overlay: {0}")]
+    Overlay(#[from] OverlayError),
 }
 
 fn io(path: &Path) -> impl FnOnce(std::io::Error) -> DaemonError + '_ {
@@ -161,6 +167,9 @@ pub struct Reconciler {
     cfg: DaemonConfig,
     writer: Writer,
     node: Option<NodeInfo>,
+    overlay: Option<Overlay>,
+    /// The last view applied (the overlay's periodic repair needs it).
+    last: Option<std::sync::Arc<ClusterState>>,
     logged: BTreeSet<Skip>,
     /// Skipped objects and parts in the last reconcile.
     pub skipped: usize,
@@ -168,11 +177,22 @@ pub struct Reconciler {
 
 impl Reconciler {
     pub fn new(cfg: DaemonConfig) -> Result<Self, DaemonError> {
-        let writer = Writer::open(&cfg.bpffs, &cfg.state_dir, &cfg.node_name, cfg.capacities)?;
+        let options = PlanOptions {
+            maglev_size: cfg.maglev_size,
+        };
+        let writer = Writer::open(
+            &cfg.bpffs,
+            &cfg.state_dir,
+            &cfg.node_name,
+            cfg.capacities,
+            options,
+        )?;
         Ok(Self {
             cfg,
             writer,
             node: None,
+            overlay: None,
+            last: None,
             logged: BTreeSet::new(),
             skipped: 0,
         })
@@ -187,9 +207,15 @@ impl Reconciler {
     }
 
     /// Applies one view of the cluster. Problems with single objects are
-    /// logged once each and never stop the rest.
-    pub fn reconcile(&mut self, cluster: &ClusterState) -> Result<ApplyReport, DaemonError> {
-        self.learn_node(cluster);
+    /// logged once each and never stop the rest; an error means the node
+    /// cannot work as configured (the overlay's UDP port is taken, say).
+    pub async fn reconcile(
+        &mut self,
+        cluster: std::sync::Arc<ClusterState>,
+    ) -> Result<ApplyReport, DaemonError> {
+        if let Some(info) = self.learn_node(&cluster) {
+            self.node_changed(&info).await?;
+        }
         let ctx = self.node.as_ref().map_or_else(
             || NodeContext {
                 name: self.cfg.node_name.clone(),
@@ -197,13 +223,30 @@ impl Reconciler {
             },
             NodeInfo::context,
         );
-        let desired: DesiredState = desired_state(cluster, &ctx);
-        self.log_skips(&desired.skipped);
+        let desired: DesiredState = desired_state(&cluster, &ctx);
+        let mut skips = desired.skipped.clone();
         let report = self.writer.apply(&desired)?;
         for f in &report.failures {
             warn!(failure = %f, "datapath update incomplete; retried on the next change");
         }
+        if let Some(overlay) = self.overlay.as_mut() {
+            let (peers, peer_skips) = overlay::peers(&cluster, &self.cfg.node_name);
+            skips.extend(peer_skips);
+            sync_overlay(overlay, &peers).await;
+        }
+        self.log_skips(&skips);
+        self.last = Some(cluster);
         Ok(report)
+    }
+
+    /// Re-syncs the overlay with the last view: repairs a device someone
+    /// set down (which drops its routes and neighbours) or entries removed
+    /// by hand.
+    pub async fn repair_overlay(&mut self) {
+        if let (Some(overlay), Some(last)) = (self.overlay.as_mut(), self.last.as_ref()) {
+            let (peers, _) = overlay::peers(last, &self.cfg.node_name);
+            sync_overlay(overlay, &peers).await;
+        }
     }
 
     fn log_skips(&mut self, skips: &[Skip]) {
@@ -215,37 +258,71 @@ impl Reconciler {
         self.logged = now;
     }
 
-    /// Reads this node's Node object; on the first sighting or a change,
-    /// writes the node configuration map and the CNI configuration.
-    fn learn_node(&mut self, cluster: &ClusterState) {
+    /// Reads this node's Node object; returns it when it is new or changed.
+    fn learn_node(&mut self, cluster: &ClusterState) -> Option<NodeInfo> {
         let Some(node) = cluster.nodes.get(&self.cfg.node_name) else {
             if self.node.is_none() {
                 warn!(node = %self.cfg.node_name, "own Node object not found yet; pods cannot be wired until it appears");
             }
-            return;
+            return None;
         };
-        let info = match node_info(node) {
+        let mut info = match node_info(node) {
             Ok(i) => i,
             Err(e) => {
                 warn!(node = %self.cfg.node_name, reason = %e, "own Node object unusable");
-                return;
+                return None;
             }
         };
-        if self.node.as_ref() == Some(&info) {
-            return;
+        // The overlay's tunnels start at the InternalIP, never an ExternalIP.
+        if let Some(internal) = overlay::internal_ipv4(node) {
+            info.internal_ip = internal;
         }
+        (self.node.as_ref() != Some(&info)).then_some(info)
+    }
+
+    /// On the first sighting of this node or a change: node configuration
+    /// for the datapath, uplink programs, the overlay, and only then the
+    /// CNI configuration (its MTU depends on the overlay).
+    async fn node_changed(&mut self, info: &NodeInfo) -> Result<(), DaemonError> {
         info!(node = %info.name, address = %info.internal_ip, pod_cidr = ?info.pod_cidr, "node learned");
-        self.write_node_config(&info);
+        self.write_node_config(info);
         self.attach_uplink(info.internal_ip);
-        match info.pod_cidr {
-            Some(cidr) => {
-                if let Err(e) = self.write_conflist(cidr, info.internal_ip) {
-                    warn!(error = %e, "writing the CNI configuration failed");
-                }
-            }
-            None => warn!(node = %info.name, "Node has no spec.podCIDR: pods cannot be wired"),
+        let Some(pod_cidr) = info.pod_cidr else {
+            warn!(node = %info.name, "Node has no spec.podCIDR: pods cannot be wired");
+            self.node = Some(info.clone());
+            return Ok(());
+        };
+        let mut mtu = uplink(info.internal_ip).map_or(1500, |(_, mtu)| mtu);
+        if let Some((vni, port)) = self.cfg.overlay {
+            let cfg = OverlayConfig {
+                vni,
+                port,
+                node_addr: info.internal_ip,
+                pod_cidr,
+            };
+            let overlay = Overlay::ensure(&cfg).await?;
+            self.attach_overlay(overlay.device());
+            mtu = overlay.mtu();
+            info!(device = overlay.device(), mtu, "overlay up");
+            self.overlay = Some(overlay);
         }
-        self.node = Some(info);
+        if let Err(e) = self.write_conflist(pod_cidr, mtu) {
+            warn!(error = %e, "writing the CNI configuration failed");
+        }
+        self.node = Some(info.clone());
+        Ok(())
+    }
+
+    /// Replies of external flows SNATed to remote backends come back over
+    /// the overlay, addressed to this node's overlay address.
+    fn attach_overlay(&self, device: &str) {
+        let pin = crate::datapath::pin_dir(&self.cfg.bpffs).join(names::PIN_PROG_FROM_OVERLAY);
+        match sluice_cni::attach_pinned(device, [(pin, TcAttachType::Ingress)]) {
+            Ok(()) => info!(interface = %device, "overlay program attached"),
+            Err(e) => {
+                warn!(interface = %device, error = %e, "attaching the overlay program failed")
+            }
+        }
     }
 
     /// Masquerade lives on the interface that holds the node's address.
@@ -283,20 +360,20 @@ impl Reconciler {
             cluster_mask,
             snat_port_min: self.cfg.snat_ports.0,
             snat_port_max: self.cfg.snat_ports.1,
+            maglev_size: self.cfg.maglev_size,
+            _pad: 0,
         };
         if let Err(e) = self.writer.maps().config.set(0, cfg, 0) {
             warn!(error = %e, "writing the node configuration map failed");
         }
     }
 
-    fn write_conflist(&self, pod_cidr: Ipv4Net, node_addr: Ipv4Addr) -> Result<(), DaemonError> {
+    fn write_conflist(&self, pod_cidr: Ipv4Net, mtu: u32) -> Result<(), DaemonError> {
         let mut conf = sluice_cni::NetConf::new(pod_cidr);
         conf.cluster_cidr = self.cfg.cluster_cidr;
         conf.state_dir = self.cfg.state_dir.clone();
         conf.bpffs = self.cfg.bpffs.clone();
-        conf.mtu = uplink(node_addr)
-            .map_or(1500, |(_, mtu)| mtu)
-            .saturating_sub(self.cfg.mtu_overhead);
+        conf.mtu = mtu;
         let text = serde_json::to_string_pretty(&sluice_cni::conflist(&conf))
             .expect("a JSON value serializes");
         let dir = &self.cfg.cni_conf_dir;
@@ -310,5 +387,19 @@ impl Reconciler {
         std::fs::rename(&tmp, &path).map_err(io(&path))?;
         info!(path = %path.display(), mtu = conf.mtu, "CNI configuration written");
         Ok(())
+    }
+}
+
+async fn sync_overlay(overlay: &mut Overlay, peers: &[overlay::Peer]) {
+    match overlay.sync(peers).await {
+        Ok(r) => {
+            for f in &r.failures {
+                warn!(failure = ?f, "overlay entry not applied; retried on the next sync");
+            }
+            if !r.is_noop() {
+                info!(peers = peers.len(), "overlay synced");
+            }
+        }
+        Err(e) => warn!(error = %e, "overlay sync failed; retried on the next sync"),
     }
 }

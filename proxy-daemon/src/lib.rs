@@ -6,5 +6,6 @@ pub mod ctl;
 pub mod daemon;
 pub mod datapath;
 pub mod model;
+pub mod overlay;
 pub mod source;
 pub mod writer;

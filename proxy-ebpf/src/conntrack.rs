@@ -57,10 +57,69 @@ pub fn is_stale(e: &CtEntry, pkt: &Packet, now: u32) -> bool {
         && e.flags & (CT_F_REPLY_SEEN | CT_F_FIN_CLIENT | CT_F_FIN_BACKEND | CT_F_RST) != 0
 }
 
-/// Creates both entries of a new flow from `pkt` (as the client sent it)
-/// to `be`, with `pkt` already accounted, and returns the service entry.
+/// A new entry with `pkt` accounted as its first packet.
 #[inline(always)]
-pub fn create(
+fn first_entry(pkt: &Packet, flags: u16, svc_id: u32, backend_id: u32, now: u32) -> CtEntry {
+    CtEntry {
+        new_saddr: 0,
+        new_daddr: 0,
+        new_sport: 0,
+        new_dport: 0,
+        flags: flags | client_state_bits(pkt),
+        _pad0: 0,
+        svc_id,
+        backend_id,
+        created: now,
+        last_seen: now,
+        synced: now,
+        ifindex: 0,
+        packets: 1,
+        bytes: pkt.len as u64,
+    }
+}
+
+/// The reply entry that goes with a forward entry: accounted nothing yet.
+#[inline(always)]
+fn reply_entry(fwd: &CtEntry, flags: u16) -> CtEntry {
+    CtEntry {
+        flags: flags | (fwd.flags & CT_STATE_MASK),
+        packets: 0,
+        bytes: 0,
+        ..*fwd
+    }
+}
+
+/// Tries per new SNATed flow before giving up on a free port.
+const SNAT_TRIES: u32 = 8;
+
+/// Claims a source port for an SNATed flow: inserts `rev` under `rev_key`
+/// with its destination port set to candidates from `[min, max]` until one
+/// is free. BPF_NOEXIST makes the claim atomic: two CPUs never hand out the
+/// same (peer, port) pair.
+#[inline(always)]
+fn claim_port(mut rev_key: CtKey, rev: &CtEntry, min: u16, max: u16) -> Option<u16> {
+    let span = u32::from(max.saturating_sub(min)) + 1;
+    if span == 0 {
+        return None;
+    }
+    // SAFETY: plain helper call.
+    let start = unsafe { bpf_get_prandom_u32() };
+    for i in 0..SNAT_TRIES {
+        // A large odd stride spreads the retries over the range.
+        let port = min + (start.wrapping_add(i.wrapping_mul(40_503)) % span) as u16;
+        rev_key.dport = port.to_be();
+        if CT.insert(rev_key, *rev, BPF_NOEXIST as u64).is_ok() {
+            return Some(port);
+        }
+    }
+    None
+}
+
+/// A new flow from a pod to a Service: DNAT to `be`, and when the pod is
+/// its own backend (hairpin) SNAT to the hairpin address as well. Returns
+/// the service entry.
+#[inline(always)]
+pub fn create_service_flow(
     pkt: &Packet,
     svc_id: u32,
     backend_id: u32,
@@ -77,34 +136,20 @@ pub fn create(
     } else {
         (pkt.saddr, 0)
     };
-    let fwd = CtEntry {
-        new_saddr: client_addr,
-        new_daddr: be.addr,
-        new_sport: pkt.sport,
-        new_dport: be.port,
-        flags: CT_F_REWRITE_DST | extra | client_state_bits(pkt),
-        _pad0: 0,
-        svc_id,
-        backend_id,
-        created: now,
-        last_seen: now,
-        synced: now,
-        ifindex,
-        packets: 1,
-        bytes: pkt.len as u64,
-    };
-    let rev = CtEntry {
-        new_saddr: pkt.daddr,
-        new_daddr: pkt.saddr,
-        new_sport: pkt.dport,
-        new_dport: pkt.sport,
-        flags: CT_F_REWRITE_SRC
-            | if hairpin { extra | CT_F_REWRITE_DST } else { 0 }
-            | client_state_bits(pkt),
-        packets: 0,
-        bytes: 0,
-        ..fwd
-    };
+    let mut fwd = first_entry(pkt, CT_F_REWRITE_DST | extra, svc_id, backend_id, now);
+    fwd.new_saddr = client_addr;
+    fwd.new_sport = pkt.sport;
+    fwd.new_daddr = be.addr;
+    fwd.new_dport = be.port;
+    fwd.ifindex = ifindex;
+    let mut rev = reply_entry(
+        &fwd,
+        CT_F_REWRITE_SRC | if hairpin { extra | CT_F_REWRITE_DST } else { 0 },
+    );
+    rev.new_saddr = pkt.daddr;
+    rev.new_sport = pkt.dport;
+    rev.new_daddr = pkt.saddr;
+    rev.new_dport = pkt.sport;
     let rev_key = CtKey {
         saddr: be.addr,
         daddr: client_addr,
@@ -122,70 +167,82 @@ pub fn create(
     Ok(fwd)
 }
 
-/// Tries per new masqueraded flow before giving up on a free port.
-const SNAT_TRIES: u32 = 8;
+/// Where an external flow's SNAT source comes from.
+pub struct Snat {
+    pub addr: u32,
+    pub port_min: u16,
+    pub port_max: u16,
+}
 
-/// Creates both entries of a new masqueraded flow: `pkt` (a pod's packet
-/// leaving the cluster) gets `node_addr` and a free port from
-/// `[port_min, port_max]` as its source. The port is claimed by inserting
-/// the reply entry with BPF_NOEXIST, so two CPUs can never hand out the same
-/// (destination, port) pair. Returns the forward entry, or `Err` when every
-/// try found its port taken.
+/// A new flow from outside the cluster to a NodePort, LoadBalancer or
+/// externalIP frontend: DNAT to `be`, and with `snat` also a source the
+/// backend's reply must come back to. Returns the service entry.
 #[inline(always)]
-pub fn create_snat(
+pub fn create_external_flow(
     pkt: &Packet,
-    node_addr: u32,
-    port_min: u16,
-    port_max: u16,
+    svc_id: u32,
+    backend_id: u32,
+    be: &Backend,
+    snat: Option<Snat>,
     now: u32,
 ) -> Result<CtEntry, ()> {
-    let span = u32::from(port_max.saturating_sub(port_min)) + 1;
-    // SAFETY: plain helper call.
-    let start = unsafe { bpf_get_prandom_u32() };
-    let mut fwd = CtEntry {
-        new_saddr: node_addr,
-        new_daddr: 0,
-        new_sport: 0,
-        new_dport: 0,
-        flags: CT_F_REWRITE_SRC | client_state_bits(pkt),
-        _pad0: 0,
-        svc_id: 0,
-        backend_id: 0,
-        created: now,
-        last_seen: now,
-        synced: now,
-        ifindex: 0,
-        packets: 1,
-        bytes: pkt.len as u64,
+    let mut fwd = first_entry(pkt, CT_F_REWRITE_DST, svc_id, backend_id, now);
+    fwd.new_daddr = be.addr;
+    fwd.new_dport = be.port;
+    let mut rev = reply_entry(&fwd, CT_F_REWRITE_SRC);
+    rev.new_saddr = pkt.daddr;
+    rev.new_sport = pkt.dport;
+    let mut rev_key = CtKey {
+        saddr: be.addr,
+        daddr: pkt.saddr,
+        sport: be.port,
+        dport: pkt.sport,
+        proto: pkt.proto,
+        dir: CT_DIR_REPLY,
+        _pad: [0; 2],
     };
-    let rev = CtEntry {
-        new_daddr: pkt.saddr,
-        new_dport: pkt.sport,
-        new_saddr: 0,
-        flags: CT_F_REWRITE_DST | client_state_bits(pkt),
-        packets: 0,
-        bytes: 0,
-        ..fwd
-    };
-    for i in 0..SNAT_TRIES {
-        // A stride that is odd and large spreads retries over the range.
-        let port = port_min + (start.wrapping_add(i.wrapping_mul(40_503)) % span) as u16;
-        let rev_key = CtKey {
-            saddr: pkt.daddr,
-            daddr: node_addr,
-            sport: pkt.dport,
-            dport: port.to_be(),
-            proto: pkt.proto,
-            dir: CT_DIR_REPLY,
-            _pad: [0; 2],
-        };
-        if CT.insert(rev_key, rev, BPF_NOEXIST as u64).is_ok() {
+    match snat {
+        None => CT.insert(rev_key, rev, 0).map_err(|_| ())?,
+        Some(s) => {
+            rev.flags |= CT_F_REWRITE_DST;
+            rev.new_daddr = pkt.saddr;
+            rev.new_dport = pkt.sport;
+            rev_key.daddr = s.addr;
+            let port = claim_port(rev_key, &rev, s.port_min, s.port_max).ok_or(())?;
+            fwd.flags |= CT_F_REWRITE_SRC;
+            fwd.new_saddr = s.addr;
             fwd.new_sport = port.to_be();
-            CT.insert(key(pkt, CT_DIR_EGRESS), fwd, 0).map_err(|_| ())?;
-            return Ok(fwd);
         }
     }
-    Err(())
+    CT.insert(key(pkt, CT_DIR_SERVICE), fwd, 0)
+        .map_err(|_| ())?;
+    Ok(fwd)
+}
+
+/// A new masqueraded flow: `pkt` (a pod's packet leaving the cluster) gets
+/// `s.addr` and a free port as its source. Returns the forward entry, or
+/// `Err` when every try found its port taken.
+#[inline(always)]
+pub fn create_masquerade_flow(pkt: &Packet, s: Snat, now: u32) -> Result<CtEntry, ()> {
+    let mut fwd = first_entry(pkt, CT_F_REWRITE_SRC, 0, 0, now);
+    fwd.new_saddr = s.addr;
+    let mut rev = reply_entry(&fwd, CT_F_REWRITE_DST);
+    rev.new_saddr = 0;
+    rev.new_daddr = pkt.saddr;
+    rev.new_dport = pkt.sport;
+    let rev_key = CtKey {
+        saddr: pkt.daddr,
+        daddr: s.addr,
+        sport: pkt.dport,
+        dport: 0,
+        proto: pkt.proto,
+        dir: CT_DIR_REPLY,
+        _pad: [0; 2],
+    };
+    let port = claim_port(rev_key, &rev, s.port_min, s.port_max).ok_or(())?;
+    fwd.new_sport = port.to_be();
+    CT.insert(key(pkt, CT_DIR_EGRESS), fwd, 0).map_err(|_| ())?;
+    Ok(fwd)
 }
 
 /// The TCP state bits a packet sets, by direction.

@@ -1,43 +1,158 @@
 //! Frontend lookup and backend choice.
 
-use aya_ebpf::helpers::bpf_get_prandom_u32;
+use aya_ebpf::{helpers::bpf_get_prandom_u32, maps::lpm_trie::Key};
 use proxy_common::{
-    Backend, ServiceKey, ServiceValue,
-    service::{SCOPE_EXTERNAL, SVC_F_ADDR_ONLY},
+    AffinityKey, AffinityValue, Backend, NodeConfig, ServiceKey, ServiceValue, SourceRangeKey,
+    service::{SCOPE_EXTERNAL, SCOPE_INTERNAL, SVC_F_ADDR_ONLY, SVC_F_AFFINITY, SVC_F_MAGLEV},
 };
 
 use crate::{
-    maps::{BACKENDS, SERVICES},
+    maps::{AFFINITY, BACKENDS, CONFIG, MAGLEV, SERVICES, SOURCE_RANGES},
     packet::Packet,
 };
 
-/// The frontend the packet is addressed to, if any.
+/// Flags of the address-only entry of `addr`, if it is a service address or
+/// one of the node's own addresses.
 #[inline(always)]
-pub fn frontend(pkt: &Packet) -> Option<ServiceValue> {
-    let key = ServiceKey::frontend(pkt.daddr, pkt.dport, pkt.proto, SCOPE_EXTERNAL);
+pub fn address_flags(addr: u32) -> Option<u8> {
+    // SAFETY: copied out of the map at once.
+    unsafe { SERVICES.get(ServiceKey::address_only(addr)) }.map(|v| v.flags)
+}
+
+#[inline(always)]
+fn lookup(key: ServiceKey) -> Option<(ServiceKey, ServiceValue)> {
     // SAFETY: copied out of the map at once.
     let v = unsafe { SERVICES.get(key) }.copied()?;
-    if v.flags & SVC_F_ADDR_ONLY != 0 {
+    (v.flags & SVC_F_ADDR_ONLY == 0).then_some((key, v))
+}
+
+/// The frontend a packet from outside the cluster is addressed to.
+#[inline(always)]
+pub fn frontend_external(pkt: &Packet) -> Option<(ServiceKey, ServiceValue)> {
+    lookup(ServiceKey::frontend(
+        pkt.daddr,
+        pkt.dport,
+        pkt.proto,
+        SCOPE_EXTERNAL,
+    ))
+}
+
+/// The frontend a pod's packet is addressed to: the in-cluster entry of an
+/// externalTrafficPolicy=Local frontend first (pods may use every endpoint),
+/// else the frontend itself.
+#[inline(always)]
+pub fn frontend_internal(pkt: &Packet) -> Option<(ServiceKey, ServiceValue)> {
+    lookup(ServiceKey::frontend(
+        pkt.daddr,
+        pkt.dport,
+        pkt.proto,
+        SCOPE_INTERNAL,
+    ))
+    .or_else(|| frontend_external(pkt))
+}
+
+/// Whether loadBalancerSourceRanges admit the packet's source.
+#[inline(always)]
+pub fn source_allowed(pkt: &Packet, svc_id: u32) -> bool {
+    let key = Key::new(
+        64,
+        SourceRangeKey {
+            svc_id,
+            addr: pkt.saddr,
+        },
+    );
+    SOURCE_RANGES.get(key).is_some()
+}
+
+/// A flow's hash for Maglev: the client's address and port, the frontend
+/// port and the protocol, and not the frontend address, so the flow hashes
+/// the same on every node it may enter through (NodePorts differ only in
+/// the node address).
+#[inline(always)]
+fn flow_hash(pkt: &Packet) -> u32 {
+    let mut h = pkt.saddr.wrapping_mul(0x9e37_79b1);
+    h ^= ((u32::from(pkt.sport) << 16) | u32::from(pkt.dport)).wrapping_mul(0x85eb_ca6b);
+    h ^= u32::from(pkt.proto);
+    // murmur3's finalizer: every input bit affects every output bit.
+    h ^= h >> 16;
+    h = h.wrapping_mul(0x85eb_ca6b);
+    h ^= h >> 13;
+    h = h.wrapping_mul(0xc2b2_ae35);
+    h ^ (h >> 16)
+}
+
+#[inline(always)]
+fn backend(id: u32) -> Option<(u32, Backend)> {
+    // SAFETY: copied out of the map at once.
+    unsafe { BACKENDS.get(id) }.map(|b| (id, *b))
+}
+
+#[inline(always)]
+fn maglev_choice(pkt: &Packet, fe: &ServiceValue) -> Option<u32> {
+    let size = CONFIG.get(0).map(|c: &NodeConfig| c.maglev_size)?;
+    if size == 0 {
         return None;
     }
-    Some(v)
+    let slot = flow_hash(pkt) % size;
+    // SAFETY: read-only lookup through both maps.
+    unsafe { MAGLEV.get_value(&fe.svc_id, &slot) }.copied()
 }
 
-/// Whether any service uses this address (whatever the port).
+/// Chooses a backend for a new connection to `fe` (which has `count > 0`):
+/// the client's affine backend while its affinity lasts, else the Maglev
+/// table's choice, else a random slot.
 #[inline(always)]
-pub fn is_service_addr(addr: u32) -> bool {
-    // SAFETY: existence check only.
-    unsafe { SERVICES.get(ServiceKey::address_only(addr)) }.is_some()
-}
-
-/// Chooses a backend for a new connection to `fe` (which has `count > 0`).
-#[inline(always)]
-pub fn pick_backend(pkt: &Packet, fe: &ServiceValue) -> Option<(u32, Backend)> {
-    // SAFETY: plain helper call.
-    let slot = (unsafe { bpf_get_prandom_u32() } % fe.count as u32) as u16 + 1;
-    let key = ServiceKey::frontend(pkt.daddr, pkt.dport, pkt.proto, SCOPE_EXTERNAL).with_slot(slot);
-    // SAFETY: copied out of the map at once.
-    let id = unsafe { SERVICES.get(key) }?.backend_id;
-    let be = unsafe { BACKENDS.get(id) }.copied()?;
-    Some((id, be))
+pub fn pick_backend(
+    pkt: &Packet,
+    fe_key: &ServiceKey,
+    fe: &ServiceValue,
+    now: u32,
+) -> Option<(u32, Backend)> {
+    let affinity = fe.flags & SVC_F_AFFINITY != 0;
+    let aff_key = AffinityKey {
+        client: pkt.saddr,
+        svc_id: fe.svc_id,
+    };
+    if affinity && let Some(a) = AFFINITY.get_ptr_mut(aff_key) {
+        // SAFETY: pointer to a live map value.
+        unsafe {
+            if now.wrapping_sub((*a).last_used) <= fe.affinity_timeout
+                && let Some(chosen) = backend((*a).backend_id)
+            {
+                (*a).last_used = now;
+                return Some(chosen);
+            }
+        }
+    }
+    let id = match (fe.flags & SVC_F_MAGLEV != 0)
+        .then(|| maglev_choice(pkt, fe))
+        .flatten()
+    {
+        Some(id) => id,
+        None => {
+            // Checked here, not only by the caller: the compiler cannot see
+            // that the count survived the helper calls above, and would
+            // keep a division-by-zero panic the verifier rejects.
+            let count = u32::from(fe.count);
+            if count == 0 {
+                return None;
+            }
+            // SAFETY: plain helper call.
+            let slot = (unsafe { bpf_get_prandom_u32() } % count) as u16 + 1;
+            // SAFETY: copied out of the map at once.
+            unsafe { SERVICES.get(fe_key.with_slot(slot)) }?.backend_id
+        }
+    };
+    let chosen = backend(id)?;
+    if affinity {
+        let _ = AFFINITY.insert(
+            aff_key,
+            AffinityValue {
+                backend_id: id,
+                last_used: now,
+            },
+            0,
+        );
+    }
+    Some(chosen)
 }

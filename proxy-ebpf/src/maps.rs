@@ -2,15 +2,20 @@
 //! `proxy_common::names`; sizes are defaults the daemon may override.
 
 use aya_ebpf::{
-    macros::map,
-    maps::{Array, HashMap, LruHashMap, PerCpuArray},
+    bindings::{BPF_F_INNER_MAP, BPF_F_NO_PREALLOC},
+    btf_maps,
+    macros::{btf_map, map},
+    maps::{Array, HashMap, LpmTrie, LruHashMap, PerCpuArray},
 };
 use proxy_common::{
-    Backend, CtEntry, CtKey, FragKey, FragPorts, NodeConfig, ReasonCounter, ServiceCounter,
-    ServiceKey, ServiceValue,
+    AffinityKey, AffinityValue, Backend, CtEntry, CtKey, FragKey, FragPorts, NodeConfig,
+    ReasonCounter, ServiceCounter, ServiceKey, ServiceValue, SourceRangeKey,
     ct::{DEFAULT_MAX_CT_ENTRIES, DEFAULT_MAX_FRAG_ENTRIES},
     reason,
-    service::{DEFAULT_MAX_BACKENDS, DEFAULT_MAX_SERVICE_ENTRIES, DEFAULT_MAX_SERVICE_IDS},
+    service::{
+        DEFAULT_MAX_AFFINITY_ENTRIES, DEFAULT_MAX_BACKENDS, DEFAULT_MAX_MAGLEV_TABLES,
+        DEFAULT_MAX_SERVICE_ENTRIES, DEFAULT_MAX_SERVICE_IDS, DEFAULT_MAX_SOURCE_RANGES,
+    },
 };
 
 #[map(name = "sluice_svc4_v1")]
@@ -35,6 +40,22 @@ pub static SVC_STATS: PerCpuArray<ServiceCounter> = PerCpuArray::pinned(DEFAULT_
 #[map(name = "sluice_cfg_v1")]
 pub static CONFIG: Array<NodeConfig> = Array::pinned(1, 0);
 
+#[map(name = "sluice_aff4_v1")]
+pub static AFFINITY: LruHashMap<AffinityKey, AffinityValue> =
+    LruHashMap::pinned(DEFAULT_MAX_AFFINITY_ENTRIES, 0);
+
+#[map(name = "sluice_srcr4_v1")]
+pub static SOURCE_RANGES: LpmTrie<SourceRangeKey, u32> =
+    LpmTrie::pinned(DEFAULT_MAX_SOURCE_RANGES, BPF_F_NO_PREALLOC);
+
+/// Inner tables may have any size (BPF_F_INNER_MAP): the operator picks it.
+pub type MaglevTable = btf_maps::Array<u32, 1, { BPF_F_INNER_MAP as usize }>;
+
+/// Pinned by the loader (BTF maps carry no pinning attribute).
+#[btf_map(name = "sluice_mglv4_v1")]
+pub static MAGLEV: btf_maps::HashOfMaps<u32, MaglevTable, { DEFAULT_MAX_MAGLEV_TABLES as usize }> =
+    btf_maps::HashOfMaps::new();
+
 /// Counts a verdict under its reason code.
 #[inline(always)]
 pub fn count_reason(code: u32, len: u32) {
@@ -56,6 +77,10 @@ pub struct SvcDelta {
 
 #[inline(always)]
 pub fn count_service(svc_id: u32, d: SvcDelta) {
+    // Id 0 is no service (masquerade flows).
+    if svc_id == 0 {
+        return;
+    }
     if let Some(c) = SVC_STATS.get_ptr_mut(svc_id) {
         // SAFETY: per-CPU slot, as above.
         unsafe {

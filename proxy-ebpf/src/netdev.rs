@@ -1,27 +1,38 @@
-//! The node's uplink: masquerade of pod traffic leaving the cluster.
+//! The node's uplink and overlay device: Services reached from outside the
+//! cluster (NodePort, LoadBalancer, externalIPs), masquerade of pod traffic
+//! leaving the cluster, and the replies of both.
 //!
-//! `to_netdev` (TC egress): a packet from this node's pod CIDR to an
-//! address outside the cluster CIDR gets the node's address and a port from
-//! the masquerade range as its source, connection tracked. `from_netdev`
-//! (TC ingress): a packet addressed to the node that is the reply of such a
-//! flow gets the pod's address and port back; the kernel then routes it to
-//! the pod. Doing this in BPF keeps netfilter NAT, and the connection
-//! tracking it turns on for every packet, out of the node's path.
+//! - `from_netdev` (uplink, TC ingress): established external flows by
+//!   their CT entry; replies of masqueraded flows (addressed to the node);
+//!   new connections to external frontends.
+//! - `to_netdev` (uplink, TC egress): replies of external flows served by a
+//!   local backend without SNAT; masquerade of pods' traffic to outside the
+//!   cluster CIDR (the node's address and a port from the masquerade range).
+//! - `from_overlay` (overlay device, TC ingress): replies of external flows
+//!   SNATed to a remote backend, which come back addressed to this node's
+//!   overlay address.
+//!
+//! Doing this in BPF keeps netfilter NAT, and the connection tracking it
+//! turns on for every packet, out of the node's path.
 
 use aya_ebpf::programs::TcContext;
 use proxy_common::{
     NodeConfig,
     config::NODE_CONFIG_VERSION,
-    ct::{CT_DIR_EGRESS, CT_DIR_REPLY},
+    ct::{CT_DIR_EGRESS, CT_DIR_REPLY, CT_DIR_SERVICE},
     reason,
+    service::SVC_F_NODE_ADDR,
 };
 
 use crate::{
     Verdict, conntrack,
+    conntrack::Snat,
+    lb,
     maps::{CONFIG, CT},
     nat,
     packet::{FRAG_LATER, Packet},
-    untranslatable,
+    reverse,
+    service::{self, Origin, untranslatable},
 };
 
 #[inline(always)]
@@ -35,7 +46,8 @@ fn in_net(addr: u32, net: u32, mask: u32) -> bool {
     addr & mask == net
 }
 
-/// Whether a packet leaving the node must be masqueraded.
+/// Whether a packet leaving the node comes from a local pod and goes
+/// outside the cluster.
 #[inline(always)]
 fn leaves_cluster(pkt: &Packet, c: &NodeConfig) -> bool {
     if c.pod_mask == 0 || !in_net(pkt.saddr, c.pod_cidr, c.pod_mask) {
@@ -48,7 +60,8 @@ fn leaves_cluster(pkt: &Packet, c: &NodeConfig) -> bool {
     }
 }
 
-pub fn masquerade(ctx: &TcContext, pkt: &mut Packet) -> Verdict {
+#[inline(always)]
+pub fn to_netdev(ctx: &TcContext, pkt: &mut Packet) -> Verdict {
     let Some(c) = config() else {
         return Verdict::pass(reason::PASS_UPLINK);
     };
@@ -64,13 +77,22 @@ pub fn masquerade(ctx: &TcContext, pkt: &mut Packet) -> Verdict {
     if pkt.frag == FRAG_LATER && !conntrack::fragment_ports(pkt) {
         return Verdict::drop(reason::DROP_FRAG_NO_STATE);
     }
+    // A local backend answering an outside client (no SNAT on the way in).
+    if let Some(entry) = CT.get_ptr_mut(conntrack::key(pkt, CT_DIR_REPLY)) {
+        return reverse(ctx, pkt, entry, CT_DIR_SERVICE, reason::NODEPORT_REPLY);
+    }
+    masquerade(ctx, pkt, &c)
+}
+
+#[inline(always)]
+fn masquerade(ctx: &TcContext, pkt: &mut Packet, c: &NodeConfig) -> Verdict {
     let now = conntrack::now();
     let entry = match CT.get_ptr_mut(conntrack::key(pkt, CT_DIR_EGRESS)) {
         // SAFETY: pointer to a live map value.
         Some(e) if !conntrack::is_stale(unsafe { &*e }, pkt, now) => Some(e),
         _ => None,
     };
-    let (e, new_bits) = match entry {
+    let (e, observed) = match entry {
         Some(entry) => {
             let bits = conntrack::observe(entry, pkt, now, true);
             // SAFETY: as above; copied before the rewrite.
@@ -80,7 +102,12 @@ pub fn masquerade(ctx: &TcContext, pkt: &mut Packet) -> Verdict {
             if pkt.frag == FRAG_LATER {
                 return Verdict::drop(reason::DROP_FRAG_NO_STATE);
             }
-            match conntrack::create_snat(pkt, c.node_addr, c.snat_port_min, c.snat_port_max, now) {
+            let snat = Snat {
+                addr: c.node_addr,
+                port_min: c.snat_port_min,
+                port_max: c.snat_port_max,
+            };
+            match conntrack::create_masquerade_flow(pkt, snat, now) {
                 Ok(e) => (e, None),
                 Err(()) => return Verdict::drop(reason::DROP_SNAT_PORTS_EXHAUSTED),
             }
@@ -90,38 +117,77 @@ pub fn masquerade(ctx: &TcContext, pkt: &mut Packet) -> Verdict {
     if nat::apply(ctx, pkt, &e).is_err() {
         return Verdict::drop(reason::DROP_REWRITE);
     }
-    if let Some((entry, bits)) = new_bits {
+    if let Some((entry, bits)) = observed {
         conntrack::sync_partner(entry, pkt, CT_DIR_REPLY, bits, now);
     }
     Verdict::pass(reason::MASQUERADE)
 }
 
-pub fn unmasquerade(ctx: &TcContext, pkt: &mut Packet) -> Verdict {
+#[inline(always)]
+pub fn from_netdev(ctx: &TcContext, pkt: &mut Packet) -> Verdict {
     let Some(c) = config() else {
         return Verdict::pass(reason::PASS_UPLINK);
     };
-    // Replies of masqueraded flows are addressed to the node; everything
-    // else on the uplink needs no lookup.
-    if pkt.daddr != c.node_addr || !pkt.nat_capable() {
+    if !pkt.nat_capable() {
         return Verdict::pass(reason::PASS_UPLINK);
     }
     if pkt.frag == FRAG_LATER && !conntrack::fragment_ports(pkt) {
         return Verdict::pass(reason::PASS_UPLINK);
     }
-    let Some(entry) = CT.get_ptr_mut(conntrack::key(pkt, CT_DIR_REPLY)) else {
+    let now = conntrack::now();
+    if pkt.has_ports()
+        && let Some(entry) = CT.get_ptr_mut(conntrack::key(pkt, CT_DIR_SERVICE))
+        // SAFETY: pointer to a live map value.
+        && !conntrack::is_stale(unsafe { &*entry }, pkt, now)
+    {
+        if let Some(r) = untranslatable(pkt) {
+            return Verdict::drop(r);
+        }
+        return service::established(ctx, pkt, entry, now);
+    }
+    if pkt.daddr == c.node_addr
+        && let Some(entry) = CT.get_ptr_mut(conntrack::key(pkt, CT_DIR_REPLY))
+    {
+        return reverse(ctx, pkt, entry, CT_DIR_EGRESS, reason::MASQUERADE_REPLY);
+    }
+    if !pkt.has_ports() {
+        return Verdict::pass(reason::PASS_UPLINK);
+    }
+    let Some(flags) = lb::address_flags(pkt.daddr) else {
         return Verdict::pass(reason::PASS_UPLINK);
     };
-    if let Some(r) = untranslatable(pkt) {
-        return Verdict::drop(r);
+    match lb::frontend_external(pkt) {
+        Some((key, fe)) => {
+            if let Some(r) = untranslatable(pkt) {
+                return Verdict::drop(r);
+            }
+            if pkt.frag == FRAG_LATER {
+                return Verdict::drop(reason::DROP_FRAG_NO_STATE);
+            }
+            service::new_connection(ctx, pkt, &key, &fe, Origin::External { node: &c }, now)
+        }
+        None if flags & SVC_F_NODE_ADDR != 0 => Verdict::pass(reason::PASS_UPLINK),
+        None => match untranslatable(pkt) {
+            Some(r) => Verdict::drop(r),
+            None => service::refuse(ctx, pkt, reason::REJECT_UNKNOWN_PORT),
+        },
     }
-    let now = conntrack::now();
-    let bits = conntrack::observe(entry, pkt, now, false);
-    // SAFETY: pointer to a live map value; copied before the rewrite.
-    let e = unsafe { *entry };
-    conntrack::remember_fragment(pkt);
-    if nat::apply(ctx, pkt, &e).is_err() {
-        return Verdict::drop(reason::DROP_REWRITE);
+}
+
+#[inline(always)]
+pub fn from_overlay(ctx: &TcContext, pkt: &mut Packet) -> Verdict {
+    let Some(c) = config() else {
+        return Verdict::pass(reason::PASS_OVERLAY);
+    };
+    // The overlay address is the pod CIDR's network address.
+    if pkt.daddr != c.pod_cidr || !pkt.has_ports() {
+        return Verdict::pass(reason::PASS_OVERLAY);
     }
-    conntrack::sync_partner(entry, pkt, CT_DIR_EGRESS, bits, now);
-    Verdict::pass(reason::MASQUERADE_REPLY)
+    if pkt.frag == FRAG_LATER && !conntrack::fragment_ports(pkt) {
+        return Verdict::pass(reason::PASS_OVERLAY);
+    }
+    let Some(entry) = CT.get_ptr_mut(conntrack::key(pkt, CT_DIR_REPLY)) else {
+        return Verdict::pass(reason::PASS_OVERLAY);
+    };
+    reverse(ctx, pkt, entry, CT_DIR_SERVICE, reason::NODEPORT_REPLY)
 }

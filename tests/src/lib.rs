@@ -5,6 +5,7 @@
 //! Everything here creates its own kernel objects and removes them when
 //! dropped (or on SIGINT/SIGTERM); nothing touches the root network namespace.
 
+pub mod apiserver;
 pub mod apps;
 pub mod bench;
 pub mod bpffs;

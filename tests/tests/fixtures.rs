@@ -631,6 +631,7 @@ mod masquerade {
             cluster_mask: mask(16),
             snat_port_min: PORT,
             snat_port_max: PORT,
+            ..Default::default()
         })
         .unwrap();
         dp

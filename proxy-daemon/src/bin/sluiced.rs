@@ -8,9 +8,10 @@ use ipnet::Ipv4Net;
 use proxy_common::{ct, service};
 use sluice::{
     conntrack,
-    daemon::{DaemonConfig, Reconciler, lock_state_dir, start_datapath},
+    daemon::{DaemonConfig, DaemonError, Reconciler, lock_state_dir, start_datapath},
     datapath::Capacities,
-    source::{Update, manifests},
+    overlay,
+    source::{Update, kube as kube_source, manifests},
 };
 use tokio::signal::unix::{SignalKind, signal};
 use tracing::{error, info, warn};
@@ -30,8 +31,15 @@ struct Args {
     /// Read Services, EndpointSlices, Endpoints and Nodes from this directory
     /// of manifests (YAML or JSON, one or many objects per file, `kind: List`
     /// as `kubectl get -o yaml` prints it). Changes are applied as they happen.
+    /// Without --manifests or --kubeconfig, the API server is reached with the
+    /// pod's service account (in-cluster configuration).
+    #[arg(long, conflicts_with = "kubeconfig")]
+    manifests: Option<PathBuf>,
+
+    /// Watch Services, EndpointSlices and Nodes on the API server named by
+    /// this kubeconfig's current context.
     #[arg(long)]
-    manifests: PathBuf,
+    kubeconfig: Option<PathBuf>,
 
     /// A BPF filesystem (or a directory on one); pins go to <bpffs>/sluice/.
     #[arg(long, default_value = "/sys/fs/bpf")]
@@ -74,9 +82,33 @@ struct Args {
     #[arg(long, default_value = "61000-65535", value_parser = parse_port_range)]
     snat_ports: (u16, u16),
 
+    /// Entries of each frontend's Maglev table (a prime; 0 chooses backends
+    /// at random). Memory: 4 bytes per entry per frontend with 2+ backends.
+    #[arg(long, default_value_t = service::DEFAULT_MAGLEV_TABLE_SIZE, value_parser = parse_maglev_size)]
+    maglev_table_size: u32,
+
+    /// Pod network between nodes: a VXLAN overlay, or none (another
+    /// plugin or the underlay routes pod CIDRs).
+    #[arg(long, value_enum, default_value_t = OverlayMode::Vxlan)]
+    overlay: OverlayMode,
+
+    /// VXLAN network identifier of the overlay (the same on every node).
+    #[arg(long, default_value_t = overlay::DEFAULT_VNI)]
+    vxlan_vni: u32,
+
+    /// UDP port of the overlay's tunnels (the same on every node).
+    #[arg(long, default_value_t = overlay::DEFAULT_PORT)]
+    vxlan_port: u16,
+
     /// Log format.
     #[arg(long, value_enum, default_value_t = LogFormat::Text)]
     log_format: LogFormat,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+enum OverlayMode {
+    Vxlan,
+    None,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
@@ -121,9 +153,11 @@ fn main() -> ExitCode {
     }
 }
 
-/// Applies one view of the cluster.
-fn apply(reconciler: &mut Reconciler, update: &Update) {
-    match reconciler.reconcile(&update.state) {
+/// Applies one view of the cluster. Only a node that cannot work as
+/// configured (its overlay port taken) is an error; the datapath keeps
+/// forwarding with what it has either way.
+async fn apply(reconciler: &mut Reconciler, update: &Update) -> Result<()> {
+    match reconciler.reconcile(update.state.clone()).await {
         Ok(r) => info!(
             frontends = r.frontends,
             backends = r.backends,
@@ -133,8 +167,10 @@ fn apply(reconciler: &mut Reconciler, update: &Update) {
             micros = update.seen.elapsed().as_micros() as u64,
             "datapath programmed"
         ),
+        Err(e @ DaemonError::Overlay(_)) => return Err(e.into()),
         Err(e) => error!(error = %e, "programming the datapath failed"),
     }
+    Ok(())
 }
 
 async fn run(args: Args) -> Result<()> {
@@ -152,17 +188,21 @@ async fn run(args: Args) -> Result<()> {
             ct_entries: args.ct_max,
             ..Capacities::default()
         },
-        mtu_overhead: 0,
         snat_ports: args.snat_ports,
+        maglev_size: args.maglev_table_size,
+        overlay: (args.overlay == OverlayMode::Vxlan).then_some((args.vxlan_vni, args.vxlan_port)),
     };
     let attached = start_datapath(&cfg).context("starting the datapath")?;
     info!(pods = attached, bpffs = %args.bpffs.display(), "datapath loaded; existing pods re-attached");
     let mut reconciler = Reconciler::new(cfg)?;
-    let mut source = manifests::spawn(args.manifests.clone())?;
+    let mut source = spawn_source(&args).await?;
 
     let mut sigterm = signal(SignalKind::terminate())?;
     let mut sigint = signal(SignalKind::interrupt())?;
     let mut gc = tokio::time::interval(Duration::from_secs(args.ct_gc_interval.max(1)));
+    // Setting the VXLAN device down drops its routes and neighbours; this
+    // puts them back even when no object changes.
+    let mut repair = tokio::time::interval(Duration::from_secs(10));
     loop {
         tokio::select! {
             changed = source.changed() => {
@@ -171,9 +211,10 @@ async fn run(args: Args) -> Result<()> {
                 }
                 let update = source.borrow_and_update().clone();
                 if let Some(update) = update {
-                    apply(&mut reconciler, &update);
+                    apply(&mut reconciler, &update).await?;
                 }
             }
+            _ = repair.tick() => reconciler.repair_overlay().await,
             _ = gc.tick() => {
                 let now = conntrack::monotonic_secs();
                 match conntrack::collect_expired(&mut reconciler.writer().maps().ct, now) {
@@ -188,6 +229,35 @@ async fn run(args: Args) -> Result<()> {
     }
     info!("stopping; pinned maps and attached programs stay in place");
     Ok(())
+}
+
+fn parse_maglev_size(s: &str) -> Result<u32, String> {
+    let n: u32 = s.parse().map_err(|e| format!("{s}: {e}"))?;
+    if n != 0 && !sluice::writer::maglev::is_prime(n) {
+        return Err(format!("{n} is not prime (Maglev needs a prime table size)"));
+    }
+    Ok(n)
+}
+
+/// The one object source the arguments choose (clap rejects both at once).
+async fn spawn_source(args: &Args) -> Result<tokio::sync::watch::Receiver<Option<Update>>> {
+    let cfg = kube_source::KubeSourceConfig::default();
+    Ok(match (&args.manifests, &args.kubeconfig) {
+        (Some(dir), _) => {
+            info!(dir = %dir.display(), "source: manifests directory");
+            manifests::spawn(dir.clone())?
+        }
+        (None, Some(path)) => {
+            let client = kube_source::client_from_kubeconfig(path).await?;
+            info!(kubeconfig = %path.display(), "source: Kubernetes API");
+            kube_source::spawn(client, cfg)
+        }
+        (None, None) => {
+            let client = kube_source::client_in_cluster()?;
+            info!("source: Kubernetes API (in-cluster configuration)");
+            kube_source::spawn(client, cfg)
+        }
+    })
 }
 
 fn parse_port_range(s: &str) -> Result<(u16, u16), String> {

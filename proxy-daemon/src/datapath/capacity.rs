@@ -14,6 +14,9 @@ pub struct Capacities {
     pub service_ids: u32,
     pub ct_entries: u32,
     pub frag_entries: u32,
+    pub affinity_entries: u32,
+    pub source_ranges: u32,
+    pub maglev_tables: u32,
 }
 
 impl Default for Capacities {
@@ -24,6 +27,9 @@ impl Default for Capacities {
             service_ids: service::DEFAULT_MAX_SERVICE_IDS,
             ct_entries: ct::DEFAULT_MAX_CT_ENTRIES,
             frag_entries: ct::DEFAULT_MAX_FRAG_ENTRIES,
+            affinity_entries: service::DEFAULT_MAX_AFFINITY_ENTRIES,
+            source_ranges: service::DEFAULT_MAX_SOURCE_RANGES,
+            maglev_tables: service::DEFAULT_MAX_MAGLEV_TABLES,
         }
     }
 }
@@ -39,6 +45,9 @@ impl Capacities {
             names::MAP_FRAG => self.frag_entries,
             names::MAP_REASONS => reason::MAX,
             names::MAP_CONFIG => 1,
+            names::MAP_AFFINITY => self.affinity_entries,
+            names::MAP_SOURCE_RANGES => self.source_ranges,
+            names::MAP_MAGLEV => self.maglev_tables,
             other => unreachable!("unknown map {other}"),
         }
     }

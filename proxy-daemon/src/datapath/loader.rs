@@ -9,8 +9,8 @@ use aya::{
     programs::{Program, SchedClassifier},
 };
 use proxy_common::{
-    Backend, CtEntry, CtKey, FragKey, FragPorts, NodeConfig, ReasonCounter, ServiceCounter,
-    ServiceKey, ServiceValue, names,
+    AffinityKey, AffinityValue, Backend, CtEntry, CtKey, FragKey, FragPorts, NodeConfig,
+    ReasonCounter, ServiceCounter, ServiceKey, ServiceValue, SourceRangeKey, names,
 };
 use tracing::{debug, info};
 
@@ -58,7 +58,7 @@ const fn layout<K, V>(name: &'static str, kind: MapType) -> Layout {
     }
 }
 
-const LAYOUTS: [Layout; 7] = [
+const LAYOUTS: [Layout; 10] = [
     layout::<ServiceKey, ServiceValue>(names::MAP_SERVICES, MapType::Hash),
     layout::<u32, Backend>(names::MAP_BACKENDS, MapType::Hash),
     layout::<CtKey, CtEntry>(names::MAP_CT, MapType::LruHash),
@@ -66,15 +66,21 @@ const LAYOUTS: [Layout; 7] = [
     layout::<u32, ReasonCounter>(names::MAP_REASONS, MapType::PerCpuArray),
     layout::<u32, ServiceCounter>(names::MAP_SVC_STATS, MapType::PerCpuArray),
     layout::<u32, NodeConfig>(names::MAP_CONFIG, MapType::Array),
+    layout::<AffinityKey, AffinityValue>(names::MAP_AFFINITY, MapType::LruHash),
+    // LPM keys start with the 32-bit prefix length.
+    layout::<(u32, SourceRangeKey), u32>(names::MAP_SOURCE_RANGES, MapType::LpmTrie),
+    // Values of a map of maps are map fds.
+    layout::<u32, u32>(names::MAP_MAGLEV, MapType::HashOfMaps),
 ];
 
 /// Programs and the pin file each is published under (for the CNI plugin
 /// and for re-attaching).
-const PROGRAMS: [(&str, &str); 4] = [
+const PROGRAMS: [(&str, &str); 5] = [
     (names::PROG_FROM_POD, names::PIN_PROG_FROM_POD),
     (names::PROG_TO_POD, names::PIN_PROG_TO_POD),
     (names::PROG_FROM_NETDEV, names::PIN_PROG_FROM_NETDEV),
     (names::PROG_TO_NETDEV, names::PIN_PROG_TO_NETDEV),
+    (names::PROG_FROM_OVERLAY, names::PIN_PROG_FROM_OVERLAY),
 ];
 
 /// Loads Sluice's programs against the maps pinned under `<bpffs>/sluice`,
@@ -156,6 +162,9 @@ impl Loader {
         for l in &LAYOUTS {
             loader.map_max_entries(l.name, self.capacities.of(l.name));
         }
+        // BTF-defined maps carry no pinning attribute: pin them by name.
+        let maglev_pin = super::map_path(&self.bpffs, names::MAP_MAGLEV);
+        loader.map_pin_path(names::MAP_MAGLEV, maglev_pin.as_path());
         let mut ebpf = loader.load(OBJECT)?;
         for (name, _) in PROGRAMS {
             let prog = classifier(&mut ebpf, name)?;

@@ -1,9 +1,9 @@
 use std::path::{Path, PathBuf};
 
-use aya::maps::{Array, HashMap, Map, MapData, PerCpuArray};
+use aya::maps::{Array, HashMap, HashOfMaps, LpmTrie, Map, MapData, PerCpuArray};
 use proxy_common::{
-    Backend, CtEntry, CtKey, FragKey, FragPorts, NodeConfig, ReasonCounter, ServiceCounter,
-    ServiceKey, ServiceValue, names,
+    AffinityKey, AffinityValue, Backend, CtEntry, CtKey, FragKey, FragPorts, NodeConfig,
+    ReasonCounter, ServiceCounter, ServiceKey, ServiceValue, SourceRangeKey, names,
 };
 
 use super::DatapathError;
@@ -61,6 +61,10 @@ pub struct PinnedMaps {
     pub reasons: PerCpuArray<MapData, ReasonCounter>,
     pub svc_stats: PerCpuArray<MapData, ServiceCounter>,
     pub config: Array<MapData, NodeConfig>,
+    pub affinity: HashMap<MapData, AffinityKey, AffinityValue>,
+    pub source_ranges: LpmTrie<MapData, SourceRangeKey, u32>,
+    /// Frontend id -> its Maglev table (an array of backend ids).
+    pub maglev: HashOfMaps<MapData, u32, MapData>,
 }
 
 impl PinnedMaps {
@@ -73,6 +77,9 @@ impl PinnedMaps {
             reasons: typed(bpffs, names::MAP_REASONS)?,
             svc_stats: typed(bpffs, names::MAP_SVC_STATS)?,
             config: typed(bpffs, names::MAP_CONFIG)?,
+            affinity: typed(bpffs, names::MAP_AFFINITY)?,
+            source_ranges: typed(bpffs, names::MAP_SOURCE_RANGES)?,
+            maglev: typed(bpffs, names::MAP_MAGLEV)?,
         })
     }
 }

@@ -5,6 +5,7 @@ mod capacity;
 mod error;
 mod loader;
 mod maps;
+pub mod raw;
 
 pub use capacity::Capacities;
 pub use error::DatapathError;

@@ -65,6 +65,7 @@ pub fn desired_state(cluster: &ClusterState, node: &NodeContext) -> DesiredState
     DesiredState {
         frontends,
         service_addrs,
+        node_addrs: node.addresses.iter().copied().collect(),
         skipped,
     }
 }

@@ -517,11 +517,14 @@ fn external_traffic_policy_local_without_local_endpoints() {
             json!([ep("10.1.0.2", Some("node-b"))]),
         ),
     ]);
-    // Outside clients are refused here; pods still get through.
+    // Outside clients are dropped here (the Service has endpoints
+    // elsewhere); pods still get through.
     assert_eq!(
         backends(fe(&s, "192.168.0.10:30080/TCP")),
         Vec::<String>::new()
     );
+    assert!(fe(&s, "192.168.0.10:30080/TCP").drop_when_empty);
+    assert!(!fe(&s, "192.168.0.10:30080/TCP (internal)").drop_when_empty);
     assert_eq!(
         backends(fe(&s, "192.168.0.10:30080/TCP (internal)")),
         ["10.1.0.2:8080"]
@@ -584,7 +587,9 @@ fn internal_traffic_policy_local() {
     assert_eq!(backends(np), ["10.1.0.1:8080 local", "10.1.0.2:8080"]);
     assert!(!np.local_only && np.snat_remote);
 
-    // No local endpoint: the ClusterIP refuses.
+    assert!(!cip.drop_when_empty);
+
+    // No local endpoint, endpoints elsewhere: the ClusterIP drops.
     let s = state(vec![
         svc(
             "web",
@@ -598,6 +603,26 @@ fn internal_traffic_policy_local() {
         ),
     ]);
     assert!(fe(&s, "10.96.0.10:80/TCP").backends.is_empty());
+    // kube-proxy counts only the endpoints the Service's policies can use:
+    // a Service that only uses local ones has none here, so it rejects.
+    assert!(!fe(&s, "10.96.0.10:80/TCP").drop_when_empty);
+
+    // The same with a Cluster external policy in play: the Service has
+    // endpoints it can use (elsewhere), so the ClusterIP drops instead.
+    let s = state(vec![
+        svc(
+            "web",
+            json!({"type": "NodePort", "clusterIP": "10.96.0.10", "internalTrafficPolicy": "Local", "ports": http_ports()}),
+        ),
+        slice(
+            "web-1",
+            "web",
+            json!([{"name": "http", "port": 8080}]),
+            json!([ep("10.1.0.2", Some("node-b"))]),
+        ),
+    ]);
+    assert!(fe(&s, "10.96.0.10:80/TCP").backends.is_empty());
+    assert!(fe(&s, "10.96.0.10:80/TCP").drop_when_empty);
 }
 
 #[test]

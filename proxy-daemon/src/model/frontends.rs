@@ -38,6 +38,7 @@ pub(crate) fn port_frontends(
         service: service_ref.clone(),
         backends: Vec::new(),
         local_only: false,
+        drop_when_empty: false,
         affinity_timeout: service.affinity_timeout,
         snat_remote: false,
         source_ranges: Vec::new(),
@@ -54,9 +55,13 @@ pub(crate) fn port_frontends(
         Scope::External,
         FrontendKind::ClusterIp,
     );
+    // kube-proxy drops what a Local policy cannot serve on this node, but
+    // rejects when the Service has no endpoints at all.
+    let drop_when_no_local = local.is_empty() && !cluster.is_empty();
     if service.internal_local {
         cluster_ip.backends = local.clone();
         cluster_ip.local_only = true;
+        cluster_ip.drop_when_empty = drop_when_no_local;
     } else {
         cluster_ip.backends = cluster.clone();
     }
@@ -77,6 +82,7 @@ pub(crate) fn port_frontends(
             // node's endpoints may answer them...
             outside.backends = local.clone();
             outside.local_only = true;
+            outside.drop_when_empty = drop_when_no_local;
             outside.health_check_node_port = service.health_check_node_port;
             // ...but pods and the node itself reaching the same address are
             // short-circuited to every endpoint, as if they had gone out to

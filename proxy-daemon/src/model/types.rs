@@ -132,6 +132,11 @@ pub struct Frontend {
     /// The backends are node-local only because of a Local traffic policy
     /// (for display; the list above is already filtered).
     pub local_only: bool,
+    /// With no backends, drop new connections instead of refusing them:
+    /// a Local traffic policy left this node without endpoints while the
+    /// Service has some elsewhere (kube-proxy drops then; with no endpoints
+    /// anywhere it rejects).
+    pub drop_when_empty: bool,
     /// sessionAffinity ClientIP: the timeout in seconds.
     pub affinity_timeout: Option<u32>,
     /// Remote backends are reached with the node's address as source
@@ -158,6 +163,9 @@ pub struct DesiredState {
     /// Every address used by some frontend (programmed as address-only
     /// entries, so unknown ports on them are refused).
     pub service_addrs: BTreeSet<Ipv4Addr>,
+    /// The node's own addresses: NodePorts live there, every other port is
+    /// the node's (programmed as address-only entries that pass).
+    pub node_addrs: BTreeSet<Ipv4Addr>,
     /// Objects or parts skipped, with reasons, for logs and counters.
     pub skipped: Vec<Skip>,
 }

@@ -7,6 +7,7 @@ use std::{sync::Arc, time::Instant};
 
 use crate::model::ClusterState;
 
+pub mod kube;
 pub mod manifests;
 pub mod parse;
 pub mod watch;

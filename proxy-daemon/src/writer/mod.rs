@@ -1,25 +1,44 @@
 //! Applying desired states to the pinned maps.
 
 mod ids;
+pub mod maglev;
 pub mod meta;
 pub mod plan;
 
 use std::path::{Path, PathBuf};
 
-use aya::maps::{MapError, PerCpuValues};
-use proxy_common::{ServiceCounter, names};
+use std::os::fd::AsFd;
+
+use aya::maps::{MapData, MapError, PerCpuValues, lpm_trie::Key};
+use proxy_common::{AffinityKey, ServiceCounter, SourceRangeKey, names};
 use tracing::{debug, warn};
 
 pub use self::ids::IdAllocator;
+pub use self::plan::PlanOptions;
 use self::{
     meta::{DatapathMeta, FrontendMeta},
     plan::{MapContents, Op, Plan},
 };
 use crate::{
     conntrack,
-    datapath::{Capacities, DatapathError, PinnedMaps},
+    datapath::{self, Capacities, DatapathError, PinnedMaps},
     model::DesiredState,
 };
+
+/// Lets inner maps differ in size from the template (see the eBPF side).
+const BPF_F_INNER_MAP: u32 = 0x1000;
+
+/// The LPM key of one source range of a frontend: the frontend id (all 32
+/// bits matched) then the range's prefix.
+fn range_key(svc_id: u32, net: &ipnet::Ipv4Net) -> Key<SourceRangeKey> {
+    Key::new(
+        32 + u32::from(net.prefix_len()),
+        SourceRangeKey {
+            svc_id,
+            addr: plan::nbo(net.network()),
+        },
+    )
+}
 
 /// What one apply did.
 #[derive(Debug, Default)]
@@ -43,6 +62,7 @@ pub struct Writer {
     state_dir: PathBuf,
     node: String,
     capacities: Capacities,
+    options: PlanOptions,
 }
 
 fn map_error(name: &'static str, capacity: u32, source: MapError) -> DatapathError {
@@ -62,6 +82,7 @@ impl Writer {
         state_dir: &Path,
         node: &str,
         capacities: Capacities,
+        options: PlanOptions,
     ) -> Result<Self, DatapathError> {
         let maps = PinnedMaps::open(bpffs)?;
         let mut current = MapContents::default();
@@ -79,6 +100,26 @@ impl Writer {
             })?;
             current.backends.insert(k, v);
         }
+        for key in maps.source_ranges.keys() {
+            let key = key.map_err(|source| DatapathError::Map {
+                name: names::MAP_SOURCE_RANGES,
+                source,
+            })?;
+            let data = key.data();
+            let prefix = key.prefix_len().saturating_sub(32) as u8;
+            if let Ok(net) = ipnet::Ipv4Net::new(plan::from_nbo(data.addr), prefix) {
+                current.source_ranges.insert((data.svc_id, net));
+            }
+        }
+        // Tables are not read back: a fingerprint of 0 makes the first
+        // plan rewrite each (same content, swapped in atomically).
+        for key in maps.maglev.keys() {
+            let key = key.map_err(|source| DatapathError::Map {
+                name: names::MAP_MAGLEV,
+                source,
+            })?;
+            current.maglev.insert(key, 0);
+        }
         debug!(
             entries = current.services.len(),
             backends = current.backends.len(),
@@ -92,6 +133,7 @@ impl Writer {
             state_dir: state_dir.to_owned(),
             node: node.to_owned(),
             capacities,
+            options,
         })
     }
 
@@ -112,10 +154,16 @@ impl Writer {
             desired,
             &mut self.svc_ids,
             &mut self.backend_ids,
+            self.options,
         );
         let mut report = ApplyReport::default();
         self.reset_counters(&plan, &mut report);
         self.execute(&plan, &mut report);
+        if let Err(e) = self.flush_affinity(&plan) {
+            report
+                .failures
+                .push(format!("forgetting affinity to removed backends: {e}"));
+        }
         if !plan.removed_backends.is_empty() {
             report.flushed_flows =
                 conntrack::flush_udp_backends(&mut self.maps.ct, &plan.removed_backends)
@@ -178,23 +226,7 @@ impl Writer {
                 continue;
             }
             for op in &g.ops {
-                let result =
-                    match op {
-                        Op::PutBackend(id, b) => self.maps.backends.insert(id, b, 0).map_err(|e| {
-                            map_error(names::MAP_BACKENDS, self.capacities.backends, e)
-                        }),
-                        Op::PutService(k, v) => self.maps.services.insert(k, v, 0).map_err(|e| {
-                            map_error(names::MAP_SERVICES, self.capacities.service_entries, e)
-                        }),
-                        Op::DeleteService(k) => match self.maps.services.remove(k) {
-                            Err(MapError::KeyNotFound) => Ok(()),
-                            r => r.map_err(|e| map_error(names::MAP_SERVICES, 0, e)),
-                        },
-                        Op::DeleteBackend(id) => match self.maps.backends.remove(id) {
-                            Err(MapError::KeyNotFound) => Ok(()),
-                            r => r.map_err(|e| map_error(names::MAP_BACKENDS, 0, e)),
-                        },
-                    };
+                let result = self.apply_op(op);
                 match result {
                     Ok(()) => {
                         report.ops += 1;
@@ -213,6 +245,83 @@ impl Writer {
         }
     }
 
+    fn apply_op(&mut self, op: &Op) -> Result<(), DatapathError> {
+        let caps = self.capacities;
+        let m = &mut self.maps;
+        let gone = |r: Result<(), MapError>, name| match r {
+            Err(MapError::KeyNotFound) => Ok(()),
+            r => r.map_err(|e| map_error(name, 0, e)),
+        };
+        match op {
+            Op::PutBackend(id, b) => m
+                .backends
+                .insert(id, b, 0)
+                .map_err(|e| map_error(names::MAP_BACKENDS, caps.backends, e)),
+            Op::PutService(k, v) => m
+                .services
+                .insert(k, v, 0)
+                .map_err(|e| map_error(names::MAP_SERVICES, caps.service_entries, e)),
+            Op::DeleteService(k) => gone(m.services.remove(k), names::MAP_SERVICES),
+            Op::DeleteBackend(id) => gone(m.backends.remove(id), names::MAP_BACKENDS),
+            Op::PutSourceRange(id, net) => m
+                .source_ranges
+                .insert(&range_key(*id, net), 1, 0)
+                .map_err(|e| map_error(names::MAP_SOURCE_RANGES, caps.source_ranges, e)),
+            Op::DeleteSourceRange(id, net) => gone(
+                m.source_ranges.remove(&range_key(*id, net)),
+                names::MAP_SOURCE_RANGES,
+            ),
+            Op::PutMaglev(id, table, _) => self.put_maglev(*id, table),
+            Op::DeleteMaglev(id) => gone(self.maps.maglev.remove(id), names::MAP_MAGLEV),
+        }
+    }
+
+    /// Builds a table in a new inner array and swaps it in with one update
+    /// of the outer map: the datapath never sees half a table.
+    fn put_maglev(&mut self, svc_id: u32, table: &[u32]) -> Result<(), DatapathError> {
+        let err = |source| DatapathError::Map {
+            name: names::MAP_MAGLEV,
+            source,
+        };
+        let io = |source| DatapathError::Io {
+            path: names::MAP_MAGLEV.into(),
+            source,
+        };
+        // Inner maps must carry the template's flags (BPF_F_INNER_MAP).
+        let fd = datapath::raw::create_array(table.len() as u32, BPF_F_INNER_MAP).map_err(io)?;
+        datapath::raw::fill_array(fd.as_fd(), table).map_err(io)?;
+        let inner = MapData::from_fd(fd).map_err(err)?;
+        self.maps
+            .maglev
+            .insert(svc_id, &inner, 0)
+            .map_err(|e| map_error(names::MAP_MAGLEV, self.capacities.maglev_tables, e))
+    }
+
+    /// Deletes affinity entries the plan says are stale.
+    fn flush_affinity(&mut self, plan: &Plan) -> Result<(), MapError> {
+        if plan.affinity_flush.is_empty() && plan.affinity_flush_frontends.is_empty() {
+            return Ok(());
+        }
+        let doomed: Vec<AffinityKey> = self
+            .maps
+            .affinity
+            .iter()
+            .filter_map(Result::ok)
+            .filter(|(k, v)| {
+                plan.affinity_flush_frontends.contains(&k.svc_id)
+                    || plan.affinity_flush.contains(&(k.svc_id, v.backend_id))
+            })
+            .map(|(k, _)| k)
+            .collect();
+        for k in doomed {
+            match self.maps.affinity.remove(&k) {
+                Ok(()) | Err(MapError::KeyNotFound) => {}
+                Err(e) => return Err(e),
+            }
+        }
+        Ok(())
+    }
+
     /// Mirrors a successful operation in the in-memory view of the maps.
     fn record(&mut self, op: &Op) {
         match op {
@@ -227,6 +336,18 @@ impl Writer {
             }
             Op::DeleteBackend(id) => {
                 self.current.backends.remove(id);
+            }
+            Op::PutSourceRange(id, net) => {
+                self.current.source_ranges.insert((*id, *net));
+            }
+            Op::DeleteSourceRange(id, net) => {
+                self.current.source_ranges.remove(&(*id, *net));
+            }
+            Op::PutMaglev(id, _, print) => {
+                self.current.maglev.insert(*id, *print);
+            }
+            Op::DeleteMaglev(id) => {
+                self.current.maglev.remove(id);
             }
         }
     }

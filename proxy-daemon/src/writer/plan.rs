@@ -12,34 +12,55 @@
 use std::{
     collections::{BTreeMap, BTreeSet},
     net::Ipv4Addr,
+    sync::Arc,
 };
+
+use ipnet::Ipv4Net;
 
 use proxy_common::{
     Backend, ServiceKey, ServiceValue,
     service::{
         BE_F_LOCAL, BE_F_TERMINATING, KIND_CLUSTER_IP, KIND_EXTERNAL_IP, KIND_LOAD_BALANCER,
         KIND_NODE_PORT, SCOPE_EXTERNAL, SCOPE_INTERNAL, SVC_F_ADDR_ONLY, SVC_F_AFFINITY,
-        SVC_F_LOCAL, SVC_F_SNAT_REMOTE,
+        SVC_F_DROP_EMPTY, SVC_F_LOCAL, SVC_F_MAGLEV, SVC_F_NODE_ADDR, SVC_F_SNAT_REMOTE,
+        SVC_F_SOURCE_RANGES,
     },
 };
 
-use super::ids::IdAllocator;
+use super::{ids::IdAllocator, maglev};
 use crate::model::{DesiredState, Frontend, FrontendKey, FrontendKind, Protocol, Scope};
 
-/// Raw contents of the service and backend maps.
+/// What the writer knows is programmed.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct MapContents {
     pub services: BTreeMap<ServiceKey, ServiceValue>,
     pub backends: BTreeMap<u32, Backend>,
+    /// loadBalancerSourceRanges by frontend id.
+    pub source_ranges: BTreeSet<(u32, Ipv4Net)>,
+    /// Frontend id -> fingerprint of its Maglev table (0: unknown, so the
+    /// next plan rewrites it; tables are not read back after a restart).
+    pub maglev: BTreeMap<u32, u64>,
 }
 
 /// One map write.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Op {
     PutBackend(u32, Backend),
     PutService(ServiceKey, ServiceValue),
     DeleteService(ServiceKey),
     DeleteBackend(u32),
+    PutSourceRange(u32, Ipv4Net),
+    DeleteSourceRange(u32, Ipv4Net),
+    /// A whole Maglev table, swapped in at once (with its fingerprint).
+    PutMaglev(u32, Arc<[u32]>, u64),
+    DeleteMaglev(u32),
+}
+
+/// Choices the planner does not take from Kubernetes objects.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct PlanOptions {
+    /// Maglev table size (a prime), 0 for random backend choice.
+    pub maglev_size: u32,
 }
 
 /// Operations that must be applied together or not at all past a failure:
@@ -64,6 +85,10 @@ pub struct Plan {
     pub new_service_ids: BTreeSet<u32>,
     /// The metadata of every programmed frontend, by id.
     pub frontends_by_id: BTreeMap<u32, Frontend>,
+    /// Affinity entries to forget: (frontend id, backend id) pairs whose
+    /// backend left the frontend, and frontends that are gone (all theirs).
+    pub affinity_flush: BTreeSet<(u32, u32)>,
+    pub affinity_flush_frontends: BTreeSet<u32>,
 }
 
 impl Plan {
@@ -137,6 +162,7 @@ pub fn plan(
     desired: &DesiredState,
     svc_ids: &mut IdAllocator,
     backend_ids: &mut IdAllocator,
+    options: PlanOptions,
 ) -> Plan {
     let mut plan = Plan::default();
     let mut target = MapContents::default();
@@ -205,19 +231,34 @@ pub fn plan(
         target.backends.insert(id, *be);
     }
 
-    // Address-only entries.
-    let addr_value = ServiceValue {
-        flags: SVC_F_ADDR_ONLY,
-        ..Default::default()
-    };
+    // Address-only entries: service addresses refuse unknown ports; the
+    // node's own addresses pass them.
     for a in &desired.service_addrs {
+        let v = ServiceValue {
+            flags: SVC_F_ADDR_ONLY,
+            ..Default::default()
+        };
+        target.services.insert(ServiceKey::address_only(nbo(*a)), v);
+    }
+    for a in &desired.node_addrs {
+        let v = ServiceValue {
+            flags: SVC_F_ADDR_ONLY | SVC_F_NODE_ADDR,
+            ..Default::default()
+        };
         target
             .services
-            .insert(ServiceKey::address_only(nbo(*a)), addr_value);
+            .entry(ServiceKey::address_only(nbo(*a)))
+            .or_insert(v);
     }
 
-    // Frontends: master and slots.
-    let mut frontend_groups: BTreeMap<ServiceKey, (Vec<ServiceKey>, Vec<u32>)> = BTreeMap::new();
+    // Frontends: slots, extras (source ranges, Maglev table), master.
+    struct FrontendPlan {
+        slots: Vec<ServiceKey>,
+        needs: Vec<u32>,
+        svc_id: u32,
+        maglev: Option<(Arc<[u32]>, u64)>,
+    }
+    let mut frontend_plans: BTreeMap<ServiceKey, FrontendPlan> = BTreeMap::new();
     for (fk, fe) in &desired.frontends {
         let svc_id = match current_svc.get(fk) {
             Some(id) => *id,
@@ -232,6 +273,7 @@ pub fn plan(
         let mk = master_key(fk);
         let mut slot_keys = Vec::new();
         let mut needs = Vec::new();
+        let mut members = Vec::new();
         let proto = fk.protocol.number();
         for b in &fe.backends {
             let ident = (nbo(b.addr), b.port.to_be(), proto);
@@ -250,6 +292,11 @@ pub fn plan(
             );
             slot_keys.push(sk);
             needs.push(*id);
+            members.push(maglev::Member {
+                addr: b.addr,
+                port: b.port,
+                id: *id,
+            });
             if slot == u16::MAX {
                 break;
             }
@@ -264,6 +311,22 @@ pub fn plan(
         if fe.snat_remote {
             flags |= SVC_F_SNAT_REMOTE;
         }
+        if fe.drop_when_empty {
+            flags |= SVC_F_DROP_EMPTY;
+        }
+        if !fe.source_ranges.is_empty() {
+            flags |= SVC_F_SOURCE_RANGES;
+            for r in &fe.source_ranges {
+                target.source_ranges.insert((svc_id, *r));
+            }
+        }
+        // One backend needs no table: every flow goes to it.
+        let maglev = (options.maglev_size > 0 && members.len() > 1).then(|| {
+            flags |= SVC_F_MAGLEV;
+            let fp = maglev::fingerprint(&members, options.maglev_size);
+            target.maglev.insert(svc_id, fp);
+            (Arc::from(maglev::table(&members, options.maglev_size)), fp)
+        });
         target.services.insert(
             mk,
             ServiceValue {
@@ -275,7 +338,15 @@ pub fn plan(
                 affinity_timeout: fe.affinity_timeout.unwrap_or(0),
             },
         );
-        frontend_groups.insert(mk, (slot_keys, needs));
+        frontend_plans.insert(
+            mk,
+            FrontendPlan {
+                slots: slot_keys,
+                needs,
+                svc_id,
+                maglev,
+            },
+        );
         plan.frontends_by_id.insert(svc_id, fe.clone());
     }
 
@@ -297,25 +368,55 @@ pub fn plan(
             });
         }
     }
-    // 3. Per frontend: changed slots, then the master.
-    for (mk, (slots, needs)) in &frontend_groups {
-        let mut ops: Vec<Op> = slots
+    // 3. Per frontend: changed slots, new source ranges and a changed Maglev
+    //    table, then the master that uses them; afterwards what it no
+    //    longer uses.
+    for (mk, fp) in &frontend_plans {
+        let mut ops: Vec<Op> = fp
+            .slots
             .iter()
             .filter(|k| current.services.get(k) != target.services.get(k))
             .map(|k| Op::PutService(*k, target.services[k]))
             .collect();
+        let ranges = |m: &MapContents| -> BTreeSet<Ipv4Net> {
+            m.source_ranges
+                .range((fp.svc_id, Ipv4Net::default())..)
+                .take_while(|(id, _)| *id == fp.svc_id)
+                .map(|(_, r)| *r)
+                .collect()
+        };
+        let (before, after) = (ranges(current), ranges(&target));
+        ops.extend(
+            after
+                .difference(&before)
+                .map(|r| Op::PutSourceRange(fp.svc_id, *r)),
+        );
+        if let Some((table, print)) = &fp.maglev
+            && current.maglev.get(&fp.svc_id) != Some(print)
+        {
+            ops.push(Op::PutMaglev(fp.svc_id, table.clone(), *print));
+        }
         if current.services.get(mk) != target.services.get(mk) {
             ops.push(Op::PutService(*mk, target.services[mk]));
+        }
+        ops.extend(
+            before
+                .difference(&after)
+                .map(|r| Op::DeleteSourceRange(fp.svc_id, *r)),
+        );
+        if fp.maglev.is_none() && current.maglev.contains_key(&fp.svc_id) {
+            ops.push(Op::DeleteMaglev(fp.svc_id));
         }
         if !ops.is_empty() {
             plan.groups.push(Group {
                 ops,
-                needs_backends: needs.clone(),
+                needs_backends: fp.needs.clone(),
             });
         }
     }
     // 4. Deletions: masters of removed frontends before any slot, slots,
-    //    then address-only entries nothing uses any more.
+    //    then what the removed frontends used, then address-only entries
+    //    nothing uses any more.
     let stale: Vec<&ServiceKey> = current
         .services
         .keys()
@@ -326,7 +427,30 @@ pub fn plan(
         .partition(|k| k.slot == 0 && current.services[*k].flags & SVC_F_ADDR_ONLY == 0);
     let (slots, addrs): (Vec<&ServiceKey>, Vec<&ServiceKey>) =
         rest.into_iter().partition(|k| k.slot != 0);
-    for k in masters.into_iter().chain(slots).chain(addrs) {
+    for k in masters.iter().copied().chain(slots) {
+        plan.groups.push(Group {
+            ops: vec![Op::DeleteService(*k)],
+            needs_backends: vec![],
+        });
+    }
+    let live: BTreeSet<u32> = frontend_plans.values().map(|f| f.svc_id).collect();
+    for (id, r) in &current.source_ranges {
+        if !live.contains(id) {
+            plan.groups.push(Group {
+                ops: vec![Op::DeleteSourceRange(*id, *r)],
+                needs_backends: vec![],
+            });
+        }
+    }
+    for id in current.maglev.keys() {
+        if !live.contains(id) {
+            plan.groups.push(Group {
+                ops: vec![Op::DeleteMaglev(*id)],
+                needs_backends: vec![],
+            });
+        }
+    }
+    for k in addrs {
         plan.groups.push(Group {
             ops: vec![Op::DeleteService(*k)],
             needs_backends: vec![],
@@ -340,6 +464,26 @@ pub fn plan(
                 needs_backends: vec![],
             });
             plan.removed_backends.insert(*id);
+        }
+    }
+    // Affinity to backends a frontend no longer has is forgotten, so the
+    // client's next connection makes a fresh choice.
+    for (k, v) in &current.services {
+        if k.slot != 0 || v.flags & SVC_F_AFFINITY == 0 {
+            continue;
+        }
+        if !target.services.contains_key(k) {
+            plan.affinity_flush_frontends.insert(v.svc_id);
+            continue;
+        }
+        let ids = |m: &MapContents| -> BTreeSet<u32> {
+            (1..=m.services.get(k).map_or(0, |v| v.count))
+                .filter_map(|s| m.services.get(&k.with_slot(s)))
+                .map(|s| s.backend_id)
+                .collect()
+        };
+        for gone in ids(current).difference(&ids(&target)) {
+            plan.affinity_flush.insert((v.svc_id, *gone));
         }
     }
     plan.target = target;
@@ -379,6 +523,7 @@ mod tests {
                 })
                 .collect(),
             local_only: false,
+            drop_when_empty: false,
             affinity_timeout: None,
             snat_remote: false,
             source_ranges: vec![],
@@ -417,6 +562,18 @@ mod tests {
                     Op::DeleteBackend(id) => {
                         m.backends.remove(id);
                     }
+                    Op::PutSourceRange(id, r) => {
+                        m.source_ranges.insert((*id, *r));
+                    }
+                    Op::DeleteSourceRange(id, r) => {
+                        m.source_ranges.remove(&(*id, *r));
+                    }
+                    Op::PutMaglev(id, _, print) => {
+                        m.maglev.insert(*id, *print);
+                    }
+                    Op::DeleteMaglev(id) => {
+                        m.maglev.remove(id);
+                    }
                 }
             }
         }
@@ -429,6 +586,18 @@ mod tests {
         let mut m = current.clone();
         let check = |m: &MapContents, step: &str| {
             for (k, v) in &m.services {
+                if k.slot == 0 && v.flags & SVC_F_MAGLEV != 0 {
+                    assert!(
+                        m.maglev.contains_key(&v.svc_id),
+                        "{step}: Maglev table missing"
+                    );
+                }
+                if k.slot == 0 && v.flags & SVC_F_SOURCE_RANGES != 0 {
+                    assert!(
+                        m.source_ranges.iter().any(|(id, _)| *id == v.svc_id),
+                        "{step}: source ranges missing"
+                    );
+                }
                 if k.slot == 0 && v.flags & SVC_F_ADDR_ONLY == 0 {
                     for s in 1..=v.count {
                         let slot = m
@@ -451,7 +620,7 @@ mod tests {
                     &m,
                     &Plan {
                         groups: vec![Group {
-                            ops: vec![*op],
+                            ops: vec![op.clone()],
                             needs_backends: vec![],
                         }],
                         ..Default::default()
@@ -469,7 +638,13 @@ mod tests {
             fe("10.96.0.1", 80, &[("10.0.0.1", 8080), ("10.0.0.2", 8080)]),
             fe("10.96.0.2", 53, &[]),
         ]);
-        let p = plan(&MapContents::default(), &d, &mut s, &mut b);
+        let p = plan(
+            &MapContents::default(),
+            &d,
+            &mut s,
+            &mut b,
+            PlanOptions::default(),
+        );
         assert_consistent_throughout(&MapContents::default(), &p);
         let after = apply(&MapContents::default(), &p);
         assert_eq!(after, p.target);
@@ -483,11 +658,17 @@ mod tests {
     fn replanning_the_same_state_is_a_no_op_and_keeps_ids() {
         let (mut s, mut b) = ids();
         let d = desired(vec![fe("10.96.0.1", 80, &[("10.0.0.1", 8080)])]);
-        let first = plan(&MapContents::default(), &d, &mut s, &mut b);
+        let first = plan(
+            &MapContents::default(),
+            &d,
+            &mut s,
+            &mut b,
+            PlanOptions::default(),
+        );
         let programmed = apply(&MapContents::default(), &first);
         // A restarted daemon has fresh allocators and reads the maps back.
         let (mut s2, mut b2) = ids();
-        let again = plan(&programmed, &d, &mut s2, &mut b2);
+        let again = plan(&programmed, &d, &mut s2, &mut b2, PlanOptions::default());
         assert!(again.is_empty(), "{:?}", again.groups);
         assert_eq!(again.target, programmed);
         assert!(again.new_service_ids.is_empty());
@@ -501,14 +682,20 @@ mod tests {
             80,
             &[("10.0.0.1", 80), ("10.0.0.2", 80), ("10.0.0.3", 80)],
         )]);
-        let p1 = plan(&MapContents::default(), &three, &mut s, &mut b);
+        let p1 = plan(
+            &MapContents::default(),
+            &three,
+            &mut s,
+            &mut b,
+            PlanOptions::default(),
+        );
         let m1 = apply(&MapContents::default(), &p1);
         let one = desired(vec![fe("10.96.0.1", 80, &[("10.0.0.3", 80)])]);
-        let p2 = plan(&m1, &one, &mut s, &mut b);
+        let p2 = plan(&m1, &one, &mut s, &mut b, PlanOptions::default());
         assert_consistent_throughout(&m1, &p2);
         assert_eq!(p2.removed_backends.len(), 2);
         let m2 = apply(&m1, &p2);
-        let p3 = plan(&m2, &three, &mut s, &mut b);
+        let p3 = plan(&m2, &three, &mut s, &mut b, PlanOptions::default());
         assert_consistent_throughout(&m2, &p3);
         // The surviving backend kept its id.
         let id3 = |m: &MapContents| {
@@ -526,9 +713,21 @@ mod tests {
     fn removing_a_frontend_deletes_master_before_slots_and_address_last() {
         let (mut s, mut b) = ids();
         let d = desired(vec![fe("10.96.0.1", 80, &[("10.0.0.1", 80)])]);
-        let p = plan(&MapContents::default(), &d, &mut s, &mut b);
+        let p = plan(
+            &MapContents::default(),
+            &d,
+            &mut s,
+            &mut b,
+            PlanOptions::default(),
+        );
         let m = apply(&MapContents::default(), &p);
-        let gone = plan(&m, &DesiredState::default(), &mut s, &mut b);
+        let gone = plan(
+            &m,
+            &DesiredState::default(),
+            &mut s,
+            &mut b,
+            PlanOptions::default(),
+        );
         assert_consistent_throughout(&m, &gone);
         let ops: Vec<Op> = gone.groups.iter().flat_map(|g| g.ops.clone()).collect();
         let pos = |pred: &dyn Fn(&Op) -> bool| ops.iter().position(pred).unwrap();
@@ -552,6 +751,7 @@ mod tests {
             &desired(vec![a, c]),
             &mut s,
             &mut b,
+            PlanOptions::default(),
         );
         assert_eq!(p.target.backends.len(), 1);
         let be = p.target.backends.values().next().unwrap();
@@ -567,7 +767,13 @@ mod tests {
         f.affinity_timeout = Some(300);
         f.snat_remote = true;
         let key = master_key(&f.key);
-        let p = plan(&MapContents::default(), &desired(vec![f]), &mut s, &mut b);
+        let p = plan(
+            &MapContents::default(),
+            &desired(vec![f]),
+            &mut s,
+            &mut b,
+            PlanOptions::default(),
+        );
         let v = p.target.services[&key];
         assert_eq!(v.kind, KIND_NODE_PORT);
         assert_eq!(v.flags, SVC_F_LOCAL | SVC_F_AFFINITY | SVC_F_SNAT_REMOTE);
@@ -583,7 +789,13 @@ mod tests {
             fe("10.96.0.1", 80, &[("10.0.0.1", 80)]),
             fe("10.96.0.2", 80, &[("10.0.0.1", 80)]),
         ]);
-        let p = plan(&MapContents::default(), &d, &mut s, &mut b);
+        let p = plan(
+            &MapContents::default(),
+            &d,
+            &mut s,
+            &mut b,
+            PlanOptions::default(),
+        );
         let masters = p
             .target
             .services
@@ -592,5 +804,207 @@ mod tests {
             .count();
         assert_eq!(masters, 1);
         assert_consistent_throughout(&MapContents::default(), &p);
+    }
+}
+
+#[cfg(test)]
+mod extra_tests {
+    use super::*;
+    use crate::model::{BackendAddr, ServiceRef};
+
+    fn ip(s: &str) -> Ipv4Addr {
+        s.parse().unwrap()
+    }
+
+    fn fe(vip: &str, backends: &[&str]) -> Frontend {
+        Frontend {
+            key: FrontendKey {
+                addr: ip(vip),
+                port: 80,
+                protocol: Protocol::Tcp,
+                scope: Scope::External,
+            },
+            kind: FrontendKind::LoadBalancer,
+            service: ServiceRef {
+                namespace: "default".into(),
+                name: "lb".into(),
+                port_name: String::new(),
+            },
+            backends: backends
+                .iter()
+                .map(|a| BackendAddr {
+                    addr: ip(a),
+                    port: 8080,
+                    local: false,
+                    terminating: false,
+                })
+                .collect(),
+            local_only: false,
+            drop_when_empty: false,
+            affinity_timeout: None,
+            snat_remote: true,
+            source_ranges: vec![],
+            health_check_node_port: None,
+        }
+    }
+
+    fn desired(fes: Vec<Frontend>, node: &[&str]) -> DesiredState {
+        let mut d = DesiredState::default();
+        for f in fes {
+            d.service_addrs.insert(f.key.addr);
+            d.frontends.insert(f.key, f);
+        }
+        d.node_addrs = node.iter().map(|a| ip(a)).collect();
+        d
+    }
+
+    fn ops(p: &Plan) -> Vec<Op> {
+        p.groups.iter().flat_map(|g| g.ops.clone()).collect()
+    }
+
+    const MAGLEV: PlanOptions = PlanOptions { maglev_size: 251 };
+
+    #[test]
+    fn node_addresses_get_entries_that_pass_unknown_ports() {
+        let (mut s, mut b) = (IdAllocator::new(100), IdAllocator::new(100));
+        let p = plan(
+            &MapContents::default(),
+            &desired(vec![], &["10.77.0.10"]),
+            &mut s,
+            &mut b,
+            PlanOptions::default(),
+        );
+        let v = p.target.services[&ServiceKey::address_only(nbo(ip("10.77.0.10")))];
+        assert_eq!(v.flags, SVC_F_ADDR_ONLY | SVC_F_NODE_ADDR);
+    }
+
+    #[test]
+    fn a_maglev_table_is_written_before_its_master_and_only_when_it_changed() {
+        let (mut s, mut b) = (IdAllocator::new(100), IdAllocator::new(100));
+        let d = desired(vec![fe("10.200.0.1", &["10.1.0.1", "10.1.0.2"])], &[]);
+        let p = plan(&MapContents::default(), &d, &mut s, &mut b, MAGLEV);
+        let o = ops(&p);
+        let table = o
+            .iter()
+            .position(|op| matches!(op, Op::PutMaglev(..)))
+            .unwrap();
+        let master = o
+            .iter()
+            .position(|op| matches!(op, Op::PutService(k, v) if k.slot == 0 && v.flags & SVC_F_MAGLEV != 0))
+            .unwrap();
+        assert!(table < master, "{o:?}");
+        if let Op::PutMaglev(_, t, _) = &o[table] {
+            assert_eq!(t.len(), 251);
+        }
+        // Same backends again: no table write. A restart (fingerprint
+        // unknown) rewrites it once.
+        let mut programmed = p.target.clone();
+        let again = plan(&programmed, &d, &mut s, &mut b, MAGLEV);
+        assert!(!ops(&again).iter().any(|op| matches!(op, Op::PutMaglev(..))));
+        for v in programmed.maglev.values_mut() {
+            *v = 0;
+        }
+        let restarted = plan(&programmed, &d, &mut s, &mut b, MAGLEV);
+        assert_eq!(
+            ops(&restarted)
+                .iter()
+                .filter(|op| matches!(op, Op::PutMaglev(..)))
+                .count(),
+            1
+        );
+        // Down to one backend: the flag goes first, then the table.
+        let one = desired(vec![fe("10.200.0.1", &["10.1.0.1"])], &[]);
+        let shrink = plan(&p.target, &one, &mut s, &mut b, MAGLEV);
+        let o = ops(&shrink);
+        let master = o
+            .iter()
+            .position(|op| matches!(op, Op::PutService(k, v) if k.slot == 0 && v.flags & SVC_F_MAGLEV == 0))
+            .unwrap();
+        let del = o
+            .iter()
+            .position(|op| matches!(op, Op::DeleteMaglev(_)))
+            .unwrap();
+        assert!(master < del, "{o:?}");
+    }
+
+    #[test]
+    fn source_ranges_exist_before_the_flag_and_go_after_it() {
+        let (mut s, mut b) = (IdAllocator::new(100), IdAllocator::new(100));
+        let mut f = fe("10.200.0.1", &["10.1.0.1"]);
+        f.source_ranges = vec!["10.77.0.0/24".parse().unwrap()];
+        let p = plan(
+            &MapContents::default(),
+            &desired(vec![f.clone()], &[]),
+            &mut s,
+            &mut b,
+            PlanOptions::default(),
+        );
+        let o = ops(&p);
+        let range = o
+            .iter()
+            .position(|op| matches!(op, Op::PutSourceRange(..)))
+            .unwrap();
+        let master = o
+            .iter()
+            .position(|op| matches!(op, Op::PutService(k, _) if k.slot == 0 && k.port != 0))
+            .unwrap();
+        assert!(range < master);
+        f.source_ranges = vec!["10.88.0.0/16".parse().unwrap()];
+        let p2 = plan(
+            &p.target,
+            &desired(vec![f], &[]),
+            &mut s,
+            &mut b,
+            PlanOptions::default(),
+        );
+        let o = ops(&p2);
+        let put = o
+            .iter()
+            .position(|op| matches!(op, Op::PutSourceRange(..)))
+            .unwrap();
+        let del = o
+            .iter()
+            .position(|op| matches!(op, Op::DeleteSourceRange(..)))
+            .unwrap();
+        assert!(put < del, "{o:?}");
+    }
+
+    #[test]
+    fn affinity_to_departed_backends_is_flushed() {
+        let (mut s, mut b) = (IdAllocator::new(100), IdAllocator::new(100));
+        let mut f = fe("10.200.0.1", &["10.1.0.1", "10.1.0.2"]);
+        f.affinity_timeout = Some(60);
+        let p = plan(
+            &MapContents::default(),
+            &desired(vec![f.clone()], &[]),
+            &mut s,
+            &mut b,
+            PlanOptions::default(),
+        );
+        let gone_id = p
+            .target
+            .backends
+            .iter()
+            .find(|(_, be)| be.addr == nbo(ip("10.1.0.2")))
+            .map(|(id, _)| *id)
+            .unwrap();
+        f.backends.pop();
+        let p2 = plan(
+            &p.target,
+            &desired(vec![f], &[]),
+            &mut s,
+            &mut b,
+            PlanOptions::default(),
+        );
+        let svc = *p.frontends_by_id.keys().next().unwrap();
+        assert_eq!(p2.affinity_flush, [(svc, gone_id)].into());
+        let p3 = plan(
+            &p2.target,
+            &DesiredState::default(),
+            &mut s,
+            &mut b,
+            PlanOptions::default(),
+        );
+        assert_eq!(p3.affinity_flush_frontends, [svc].into());
     }
 }

@@ -1,0 +1,126 @@
+//! A pod's host-side veth: `from_pod` (what the pod sends) and `to_pod`
+//! (what is delivered to it).
+
+use aya_ebpf::programs::TcContext;
+use proxy_common::{
+    ct::{CT_DIR_REPLY, CT_DIR_SERVICE},
+    reason,
+    service::SVC_F_NODE_ADDR,
+};
+
+use crate::{
+    Verdict, conntrack,
+    conntrack::HAIRPIN_ADDR,
+    ifindex, lb,
+    maps::CT,
+    packet::{FRAG_LATER, Packet},
+    pass_reason, redirect_back, reverse,
+    service::{self, Origin, untranslatable},
+};
+
+#[inline(always)]
+pub fn from_pod(ctx: &TcContext, pkt: &mut Packet) -> Verdict {
+    if pkt.daddr == HAIRPIN_ADDR {
+        return hairpin_reply(ctx, pkt);
+    }
+    to_service(ctx, pkt)
+}
+
+/// Whether `flags` (of an address-only entry) mark a service address, as
+/// opposed to one of the node's own addresses.
+#[inline(always)]
+fn is_service(flags: Option<u8>) -> bool {
+    flags.is_some_and(|f| f & SVC_F_NODE_ADDR == 0)
+}
+
+/// Traffic a pod sends. An established flow needs one lookup (its CT
+/// entry), which also keeps flows of a Service that was just deleted alive
+/// until they end, as kube-proxy's conntrack does. Otherwise: is the
+/// destination a service (or node) address at all, then the frontend.
+#[inline(always)]
+fn to_service(ctx: &TcContext, pkt: &mut Packet) -> Verdict {
+    if !pkt.has_ports() {
+        return if is_service(lb::address_flags(pkt.daddr)) {
+            Verdict::drop(reason::DROP_UNSUPPORTED_PROTO)
+        } else {
+            Verdict::pass(pass_reason(pkt))
+        };
+    }
+    if pkt.frag == FRAG_LATER && !conntrack::fragment_ports(pkt) {
+        return if is_service(lb::address_flags(pkt.daddr)) {
+            Verdict::drop(reason::DROP_FRAG_NO_STATE)
+        } else {
+            Verdict::pass(reason::PASS_FRAGMENT)
+        };
+    }
+    let now = conntrack::now();
+    if let Some(entry) = CT.get_ptr_mut(conntrack::key(pkt, CT_DIR_SERVICE))
+        // SAFETY: pointer to a live map value.
+        && !conntrack::is_stale(unsafe { &*entry }, pkt, now)
+    {
+        if let Some(r) = untranslatable(pkt) {
+            return Verdict::drop(r);
+        }
+        return service::established(ctx, pkt, entry, now);
+    }
+    let Some(flags) = lb::address_flags(pkt.daddr) else {
+        return Verdict::pass(pass_reason(pkt));
+    };
+    match lb::frontend_internal(pkt) {
+        Some((key, fe)) => {
+            if let Some(r) = untranslatable(pkt) {
+                return Verdict::drop(r);
+            }
+            if pkt.frag == FRAG_LATER {
+                return Verdict::drop(reason::DROP_FRAG_NO_STATE);
+            }
+            let origin = Origin::Pod {
+                ifindex: ifindex(ctx),
+            };
+            service::new_connection(ctx, pkt, &key, &fe, origin, now)
+        }
+        // Other ports of the node's own addresses are the node's.
+        None if flags & SVC_F_NODE_ADDR != 0 => Verdict::pass(pass_reason(pkt)),
+        None => match untranslatable(pkt) {
+            Some(r) => Verdict::drop(r),
+            None => service::refuse(ctx, pkt, reason::REJECT_UNKNOWN_PORT),
+        },
+    }
+}
+
+/// A pod's reply to a hairpinned flow of its own, sent to the hairpin
+/// address, which nothing else may receive: restore the frontend and turn
+/// it around into the pod, or drop it.
+#[inline(always)]
+fn hairpin_reply(ctx: &TcContext, pkt: &mut Packet) -> Verdict {
+    if !pkt.has_ports() {
+        return Verdict::drop(reason::DROP_HAIRPIN_NO_STATE);
+    }
+    if pkt.frag == FRAG_LATER && !conntrack::fragment_ports(pkt) {
+        return Verdict::drop(reason::DROP_FRAG_NO_STATE);
+    }
+    let Some(entry) = CT.get_ptr_mut(conntrack::key(pkt, CT_DIR_REPLY)) else {
+        return Verdict::drop(reason::DROP_HAIRPIN_NO_STATE);
+    };
+    let v = reverse(ctx, pkt, entry, CT_DIR_SERVICE, reason::HAIRPIN_REPLY);
+    if v.reason != reason::HAIRPIN_REPLY {
+        return v;
+    }
+    redirect_back(ctx, reason::HAIRPIN_REPLY)
+}
+
+/// Traffic about to enter a pod: replies of translated flows get the
+/// frontend back as their source.
+#[inline(always)]
+pub fn to_pod(ctx: &TcContext, pkt: &mut Packet) -> Verdict {
+    if !pkt.has_ports() {
+        return Verdict::pass(pass_reason(pkt));
+    }
+    if pkt.frag == FRAG_LATER && !conntrack::fragment_ports(pkt) {
+        return Verdict::pass(reason::PASS_REPLY_FRAGMENT);
+    }
+    let Some(entry) = CT.get_ptr_mut(conntrack::key(pkt, CT_DIR_REPLY)) else {
+        return Verdict::pass(pass_reason(pkt));
+    };
+    reverse(ctx, pkt, entry, CT_DIR_SERVICE, reason::REV_NAT)
+}

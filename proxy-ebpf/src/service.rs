@@ -1,0 +1,160 @@
+//! Service flows, whichever way they came in: from a pod (ClusterIP and
+//! in-cluster traffic to NodePorts, LoadBalancer IPs and externalIPs) or
+//! from outside the cluster through the node's uplink.
+
+use aya_ebpf::programs::TcContext;
+use proxy_common::{
+    CtEntry, NodeConfig, ServiceKey, ServiceValue,
+    ct::{CT_DIR_REPLY, CT_F_REDIRECT_BACK},
+    reason,
+    service::{BE_F_LOCAL, SVC_F_DROP_EMPTY, SVC_F_SNAT_REMOTE, SVC_F_SOURCE_RANGES},
+};
+
+use crate::{
+    Verdict, conntrack,
+    conntrack::Snat,
+    lb,
+    maps::{SvcDelta, count_service},
+    nat, packet,
+    packet::Packet,
+    redirect_back, reject,
+};
+
+/// Where a new connection came from.
+pub enum Origin<'a> {
+    /// A pod on this node, through its veth.
+    Pod { ifindex: u32 },
+    /// Outside the cluster, through the node's uplink.
+    External { node: &'a NodeConfig },
+}
+
+#[inline(always)]
+pub fn refuse(ctx: &TcContext, pkt: &Packet, why: u32) -> Verdict {
+    match reject::port_unreachable(ctx, pkt) {
+        Ok(action) => Verdict {
+            action,
+            reason: why,
+        },
+        Err(()) => Verdict::drop(reason::DROP_REJECT_FAILED),
+    }
+}
+
+/// A packet of a flow that has its backend.
+#[inline(always)]
+pub fn established(ctx: &TcContext, pkt: &mut Packet, entry: *mut CtEntry, now: u32) -> Verdict {
+    let len = pkt.len;
+    let new_bits = conntrack::observe(entry, pkt, now, true);
+    // SAFETY: pointer to a live map value; copied so later map updates
+    // cannot change the rewrite half-way.
+    let e = unsafe { *entry };
+    conntrack::remember_fragment(pkt);
+    if nat::apply(ctx, pkt, &e).is_err() {
+        return Verdict::drop(reason::DROP_REWRITE);
+    }
+    conntrack::sync_partner(entry, pkt, CT_DIR_REPLY, new_bits, now);
+    count_service(
+        e.svc_id,
+        SvcDelta {
+            len,
+            new_conn: false,
+            refused: false,
+        },
+    );
+    forward(ctx, &e, reason::FWD_ESTABLISHED)
+}
+
+/// The first packet of a flow to `fe`: choose a backend, create both CT
+/// entries, translate.
+#[inline(always)]
+pub fn new_connection(
+    ctx: &TcContext,
+    pkt: &mut Packet,
+    fe_key: &ServiceKey,
+    fe: &ServiceValue,
+    origin: Origin,
+    now: u32,
+) -> Verdict {
+    let len = pkt.len;
+    let refused = || {
+        count_service(
+            fe.svc_id,
+            SvcDelta {
+                len,
+                new_conn: false,
+                refused: true,
+            },
+        )
+    };
+    if let Origin::External { .. } = origin
+        && fe.flags & SVC_F_SOURCE_RANGES != 0
+        && !lb::source_allowed(pkt, fe.svc_id)
+    {
+        refused();
+        return Verdict::drop(reason::DROP_SOURCE_RANGE);
+    }
+    if fe.count == 0 {
+        refused();
+        if fe.flags & SVC_F_DROP_EMPTY != 0 {
+            return Verdict::drop(reason::DROP_NO_LOCAL_BACKEND);
+        }
+        return refuse(ctx, pkt, reason::REJECT_NO_BACKEND);
+    }
+    let Some((backend_id, be)) = lb::pick_backend(pkt, fe_key, fe, now) else {
+        return Verdict::drop(reason::DROP_MAP_INCONSISTENT);
+    };
+    let created = match origin {
+        Origin::Pod { ifindex } => {
+            conntrack::create_service_flow(pkt, fe.svc_id, backend_id, &be, ifindex, now)
+        }
+        Origin::External { node } => {
+            // A remote backend answers to where the packet came from; with
+            // Cluster policy that must be this node, so the source becomes
+            // the node's overlay address (its pod CIDR's network address,
+            // routed back here over the overlay from every other node).
+            let snat =
+                (fe.flags & SVC_F_SNAT_REMOTE != 0 && be.flags & BE_F_LOCAL == 0).then(|| Snat {
+                    addr: node.pod_cidr,
+                    port_min: node.snat_port_min,
+                    port_max: node.snat_port_max,
+                });
+            conntrack::create_external_flow(pkt, fe.svc_id, backend_id, &be, snat, now)
+        }
+    };
+    let Ok(e) = created else {
+        return Verdict::drop(reason::DROP_CT_CREATE);
+    };
+    conntrack::remember_fragment(pkt);
+    if nat::apply(ctx, pkt, &e).is_err() {
+        return Verdict::drop(reason::DROP_REWRITE);
+    }
+    count_service(
+        e.svc_id,
+        SvcDelta {
+            len,
+            new_conn: true,
+            refused: false,
+        },
+    );
+    forward(ctx, &e, reason::FWD_NEW)
+}
+
+/// Passes a translated packet on, or turns a hairpinned one around.
+#[inline(always)]
+fn forward(ctx: &TcContext, e: &CtEntry, reason: u32) -> Verdict {
+    if e.flags & CT_F_REDIRECT_BACK != 0 {
+        return redirect_back(ctx, reason);
+    }
+    Verdict::pass(reason)
+}
+
+/// Why a packet of a service flow cannot be translated, if it cannot.
+#[inline(always)]
+pub fn untranslatable(pkt: &Packet) -> Option<u32> {
+    if pkt.has_options {
+        Some(reason::DROP_IP_OPTIONS)
+    } else if pkt.frag != packet::FRAG_LATER && !pkt.l4_complete {
+        Some(reason::DROP_TRUNCATED)
+    } else {
+        None
+    }
+}
