@@ -89,6 +89,10 @@ pub const CT_F_FIN_BACKEND: u16 = 1 << 5;
 pub const CT_F_RST: u16 = 1 << 6;
 /// The flow is a pod reaching itself through a service.
 pub const CT_F_HAIRPIN: u16 = 1 << 7;
+/// The datapath routes the flow's packets itself (FIB lookup and redirect):
+/// after SNAT at ingress their source is one of this node's addresses,
+/// which the kernel's input path would drop as martian.
+pub const CT_F_FIB_ROUTE: u16 = 1 << 8;
 
 /// Flags both entries of a connection share (kept in step by partner refresh).
 pub const CT_STATE_MASK: u16 = CT_F_REPLY_SEEN | CT_F_FIN_CLIENT | CT_F_FIN_BACKEND | CT_F_RST;

@@ -35,6 +35,8 @@ pub const DROP_NO_LOCAL_BACKEND: u32 = 27;
 pub const DROP_SOURCE_RANGE: u32 = 28;
 pub const NODEPORT_REPLY: u32 = 29;
 pub const PASS_OVERLAY: u32 = 30;
+pub const DROP_NO_ROUTE: u32 = 31;
+pub const DROP_TTL_EXCEEDED: u32 = 32;
 
 /// Size of the reason counter array (room for codes added later).
 pub const MAX: u32 = 64;
@@ -58,6 +60,8 @@ pub const fn is_drop(code: u32) -> bool {
             | DROP_SNAT_PORTS_EXHAUSTED
             | DROP_NO_LOCAL_BACKEND
             | DROP_SOURCE_RANGE
+            | DROP_NO_ROUTE
+            | DROP_TTL_EXCEEDED
     )
 }
 
@@ -95,6 +99,8 @@ pub const fn name(code: u32) -> Option<&'static str> {
         DROP_SOURCE_RANGE => "drop-source-range",
         NODEPORT_REPLY => "external-reply",
         PASS_OVERLAY => "pass-overlay",
+        DROP_NO_ROUTE => "drop-no-route",
+        DROP_TTL_EXCEEDED => "drop-ttl-exceeded",
         _ => return None,
     })
 }

@@ -17,6 +17,7 @@ use tracing::{info, warn};
 
 use crate::{
     datapath::{Capacities, DatapathError, Loader},
+    health::{HealthServers, health_checks},
     model::{ClusterState, DesiredState, NodeContext, NodeInfo, Skip, desired_state, node_info},
     overlay::{self, Overlay, OverlayConfig, OverlayError},
     writer::{ApplyReport, PlanOptions, Writer, plan::nbo},
@@ -170,6 +171,7 @@ pub struct Reconciler {
     overlay: Option<Overlay>,
     /// The last view applied (the overlay's periodic repair needs it).
     last: Option<std::sync::Arc<ClusterState>>,
+    health: HealthServers,
     logged: BTreeSet<Skip>,
     /// Skipped objects and parts in the last reconcile.
     pub skipped: usize,
@@ -193,6 +195,7 @@ impl Reconciler {
             node: None,
             overlay: None,
             last: None,
+            health: HealthServers::default(),
             logged: BTreeSet::new(),
             skipped: 0,
         })
@@ -229,6 +232,7 @@ impl Reconciler {
         for f in &report.failures {
             warn!(failure = %f, "datapath update incomplete; retried on the next change");
         }
+        self.health.sync(health_checks(&desired)).await;
         if let Some(overlay) = self.overlay.as_mut() {
             let (peers, peer_skips) = overlay::peers(&cluster, &self.cfg.node_name);
             skips.extend(peer_skips);

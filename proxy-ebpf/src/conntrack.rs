@@ -7,9 +7,9 @@ use aya_ebpf::{
 use proxy_common::{
     Backend, CtEntry, CtKey, FragKey, FragPorts,
     ct::{
-        CT_DIR_EGRESS, CT_DIR_REPLY, CT_DIR_SERVICE, CT_F_FIN_BACKEND, CT_F_FIN_CLIENT,
-        CT_F_HAIRPIN, CT_F_REDIRECT_BACK, CT_F_REPLY_SEEN, CT_F_REWRITE_DST, CT_F_REWRITE_SRC,
-        CT_F_RST, CT_STATE_MASK,
+        CT_DIR_EGRESS, CT_DIR_REPLY, CT_DIR_SERVICE, CT_F_FIB_ROUTE, CT_F_FIN_BACKEND,
+        CT_F_FIN_CLIENT, CT_F_HAIRPIN, CT_F_REDIRECT_BACK, CT_F_REPLY_SEEN, CT_F_REWRITE_DST,
+        CT_F_REWRITE_SRC, CT_F_RST, CT_STATE_MASK,
     },
     proto,
     service::HAIRPIN_SNAT_ADDR,
@@ -204,12 +204,12 @@ pub fn create_external_flow(
     match snat {
         None => CT.insert(rev_key, rev, 0).map_err(|_| ())?,
         Some(s) => {
-            rev.flags |= CT_F_REWRITE_DST;
+            rev.flags |= CT_F_REWRITE_DST | CT_F_FIB_ROUTE;
             rev.new_daddr = pkt.saddr;
             rev.new_dport = pkt.sport;
             rev_key.daddr = s.addr;
             let port = claim_port(rev_key, &rev, s.port_min, s.port_max).ok_or(())?;
-            fwd.flags |= CT_F_REWRITE_SRC;
+            fwd.flags |= CT_F_REWRITE_SRC | CT_F_FIB_ROUTE;
             fwd.new_saddr = s.addr;
             fwd.new_sport = port.to_be();
         }

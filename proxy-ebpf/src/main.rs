@@ -26,6 +26,7 @@ mod netdev;
 mod packet;
 mod pod;
 mod reject;
+mod route;
 mod service;
 
 use aya_ebpf::{
@@ -184,7 +185,7 @@ fn reverse(
             refused: false,
         },
     );
-    Verdict::pass(ok)
+    service::forward(ctx, pkt, &e, ok)
 }
 
 #[cfg(not(test))]

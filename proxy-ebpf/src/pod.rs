@@ -14,7 +14,7 @@ use crate::{
     ifindex, lb,
     maps::CT,
     packet::{FRAG_LATER, Packet},
-    pass_reason, redirect_back, reverse,
+    pass_reason, reverse,
     service::{self, Origin, untranslatable},
 };
 
@@ -102,11 +102,8 @@ fn hairpin_reply(ctx: &TcContext, pkt: &mut Packet) -> Verdict {
     let Some(entry) = CT.get_ptr_mut(conntrack::key(pkt, CT_DIR_REPLY)) else {
         return Verdict::drop(reason::DROP_HAIRPIN_NO_STATE);
     };
-    let v = reverse(ctx, pkt, entry, CT_DIR_SERVICE, reason::HAIRPIN_REPLY);
-    if v.reason != reason::HAIRPIN_REPLY {
-        return v;
-    }
-    redirect_back(ctx, reason::HAIRPIN_REPLY)
+    // The reply entry of a hairpinned flow says to turn it around.
+    reverse(ctx, pkt, entry, CT_DIR_SERVICE, reason::HAIRPIN_REPLY)
 }
 
 /// Traffic about to enter a pod: replies of translated flows get the

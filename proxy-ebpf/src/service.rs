@@ -5,7 +5,7 @@
 use aya_ebpf::programs::TcContext;
 use proxy_common::{
     CtEntry, NodeConfig, ServiceKey, ServiceValue,
-    ct::{CT_DIR_REPLY, CT_F_REDIRECT_BACK},
+    ct::{CT_DIR_REPLY, CT_F_FIB_ROUTE, CT_F_REDIRECT_BACK},
     reason,
     service::{BE_F_LOCAL, SVC_F_DROP_EMPTY, SVC_F_SNAT_REMOTE, SVC_F_SOURCE_RANGES},
 };
@@ -17,7 +17,7 @@ use crate::{
     maps::{SvcDelta, count_service},
     nat, packet,
     packet::Packet,
-    redirect_back, reject,
+    redirect_back, reject, route,
 };
 
 /// Where a new connection came from.
@@ -60,7 +60,7 @@ pub fn established(ctx: &TcContext, pkt: &mut Packet, entry: *mut CtEntry, now: 
             refused: false,
         },
     );
-    forward(ctx, &e, reason::FWD_ESTABLISHED)
+    forward(ctx, pkt, &e, reason::FWD_ESTABLISHED)
 }
 
 /// The first packet of a flow to `fe`: choose a backend, create both CT
@@ -135,14 +135,18 @@ pub fn new_connection(
             refused: false,
         },
     );
-    forward(ctx, &e, reason::FWD_NEW)
+    forward(ctx, pkt, &e, reason::FWD_NEW)
 }
 
-/// Passes a translated packet on, or turns a hairpinned one around.
+/// Passes a translated packet on: to the stack, back into the pod it came
+/// from (hairpin), or straight to its next hop (see `route`).
 #[inline(always)]
-fn forward(ctx: &TcContext, e: &CtEntry, reason: u32) -> Verdict {
+pub fn forward(ctx: &TcContext, pkt: &Packet, e: &CtEntry, reason: u32) -> Verdict {
     if e.flags & CT_F_REDIRECT_BACK != 0 {
         return redirect_back(ctx, reason);
+    }
+    if e.flags & CT_F_FIB_ROUTE != 0 {
+        return route::fib_redirect(ctx, pkt, reason);
     }
     Verdict::pass(reason)
 }

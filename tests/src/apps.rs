@@ -186,6 +186,103 @@ pub fn tcp_ask(target: SocketAddr) -> Result<String> {
     Ok(server_name(&line))
 }
 
+/// Like [`tcp_ask`], from a chosen local port (SO_REUSEADDR, so a port in
+/// TIME_WAIT towards another destination can be used again): the same
+/// client flow, as far as a load balancer's hash is concerned.
+pub fn tcp_ask_from(local_port: u16, target: SocketAddr) -> Result<String> {
+    use std::os::fd::FromRawFd;
+    // SAFETY: plain socket calls on a fresh fd that we own until it is
+    // handed to TcpStream.
+    let conn = unsafe {
+        let fd = libc::socket(libc::AF_INET, libc::SOCK_STREAM | libc::SOCK_CLOEXEC, 0);
+        if fd < 0 {
+            bail!("socket: {}", std::io::Error::last_os_error());
+        }
+        let stream = TcpStream::from_raw_fd(fd);
+        let one: libc::c_int = 1;
+        libc::setsockopt(
+            fd,
+            libc::SOL_SOCKET,
+            libc::SO_REUSEADDR,
+            &one as *const _ as *const libc::c_void,
+            size_of::<libc::c_int>() as u32,
+        );
+        let tv = libc::timeval {
+            tv_sec: IO_TIMEOUT.as_secs() as libc::time_t,
+            tv_usec: 0,
+        };
+        libc::setsockopt(
+            fd,
+            libc::SOL_SOCKET,
+            libc::SO_SNDTIMEO,
+            &tv as *const _ as *const libc::c_void,
+            size_of::<libc::timeval>() as u32,
+        );
+        let sin = |ip: Ipv4Addr, port: u16| libc::sockaddr_in {
+            sin_family: libc::AF_INET as libc::sa_family_t,
+            sin_port: port.to_be(),
+            sin_addr: libc::in_addr {
+                s_addr: u32::from_ne_bytes(ip.octets()),
+            },
+            sin_zero: [0; 8],
+        };
+        let local = sin(Ipv4Addr::UNSPECIFIED, local_port);
+        if libc::bind(
+            fd,
+            &local as *const _ as *const libc::sockaddr,
+            size_of::<libc::sockaddr_in>() as u32,
+        ) != 0
+        {
+            bail!("bind :{local_port}: {}", std::io::Error::last_os_error());
+        }
+        let SocketAddr::V4(t) = target else {
+            bail!("IPv4 only");
+        };
+        let remote = sin(*t.ip(), t.port());
+        if libc::connect(
+            fd,
+            &remote as *const _ as *const libc::sockaddr,
+            size_of::<libc::sockaddr_in>() as u32,
+        ) != 0
+        {
+            bail!("connect {target}: {}", std::io::Error::last_os_error());
+        }
+        stream
+    };
+    conn.set_read_timeout(Some(IO_TIMEOUT))?;
+    let mut out = conn.try_clone()?;
+    out.write_all(b"hello\n")?;
+    let mut line = String::new();
+    BufReader::new(conn).read_line(&mut line)?;
+    if line.is_empty() {
+        bail!("connection to {target} closed without an answer");
+    }
+    Ok(server_name(&line))
+}
+
+/// A plain HTTP GET: the status code and the body.
+pub fn http_get(target: SocketAddr, path: &str) -> Result<(u16, String)> {
+    use std::io::Read;
+    let mut conn = TcpStream::connect_timeout(&target, IO_TIMEOUT)?;
+    conn.set_read_timeout(Some(IO_TIMEOUT))?;
+    write!(
+        conn,
+        "GET {path} HTTP/1.1\r\nHost: {target}\r\nConnection: close\r\n\r\n"
+    )?;
+    let mut reply = String::new();
+    conn.read_to_string(&mut reply)?;
+    let status = reply
+        .split_whitespace()
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .with_context(|| format!("no HTTP status in {reply:?}"))?;
+    let body = reply
+        .split_once("\r\n\r\n")
+        .map_or("", |(_, b)| b)
+        .to_string();
+    Ok((status, body))
+}
+
 /// One UDP exchange from an unconnected socket: returns the answering pod's
 /// name and the address the reply came from.
 pub fn udp_ask(

@@ -38,6 +38,10 @@ pub struct Service {
     pub kind: &'static str,
     pub external_traffic_policy: Option<&'static str>,
     pub session_affinity_timeout: Option<u32>,
+    pub load_balancer_ips: Vec<Ipv4Addr>,
+    pub external_ips: Vec<Ipv4Addr>,
+    pub source_ranges: Vec<&'static str>,
+    pub health_check_node_port: Option<u16>,
 }
 
 pub fn service(name: &'static str, cluster_ip: Ipv4Addr, ports: Vec<Port>) -> Service {
@@ -49,6 +53,10 @@ pub fn service(name: &'static str, cluster_ip: Ipv4Addr, ports: Vec<Port>) -> Se
         kind: "ClusterIP",
         external_traffic_policy: None,
         session_affinity_timeout: None,
+        load_balancer_ips: Vec::new(),
+        external_ips: Vec::new(),
+        source_ranges: Vec::new(),
+        health_check_node_port: None,
     }
 }
 
@@ -67,6 +75,21 @@ impl Service {
                 "  sessionAffinity: ClientIP\n  sessionAffinityConfig:\n    clientIP:\n      timeoutSeconds: {t}\n"
             );
         }
+        if let Some(p) = self.health_check_node_port {
+            let _ = writeln!(y, "  healthCheckNodePort: {p}");
+        }
+        if !self.external_ips.is_empty() {
+            y.push_str("  externalIPs:\n");
+            for ip in &self.external_ips {
+                let _ = writeln!(y, "  - {ip}");
+            }
+        }
+        if !self.source_ranges.is_empty() {
+            y.push_str("  loadBalancerSourceRanges:\n");
+            for r in &self.source_ranges {
+                let _ = writeln!(y, "  - {r}");
+            }
+        }
         y.push_str("  ports:\n");
         for p in &self.ports {
             let _ = write!(
@@ -76,6 +99,12 @@ impl Service {
             );
             if let Some(np) = p.node_port {
                 let _ = writeln!(y, "    nodePort: {np}");
+            }
+        }
+        if !self.load_balancer_ips.is_empty() {
+            y.push_str("status:\n  loadBalancer:\n    ingress:\n");
+            for ip in &self.load_balancer_ips {
+                let _ = writeln!(y, "    - ip: {ip}");
             }
         }
         y

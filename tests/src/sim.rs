@@ -196,6 +196,13 @@ impl Cluster {
         Ok(())
     }
 
+    /// Another host on the fabric (e.g. a second outside client).
+    pub fn add_host(&self, tag: &str, ip: Ipv4Addr) -> Result<NetNs> {
+        let ns = NetNs::new(tag)?;
+        self.attach_host(&ns, tag, ip)?;
+        Ok(ns)
+    }
+
     pub fn node(&self, name: &str) -> &Node {
         self.nodes
             .iter()
