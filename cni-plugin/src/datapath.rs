@@ -220,6 +220,35 @@ pub fn pod_programs_attached(host_ifname: &str) -> Result<bool, CniError> {
     .map_err(CniError::from)?
 }
 
+/// An interface carrying Sluice's TC filters, and on which hooks.
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize)]
+pub struct HookedLink {
+    pub interface: String,
+    pub ingress: bool,
+    pub egress: bool,
+}
+
+/// Every link in the caller's network namespace with a Sluice filter: the
+/// pod veths, the uplink and the overlay device, as the kernel has them.
+pub fn hooked_links() -> Result<Vec<HookedLink>, CniError> {
+    on_fresh_thread(|| -> Result<Vec<HookedLink>, CniError> {
+        let nl = Netlink::new()?;
+        let mut out = Vec::new();
+        for link in nl.links()? {
+            let (ingress, egress) = filters_present(&nl, link.index)?;
+            if ingress || egress {
+                out.push(HookedLink {
+                    interface: link.name,
+                    ingress,
+                    egress,
+                });
+            }
+        }
+        Ok(out)
+    })
+    .map_err(CniError::from)?
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -30,7 +30,10 @@ pub mod version;
 pub use bridge::{host_veth_name, is_host_veth_name, list_pod_veths};
 pub use cmd::{Outcome, dispatch};
 pub use config::{NetConf, conflist};
-pub use datapath::{AttachError, attach_pinned, attach_pod_programs, pod_programs_attached};
+pub use datapath::{
+    AttachError, HookedLink, attach_pinned, attach_pod_programs, hooked_links,
+    pod_programs_attached,
+};
 pub use error::CniError;
 pub use ipam::{Allocation, Attachment, IpamStore};
 pub use liveness::{daemon_lock_path, daemon_running};

@@ -143,7 +143,7 @@ pub const HAIRPIN_SNAT_ADDR: [u8; 4] = [169, 254, 42, 1];
 
 /// Key of `sluice_aff4_v1` (ClientIP session affinity).
 #[repr(C)]
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct AffinityKey {
     /// Client address, NBO.
     pub client: u32,
@@ -174,7 +174,9 @@ crate::assert_size!(SourceRangeKey, 8);
 
 pub const DEFAULT_MAX_AFFINITY_ENTRIES: u32 = 65_536;
 pub const DEFAULT_MAX_SOURCE_RANGES: u32 = 16_384;
-/// Frontends that may have a Maglev table at the same time.
-pub const DEFAULT_MAX_MAGLEV_TABLES: u32 = 4_096;
+/// Frontends that may have a Maglev table at the same time: one per
+/// possible frontend id (the outer map costs little; memory goes to the
+/// tables that exist).
+pub const DEFAULT_MAX_MAGLEV_TABLES: u32 = DEFAULT_MAX_SERVICE_IDS;
 /// Maglev table size: a prime, as the Maglev paper requires.
 pub const DEFAULT_MAGLEV_TABLE_SIZE: u32 = 16_381;

@@ -25,30 +25,43 @@ pub fn monotonic_secs() -> u32 {
 
 type CtMap = HashMap<MapData, CtKey, CtEntry>;
 
+/// What a pass over the table did.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Sweep {
+    pub removed: usize,
+    /// Entries left (as walked; the datapath adds and evicts meanwhile).
+    pub remaining: usize,
+}
+
 fn delete_matching(
     ct: &mut CtMap,
     pred: impl Fn(&CtKey, &CtEntry) -> bool,
-) -> Result<usize, MapError> {
+) -> Result<Sweep, MapError> {
     // Collect first: deleting while walking get_next_key restarts the walk.
+    let mut seen = 0;
     let doomed: Vec<CtKey> = ct
         .iter()
         .filter_map(Result::ok)
+        .inspect(|_| seen += 1)
         .filter(|(k, e)| pred(k, e))
         .map(|(k, _)| k)
         .collect();
-    let mut n = 0;
+    let mut removed = 0;
     for k in doomed {
         match ct.remove(&k) {
-            Ok(()) => n += 1,
+            Ok(()) => removed += 1,
             Err(MapError::KeyNotFound) => {}
             Err(e) => return Err(e),
         }
     }
-    Ok(n)
+    Ok(Sweep {
+        removed,
+        remaining: seen - removed,
+    })
 }
 
 /// Removes entries whose flow has been idle past its timeout.
-pub fn collect_expired(ct: &mut CtMap, now: u32) -> Result<usize, MapError> {
+pub fn collect_expired(ct: &mut CtMap, now: u32) -> Result<Sweep, MapError> {
     delete_matching(ct, |k, e| e.expired(k.proto, now))
 }
 
@@ -57,9 +70,10 @@ pub fn flush_udp_backends(ct: &mut CtMap, backends: &BTreeSet<u32>) -> Result<us
     delete_matching(ct, |k, e| {
         k.proto == proto::UDP && backends.contains(&e.backend_id)
     })
+    .map(|s| s.removed)
 }
 
 /// Removes every entry (the `sluicectl conntrack --flush` of a service, or all).
 pub fn flush(ct: &mut CtMap, svc_ids: Option<&BTreeSet<u32>>) -> Result<usize, MapError> {
-    delete_matching(ct, |_, e| svc_ids.is_none_or(|ids| ids.contains(&e.svc_id)))
+    delete_matching(ct, |_, e| svc_ids.is_none_or(|ids| ids.contains(&e.svc_id))).map(|s| s.removed)
 }

@@ -20,7 +20,12 @@ use crate::{
     health::{HealthServers, health_checks},
     model::{ClusterState, DesiredState, NodeContext, NodeInfo, Skip, desired_state, node_info},
     overlay::{self, Overlay, OverlayConfig, OverlayError},
-    writer::{ApplyReport, PlanOptions, Writer, plan::nbo},
+    telemetry::Telemetry,
+    writer::{
+        ApplyReport, PlanOptions, Writer,
+        meta::{self, NodeMeta, OverlayMeta},
+        plan::nbo,
+    },
 };
 
 /// The CNI configuration file sluiced writes for runtimes.
@@ -36,8 +41,10 @@ pub struct DaemonConfig {
     pub capacities: Capacities,
     /// Masquerade source ports (inclusive).
     pub snat_ports: (u16, u16),
-    /// Maglev table size (a prime); 0 chooses backends at random.
+    /// Maglev table size (a prime); 0 turns Maglev off.
     pub maglev_size: u32,
+    /// Services without the lb-algorithm annotation use Maglev.
+    pub maglev_by_default: bool,
     /// VXLAN overlay (VNI, UDP port); `None` leaves cross-node routing to
     /// someone else.
     pub overlay: Option<(u32, u16)>,
@@ -173,6 +180,8 @@ pub struct Reconciler {
     last: Option<std::sync::Arc<ClusterState>>,
     health: HealthServers,
     logged: BTreeSet<Skip>,
+    /// What `sluicectl nodes` was last told about the overlay.
+    overlay_meta: Option<OverlayMeta>,
     /// Skipped objects and parts in the last reconcile.
     pub skipped: usize,
 }
@@ -181,6 +190,7 @@ impl Reconciler {
     pub fn new(cfg: DaemonConfig) -> Result<Self, DaemonError> {
         let options = PlanOptions {
             maglev_size: cfg.maglev_size,
+            maglev_by_default: cfg.maglev_by_default,
         };
         let writer = Writer::open(
             &cfg.bpffs,
@@ -197,6 +207,7 @@ impl Reconciler {
             last: None,
             health: HealthServers::default(),
             logged: BTreeSet::new(),
+            overlay_meta: None,
             skipped: 0,
         })
     }
@@ -207,6 +218,15 @@ impl Reconciler {
 
     pub fn writer(&mut self) -> &mut Writer {
         &mut self.writer
+    }
+
+    /// Lets the health-check node ports report the daemon's own health.
+    pub fn set_telemetry(&mut self, telemetry: Telemetry) {
+        self.health.set_proxy_health(telemetry);
+    }
+
+    pub fn writer_ref(&self) -> &Writer {
+        &self.writer
     }
 
     /// Applies one view of the cluster. Problems with single objects are
@@ -233,10 +253,36 @@ impl Reconciler {
             warn!(failure = %f, "datapath update incomplete; retried on the next change");
         }
         self.health.sync(health_checks(&desired)).await;
+        let mut overlay_meta = OverlayMeta {
+            node: self.node.as_ref().and_then(|n| {
+                Some(NodeMeta {
+                    name: n.name.clone(),
+                    addr: n.internal_ip,
+                    pod_cidr: n.pod_cidr?,
+                })
+            }),
+            ..Default::default()
+        };
         if let Some(overlay) = self.overlay.as_mut() {
             let (peers, peer_skips) = overlay::peers(&cluster, &self.cfg.node_name);
             skips.extend(peer_skips);
             sync_overlay(overlay, &peers).await;
+            overlay_meta.device = Some(overlay.device().to_string());
+            overlay_meta.peers = peers
+                .iter()
+                .map(|p| NodeMeta {
+                    name: p.node.clone(),
+                    addr: p.node_addr,
+                    pod_cidr: p.pod_cidr,
+                })
+                .collect();
+        }
+        // Written on change only: reconciles can come many times a second.
+        if self.overlay_meta.as_ref() != Some(&overlay_meta) {
+            match meta::write_overlay(&self.cfg.state_dir, &overlay_meta) {
+                Ok(()) => self.overlay_meta = Some(overlay_meta),
+                Err(e) => warn!(error = %e, "recording the overlay peers failed"),
+            }
         }
         self.log_skips(&skips);
         self.last = Some(cluster);
@@ -373,25 +419,67 @@ impl Reconciler {
     }
 
     fn write_conflist(&self, pod_cidr: Ipv4Net, mtu: u32) -> Result<(), DaemonError> {
-        let mut conf = sluice_cni::NetConf::new(pod_cidr);
-        conf.cluster_cidr = self.cfg.cluster_cidr;
-        conf.state_dir = self.cfg.state_dir.clone();
-        conf.bpffs = self.cfg.bpffs.clone();
-        conf.mtu = mtu;
-        let text = serde_json::to_string_pretty(&sluice_cni::conflist(&conf))
-            .expect("a JSON value serializes");
-        let dir = &self.cfg.cni_conf_dir;
-        std::fs::create_dir_all(dir).map_err(io(dir))?;
-        let path = dir.join(CONFLIST_NAME);
-        if std::fs::read_to_string(&path).is_ok_and(|old| old == text) {
-            return Ok(());
-        }
-        let tmp = dir.join(format!(".{CONFLIST_NAME}.tmp"));
-        std::fs::write(&tmp, &text).map_err(io(&tmp))?;
-        std::fs::rename(&tmp, &path).map_err(io(&path))?;
-        info!(path = %path.display(), mtu = conf.mtu, "CNI configuration written");
-        Ok(())
+        write_cni_config(&self.cfg, pod_cidr, mtu)
     }
+}
+
+/// Bytes VXLAN over IPv4 adds to every packet: outer Ethernet, IPv4, UDP
+/// and VXLAN headers.
+pub const VXLAN_OVERHEAD: u32 = 14 + 20 + 8 + 8;
+
+/// Writes `10-sluice.conflist` for the container runtime (through a
+/// temporary and a rename; untouched when the content is the same).
+pub fn write_cni_config(
+    cfg: &DaemonConfig,
+    pod_cidr: Ipv4Net,
+    mtu: u32,
+) -> Result<(), DaemonError> {
+    let mut conf = sluice_cni::NetConf::new(pod_cidr);
+    conf.cluster_cidr = cfg.cluster_cidr;
+    conf.state_dir = cfg.state_dir.clone();
+    conf.bpffs = cfg.bpffs.clone();
+    conf.mtu = mtu;
+    let text = serde_json::to_string_pretty(&sluice_cni::conflist(&conf))
+        .expect("a JSON value serializes");
+    let dir = &cfg.cni_conf_dir;
+    std::fs::create_dir_all(dir).map_err(io(dir))?;
+    let path = dir.join(CONFLIST_NAME);
+    if std::fs::read_to_string(&path).is_ok_and(|old| old == text) {
+        return Ok(());
+    }
+    let tmp = dir.join(format!(".{CONFLIST_NAME}.tmp"));
+    std::fs::write(&tmp, &text).map_err(io(&tmp))?;
+    std::fs::rename(&tmp, &path).map_err(io(&path))?;
+    info!(path = %path.display(), mtu = conf.mtu, "CNI configuration written");
+    Ok(())
+}
+
+/// The pod MTU for a node whose address is `node_addr`: the uplink's,
+/// less the overlay's encapsulation when there is one.
+pub fn pod_mtu(node_addr: Ipv4Addr, overlay: bool) -> u32 {
+    let uplink = uplink(node_addr).map_or(1500, |(_, mtu)| mtu);
+    if overlay {
+        uplink.saturating_sub(VXLAN_OVERHEAD)
+    } else {
+        uplink
+    }
+}
+
+/// Copies `binary` into `bin_dir` under the same name, atomically (a
+/// runtime may exec the plugin at any moment).
+pub fn install_binary(binary: &Path, bin_dir: &Path) -> Result<PathBuf, DaemonError> {
+    let name = binary.file_name().ok_or_else(|| DaemonError::Io {
+        path: binary.to_owned(),
+        source: std::io::Error::new(std::io::ErrorKind::InvalidInput, "not a file"),
+    })?;
+    std::fs::create_dir_all(bin_dir).map_err(io(bin_dir))?;
+    let dest = bin_dir.join(name);
+    let tmp = bin_dir.join(format!(".{}.tmp", name.to_string_lossy()));
+    std::fs::copy(binary, &tmp).map_err(io(&tmp))?;
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(&tmp, std::fs::Permissions::from_mode(0o755)).map_err(io(&tmp))?;
+    std::fs::rename(&tmp, &dest).map_err(io(&dest))?;
+    Ok(dest)
 }
 
 async fn sync_overlay(overlay: &mut Overlay, peers: &[overlay::Peer]) {

@@ -22,7 +22,10 @@ use hyper_util::rt::TokioIo;
 use tokio::{net::TcpListener, task::JoinHandle};
 use tracing::{info, warn};
 
-use crate::model::{DesiredState, Scope};
+use crate::{
+    model::{DesiredState, Scope},
+    telemetry::Telemetry,
+};
 
 /// What one health check port reports.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -92,9 +95,16 @@ type Shared = Arc<RwLock<BTreeMap<u16, HealthCheck>>>;
 pub struct HealthServers {
     state: Shared,
     servers: BTreeMap<u16, JoinHandle<()>>,
+    /// The daemon's own health, reported as serviceProxyHealthy (a node
+    /// whose proxy is stuck should get no new load-balancer traffic).
+    proxy: Option<Telemetry>,
 }
 
 impl HealthServers {
+    pub fn set_proxy_health(&mut self, telemetry: Telemetry) {
+        self.proxy = Some(telemetry);
+    }
+
     /// Starts servers for new ports, stops those no longer wanted, and
     /// updates what every port reports.
     pub async fn sync(&mut self, wanted: BTreeMap<u16, HealthCheck>) {
@@ -117,7 +127,12 @@ impl HealthServers {
                     info!(port, "health check port open");
                     self.servers.insert(
                         port,
-                        tokio::spawn(serve(listener, port, self.state.clone())),
+                        tokio::spawn(serve(
+                            listener,
+                            port,
+                            self.state.clone(),
+                            self.proxy.clone(),
+                        )),
                     );
                 }
                 // Retried on the next sync.
@@ -135,19 +150,22 @@ impl Drop for HealthServers {
     }
 }
 
-async fn serve(listener: TcpListener, port: u16, state: Shared) {
+async fn serve(listener: TcpListener, port: u16, state: Shared, proxy: Option<Telemetry>) {
     loop {
         let Ok((stream, _)) = listener.accept().await else {
             continue;
         };
-        let state = state.clone();
+        let (state, proxy) = (state.clone(), proxy.clone());
         tokio::spawn(async move {
             let service = service_fn(move |_req: Request<Incoming>| {
+                let proxy_healthy = proxy.as_ref().is_none_or(|t| {
+                    t.read(|s| crate::telemetry::healthy(s, std::time::Instant::now()))
+                });
                 let answer = state
                     .read()
                     .unwrap_or_else(|e| e.into_inner())
                     .get(&port)
-                    .map(|hc| respond(hc, true));
+                    .map(|hc| respond(hc, proxy_healthy));
                 async move {
                     let (status, body) =
                         answer.unwrap_or((StatusCode::SERVICE_UNAVAILABLE, "{}".to_string()));
@@ -200,6 +218,7 @@ mod tests {
             snat_remote: false,
             source_ranges: vec![],
             health_check_node_port: Some(32000),
+            lb_algorithm: None,
         }
     }
 

@@ -9,4 +9,5 @@ pub mod health;
 pub mod model;
 pub mod overlay;
 pub mod source;
+pub mod telemetry;
 pub mod writer;

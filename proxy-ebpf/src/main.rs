@@ -42,8 +42,8 @@ use crate::{
     packet::{Packet, Parsed},
 };
 
-const PASS: i32 = TC_ACT_OK as i32;
-const DROP: i32 = TC_ACT_SHOT as i32;
+const PASS: i32 = TC_ACT_OK;
+const DROP: i32 = TC_ACT_SHOT;
 
 /// A verdict and the reason it is counted under.
 pub struct Verdict {
@@ -148,7 +148,7 @@ fn redirect_back(ctx: &TcContext, reason: u32) -> Verdict {
     }
     // SAFETY: plain helper call.
     let action = unsafe { bpf_redirect(ifindex(ctx), 0) } as i32;
-    if action != TC_ACT_REDIRECT as i32 {
+    if action != TC_ACT_REDIRECT {
         return Verdict::drop(reason::DROP_REWRITE);
     }
     Verdict { action, reason }

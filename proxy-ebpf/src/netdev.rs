@@ -150,6 +150,15 @@ pub fn from_netdev(ctx: &TcContext, pkt: &mut Packet) -> Verdict {
     {
         return reverse(ctx, pkt, entry, CT_DIR_EGRESS, reason::MASQUERADE_REPLY);
     }
+    // Replies of external flows SNATed to a remote backend: over the
+    // overlay they meet from_overlay, but when another network routes pod
+    // CIDRs between nodes (--overlay none) they arrive here.
+    if pkt.daddr == c.pod_cidr
+        && pkt.has_ports()
+        && let Some(entry) = CT.get_ptr_mut(conntrack::key(pkt, CT_DIR_REPLY))
+    {
+        return reverse(ctx, pkt, entry, CT_DIR_SERVICE, reason::NODEPORT_REPLY);
+    }
     if !pkt.has_ports() {
         return Verdict::pass(reason::PASS_UPLINK);
     }

@@ -110,7 +110,7 @@ pub fn fib_redirect(ctx: &TcContext, pkt: &Packet, counted: u32) -> Verdict {
         // SAFETY: helper call with a stack struct of the size we pass.
         unsafe { bpf_redirect_neigh(p.ifindex, &mut nh, size_of::<bpf_redir_neigh>() as i32, 0) }
     } as i32;
-    if action != TC_ACT_REDIRECT as i32 {
+    if action != TC_ACT_REDIRECT {
         return Verdict::drop(reason::DROP_NO_ROUTE);
     }
     Verdict {

@@ -112,7 +112,7 @@ pub fn new_connection(
             // the node's overlay address (its pod CIDR's network address,
             // routed back here over the overlay from every other node).
             let snat =
-                (fe.flags & SVC_F_SNAT_REMOTE != 0 && be.flags & BE_F_LOCAL == 0).then(|| Snat {
+                (fe.flags & SVC_F_SNAT_REMOTE != 0 && be.flags & BE_F_LOCAL == 0).then_some(Snat {
                     addr: node.pod_cidr,
                     port_min: node.snat_port_min,
                     port_max: node.snat_port_max,

@@ -309,6 +309,7 @@ pub struct Stream {
     stop: Arc<AtomicBool>,
     pub exchanged: Arc<AtomicU64>,
     server: Arc<std::sync::Mutex<String>>,
+    local: Arc<std::sync::Mutex<Option<SocketAddr>>>,
     thread: Option<JoinHandle<StreamReport>>,
 }
 
@@ -325,7 +326,13 @@ impl Stream {
         let stop = Arc::new(AtomicBool::new(false));
         let exchanged = Arc::new(AtomicU64::new(0));
         let server = Arc::new(std::sync::Mutex::new(String::new()));
-        let (s, e, who) = (stop.clone(), exchanged.clone(), server.clone());
+        let local = Arc::new(std::sync::Mutex::new(None));
+        let (s, e, who, me) = (
+            stop.clone(),
+            exchanged.clone(),
+            server.clone(),
+            local.clone(),
+        );
         let (ready_tx, ready_rx) = std::sync::mpsc::channel();
         let thread = ns.spawn(move || {
             let mut report = StreamReport {
@@ -342,6 +349,7 @@ impl Stream {
                 }
             };
             let _ = conn.set_read_timeout(Some(IO_TIMEOUT));
+            *me.lock().unwrap() = conn.local_addr().ok();
             let mut out = conn.try_clone().expect("clone socket");
             let mut lines = BufReader::new(conn);
             let mut seq = 0u64;
@@ -383,8 +391,14 @@ impl Stream {
             stop,
             exchanged,
             server,
+            local,
             thread: Some(thread),
         })
+    }
+
+    /// The client's own address and port (once connected).
+    pub fn local(&self) -> Option<SocketAddr> {
+        *self.local.lock().unwrap()
     }
 
     /// The pod answering this stream (empty until the first answer).

@@ -397,3 +397,141 @@ fn h_bad_manifests_are_skipped_and_the_rest_keeps_working() {
         s.cluster.nodes[0].log_tail()
     );
 }
+
+/// The value of the one sample of `metric` whose line contains every
+/// `label` (`name="value"`).
+fn sample(text: &str, metric: &str, labels: &[&str]) -> f64 {
+    let lines: Vec<&str> = text
+        .lines()
+        .filter(|l| l.starts_with(metric) && l[metric.len()..].starts_with(['{', ' ']))
+        .filter(|l| labels.iter().all(|want| l.contains(want)))
+        .collect();
+    assert_eq!(lines.len(), 1, "{metric} {labels:?}: {lines:?}");
+    lines[0].rsplit(' ').next().unwrap().parse().unwrap()
+}
+
+#[test]
+fn i_metrics_and_health_endpoints_report_the_datapath() {
+    let s = setup();
+    let node = &s.cluster.nodes[0];
+    let metrics = SocketAddr::from((Ipv4Addr::LOCALHOST, 10249));
+    let scrape = || {
+        node.ns
+            .run(move || apps::http_get(metrics, "/metrics"))
+            .unwrap()
+            .unwrap()
+    };
+    let (status, before) = scrape();
+    assert_eq!(status, 200, "{before}");
+    let http = [
+        "service=\"web\"",
+        "port=\"http\"",
+        "frontend=\"10.96.0.10:80/TCP\"",
+    ];
+    let conns = sample(&before, "sluice_service_connections_total", &http);
+    let n = 40;
+    let seen = tcp_spread(&s.client, SocketAddr::from((VIP, 80)), n);
+    assert_eq!(seen.values().sum::<usize>(), n);
+    let (_, after) = scrape();
+    assert_eq!(
+        sample(&after, "sluice_service_connections_total", &http),
+        conns + n as f64
+    );
+    assert!(
+        sample(&after, "sluice_service_packets_total", &http)
+            >= sample(&before, "sluice_service_packets_total", &http) + 4.0 * n as f64
+    );
+    // Two frontends (80/TCP, 53/UDP) of one Service; three pods on two ports.
+    assert_eq!(sample(&after, "sluice_frontends_programmed", &[]), 2.0);
+    assert_eq!(sample(&after, "sluice_services_programmed", &[]), 1.0);
+    assert_eq!(sample(&after, "sluice_backends_programmed", &[]), 6.0);
+    assert_eq!(sample(&after, "sluice_ready", &[]), 1.0);
+    let syncs = sample(&after, "sluice_programming_latency_seconds_count", &[]);
+    assert!(syncs >= 1.0);
+    assert_eq!(
+        sample(
+            &after,
+            "sluice_programming_latency_seconds_bucket",
+            &["le=\"+Inf\""]
+        ),
+        syncs
+    );
+    assert!(
+        sample(
+            &after,
+            "sluice_datapath_packets_total",
+            &["reason=\"fwd-new-connection\""]
+        ) >= n as f64
+    );
+    assert!(sample(&after, "sluice_map_capacity", &["map=\"sluice_ct4_v1\""]) > 0.0);
+
+    // A refused connection (Service without endpoints) shows up as a drop
+    // reason and a refusal of that Service.
+    let empty = manifests::service(
+        "empty",
+        Ipv4Addr::new(10, 96, 0, 20),
+        vec![tcp_port("http", 80, 8080)],
+    );
+    s.cluster.apply("empty-svc.yaml", &empty.yaml()).unwrap();
+    let target = SocketAddr::from((Ipv4Addr::new(10, 96, 0, 20), 80));
+    let refused = wait_until(Duration::from_secs(5), || {
+        s.client
+            .ns
+            .run(move || {
+                matches!(TcpStream::connect_timeout(&target, Duration::from_secs(1)),
+                    Err(e) if e.kind() == ErrorKind::ConnectionRefused)
+            })
+            .unwrap()
+    });
+    assert!(refused, "{}", node.log_tail());
+    let (_, after) = scrape();
+    assert!(
+        sample(
+            &after,
+            "sluice_service_refused_total",
+            &["service=\"empty\""]
+        ) >= 1.0
+    );
+    assert!(
+        after
+            .lines()
+            .any(|l| l.starts_with("sluice_drops_total{reason=\"reject-no-backend")),
+        "{after}"
+    );
+    assert_eq!(sample(&after, "sluice_services_programmed", &[]), 2.0);
+
+    // Health, as kube-proxy answers it, on the node address from another
+    // host; the metrics stay on loopback only.
+    let (status, body) = s
+        .cluster
+        .outside
+        .run({
+            let addr = SocketAddr::from((node.ip, 10256));
+            move || apps::http_get(addr, "/healthz")
+        })
+        .unwrap()
+        .unwrap();
+    assert_eq!(status, 200, "{body}");
+    let v: serde_json::Value = serde_json::from_str(&body).unwrap();
+    assert!(v["lastUpdated"].as_str().unwrap().ends_with('Z'), "{body}");
+    let from_outside = |path: &'static str| {
+        let addr = SocketAddr::from((node.ip, 10256));
+        s.cluster
+            .outside
+            .run(move || apps::http_get(addr, path))
+            .unwrap()
+            .unwrap()
+            .0
+    };
+    assert_eq!(from_outside("/readyz"), 200);
+    assert_eq!(from_outside("/metrics"), 404);
+    let metrics_outside = SocketAddr::from((node.ip, 10249));
+    assert!(
+        s.cluster
+            .outside
+            .run(move || apps::http_get(metrics_outside, "/metrics"))
+            .unwrap()
+            .is_err(),
+        "metrics must not listen on the node address"
+    );
+}

@@ -34,6 +34,20 @@ enum Output {
     Json,
 }
 
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+enum TraceProto {
+    Tcp,
+    Udp,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+enum Via {
+    /// A pod on this node sends it (from_pod).
+    Pod,
+    /// It arrives from outside the node (from_netdev).
+    Uplink,
+}
+
 #[derive(Subcommand, Debug)]
 enum Command {
     /// Every frontend (address:port/protocol, kind, Service) with its backends,
@@ -52,8 +66,42 @@ enum Command {
         #[arg(long)]
         flush: bool,
     },
+    /// ClientIP session-affinity entries still in force: client, Service,
+    /// pinned backend, when it was last used and when it expires.
+    Affinity,
     /// Verdicts and drops by reason, and how full each map is.
     Stats,
+    /// Overlay peers as the kernel holds them: node, address, pod CIDR, VTEP
+    /// MAC, and whether the route, FDB and neighbour entries are in place.
+    Nodes,
+    /// Where would this packet go? Runs one synthetic TCP SYN (or UDP
+    /// datagram; a plain ACK if the flow is already tracked) through the
+    /// datapath program with BPF_PROG_TEST_RUN and prints the verdict, the
+    /// backend the flow goes to (for a new flow: the one its connection
+    /// would get), and the packet as rewritten.
+    ///
+    /// Live connections cannot be disturbed: the packet runs through a
+    /// private instance of the program, loaded from this binary, whose maps
+    /// are private too (pinned under <bpffs>/sluicectl_trace_<pid> and
+    /// removed afterwards). They are seeded with copies of the live entries
+    /// the packet can read; live maps are only ever read, so the new flow,
+    /// affinity and counters the run writes never reach them. The output
+    /// says whether the private program is the same code (same tag) as
+    /// the one attached on the node.
+    Trace {
+        /// Client address, with its source port (default 40000).
+        #[arg(long, value_name = "ADDR[:PORT]")]
+        from: String,
+        /// Destination: a frontend, or any address.
+        #[arg(long, value_name = "ADDR:PORT")]
+        to: String,
+        #[arg(long, value_enum)]
+        proto: TraceProto,
+        /// Hook the packet enters through (default: a pod's veth if the
+        /// client is in this node's pod CIDR, else the uplink).
+        #[arg(long, value_enum)]
+        via: Option<Via>,
+    },
     /// Whether the daemon runs, which pins exist, where the programs are attached.
     Status,
     /// Print shell completions.
@@ -127,6 +175,65 @@ fn run(cli: Cli) -> Result<()> {
                 print_json(&rows)?;
             } else {
                 print!("{}", views::conntrack_table(&rows));
+            }
+        }
+        Command::Affinity => {
+            let s = Snapshot::read(&cli.bpffs, &cli.state_dir, false)?;
+            let rows = views::affinity(&s);
+            if json {
+                print_json(&rows)?;
+            } else {
+                print!("{}", views::affinity_table(&rows));
+            }
+        }
+        Command::Nodes => {
+            let n = sluice::ctl::nodes::collect(&cli.state_dir)?;
+            if json {
+                print_json(&n)?;
+            } else {
+                match (&n.device, n.device_up) {
+                    (None, _) => println!("overlay: off (sluiced runs with --overlay none)"),
+                    (Some(d), Some(up)) => {
+                        println!("overlay: {d} {}", if up { "up" } else { "DOWN" })
+                    }
+                    (Some(d), None) => println!("overlay: {d} MISSING"),
+                }
+                if let Some(me) = &n.this_node {
+                    println!("this node: {me}");
+                }
+                print!("{}", sluice::ctl::nodes::table(&n));
+            }
+        }
+        Command::Trace {
+            from,
+            to,
+            proto,
+            via,
+        } => {
+            use sluice::ctl::trace;
+            let (from, sport) = trace::parse_endpoint(&from, Some(40000))
+                .map_err(|e| anyhow::anyhow!("--from {e}"))?;
+            let (to, dport) =
+                trace::parse_endpoint(&to, None).map_err(|e| anyhow::anyhow!("--to {e}"))?;
+            let req = trace::Request {
+                from,
+                sport,
+                to,
+                dport,
+                proto: match proto {
+                    TraceProto::Tcp => proxy_common::proto::TCP,
+                    TraceProto::Udp => proxy_common::proto::UDP,
+                },
+                entry: via.map(|v| match v {
+                    Via::Pod => trace::Entry::Pod,
+                    Via::Uplink => trace::Entry::Uplink,
+                }),
+            };
+            let o = trace::trace(&cli.bpffs, &req)?;
+            if json {
+                print_json(&o)?;
+            } else {
+                print!("{}", trace::render(&o));
             }
         }
         Command::Stats => {

@@ -1,6 +1,12 @@
 //! sluiced: Sluice's node daemon.
 
-use std::{path::PathBuf, process::ExitCode, time::Duration};
+use std::{
+    net::SocketAddr,
+    path::{Path, PathBuf},
+    process::ExitCode,
+    sync::{Arc, Mutex},
+    time::{Duration, Instant},
+};
 
 use anyhow::{Context, Result};
 use clap::{Parser, ValueEnum};
@@ -8,10 +14,18 @@ use ipnet::Ipv4Net;
 use proxy_common::{ct, service};
 use sluice::{
     conntrack,
-    daemon::{DaemonConfig, DaemonError, Reconciler, lock_state_dir, start_datapath},
+    daemon::{
+        DaemonConfig, DaemonError, Reconciler, install_binary, lock_state_dir, pod_mtu,
+        start_datapath, write_cni_config,
+    },
     datapath::Capacities,
+    model::node_info,
     overlay,
     source::{Update, kube as kube_source, manifests},
+    telemetry::{
+        Programmed, Telemetry,
+        server::{self as telemetry_server, Endpoints},
+    },
 };
 use tokio::signal::unix::{SignalKind, signal};
 use tracing::{error, info, warn};
@@ -82,10 +96,22 @@ struct Args {
     #[arg(long, default_value = "61000-65535", value_parser = parse_port_range)]
     snat_ports: (u16, u16),
 
-    /// Entries of each frontend's Maglev table (a prime; 0 chooses backends
-    /// at random). Memory: 4 bytes per entry per frontend with 2+ backends.
+    /// How frontends choose a backend for a new connection, unless the
+    /// Service says otherwise with the annotation
+    /// `sluice.dev/lb-algorithm: random|maglev`. Maglev sends a flow to the
+    /// same backend through every node and moves few flows when backends
+    /// change, for a table per frontend (see --maglev-table-size).
+    #[arg(long, value_enum, default_value_t = LbAlgorithm::Maglev)]
+    lb_algorithm: LbAlgorithm,
+
+    /// Entries of each Maglev table (a prime; 0 turns Maglev off). Memory:
+    /// 4 bytes per entry per frontend using Maglev with 2+ backends.
     #[arg(long, default_value_t = service::DEFAULT_MAGLEV_TABLE_SIZE, value_parser = parse_maglev_size)]
     maglev_table_size: u32,
+
+    /// Most frontends using Maglev at once (their tables' map capacity).
+    #[arg(long, default_value_t = Capacities::default().maglev_tables)]
+    max_maglev_tables: u32,
 
     /// Pod network between nodes: a VXLAN overlay, or none (another
     /// plugin or the underlay routes pod CIDRs).
@@ -100,9 +126,53 @@ struct Args {
     #[arg(long, default_value_t = overlay::DEFAULT_PORT)]
     vxlan_port: u16,
 
+    /// Where to serve /metrics (Prometheus), /healthz, /readyz and /livez,
+    /// or `off`. kube-proxy's metrics address by default.
+    #[arg(long, default_value = "127.0.0.1:10249", value_parser = parse_listen)]
+    metrics_addr: Listen,
+
+    /// Where to serve only /healthz, /readyz and /livez, or `off`.
+    /// kube-proxy's healthz address by default, so probes and cloud load
+    /// balancers that check kube-proxy keep working.
+    #[arg(long, default_value = "0.0.0.0:10256", value_parser = parse_listen)]
+    healthz_addr: Listen,
+
+    /// Install mode, the DaemonSet's init step: copy sluice-cni into this
+    /// directory, wait until this node's Node object has a pod CIDR, write
+    /// the CNI configuration to --cni-conf-dir, and exit. Nothing is loaded.
+    #[arg(long, value_name = "BIN_DIR")]
+    install_cni_to: Option<PathBuf>,
+
+    /// The sluice-cni binary install mode copies (default: next to sluiced).
+    #[arg(long, requires = "install_cni_to")]
+    cni_binary: Option<PathBuf>,
+
+    /// How long install mode waits for the Node's pod CIDR, seconds.
+    #[arg(long, default_value_t = 600, requires = "install_cni_to")]
+    install_wait: u64,
+
     /// Log format.
     #[arg(long, value_enum, default_value_t = LogFormat::Text)]
     log_format: LogFormat,
+}
+
+/// A listening address, or none.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+struct Listen(Option<SocketAddr>);
+
+fn parse_listen(s: &str) -> Result<Listen, String> {
+    if s == "off" {
+        return Ok(Listen(None));
+    }
+    s.parse()
+        .map(|a| Listen(Some(a)))
+        .map_err(|_| format!("{s:?} is neither ADDRESS:PORT nor off"))
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+enum LbAlgorithm {
+    Random,
+    Maglev,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
@@ -156,26 +226,92 @@ fn main() -> ExitCode {
 /// Applies one view of the cluster. Only a node that cannot work as
 /// configured (its overlay port taken) is an error; the datapath keeps
 /// forwarding with what it has either way.
-async fn apply(reconciler: &mut Reconciler, update: &Update) -> Result<()> {
+async fn apply(reconciler: &mut Reconciler, telemetry: &Telemetry, update: &Update) -> Result<()> {
+    telemetry.change_seen(update.seen);
     match reconciler.reconcile(update.state.clone()).await {
-        Ok(r) => info!(
-            frontends = r.frontends,
-            backends = r.backends,
-            map_writes = r.ops,
-            flushed_udp_flows = r.flushed_flows,
-            skipped = reconciler.skipped,
-            micros = update.seen.elapsed().as_micros() as u64,
-            "datapath programmed"
-        ),
+        Ok(r) => {
+            let (writer, skipped) = (reconciler.writer_ref(), reconciler.skipped);
+            telemetry.programmed(
+                update.seen,
+                r.written_at.unwrap_or_else(Instant::now),
+                &Programmed {
+                    frontends: r.frontends,
+                    backends: r.backends,
+                    service_entries: writer.service_entries(),
+                    skipped_objects: skipped,
+                    partial: !r.failures.is_empty(),
+                },
+            );
+            if let Some(meta) = writer.meta() {
+                telemetry.set_frontend_names(&meta.frontends);
+            }
+            info!(
+                frontends = r.frontends,
+                backends = r.backends,
+                map_writes = r.ops,
+                flushed_udp_flows = r.flushed_flows,
+                skipped,
+                micros = update.seen.elapsed().as_micros() as u64,
+                "datapath programmed"
+            )
+        }
         Err(e @ DaemonError::Overlay(_)) => return Err(e.into()),
-        Err(e) => error!(error = %e, "programming the datapath failed"),
+        Err(e) => {
+            telemetry.failed();
+            error!(error = %e, "programming the datapath failed")
+        }
     }
     Ok(())
 }
 
+/// Starts the telemetry listeners; a port that cannot be bound is logged
+/// and left closed (the datapath matters more than its metrics).
+async fn spawn_telemetry(
+    args: &Args,
+    cfg: &DaemonConfig,
+    telemetry: &Telemetry,
+) -> Vec<tokio::task::JoinHandle<()>> {
+    let maps = match sluice::datapath::PinnedMaps::open(&cfg.bpffs) {
+        Ok(m) => Arc::new(Mutex::new(m)),
+        Err(e) => {
+            warn!(error = %e, "telemetry cannot read the datapath maps; endpoints off");
+            return Vec::new();
+        }
+    };
+    let mut tasks = Vec::new();
+    for (listen, endpoints) in [
+        (args.metrics_addr, Endpoints::All),
+        (args.healthz_addr, Endpoints::Health),
+    ] {
+        let Listen(Some(addr)) = listen else {
+            continue;
+        };
+        match telemetry_server::spawn(
+            addr,
+            endpoints,
+            telemetry.clone(),
+            maps.clone(),
+            cfg.capacities,
+        )
+        .await
+        {
+            Ok(task) => tasks.push(task),
+            Err(e) => warn!(address = %addr, error = %e, "cannot listen for telemetry"),
+        }
+    }
+    tasks
+}
+
 async fn run(args: Args) -> Result<()> {
-    let _lock = lock_state_dir(&args.state_dir)?;
-    let cfg = DaemonConfig {
+    let cfg = daemon_config(&args);
+    if let Some(bin_dir) = &args.install_cni_to {
+        return install_cni(&args, &cfg, bin_dir).await;
+    }
+    run_daemon(args, cfg).await
+}
+
+fn daemon_config(args: &Args) -> DaemonConfig {
+    DaemonConfig {
         node_name: args.node_name.clone(),
         bpffs: args.bpffs.clone(),
         state_dir: args.state_dir.clone(),
@@ -186,15 +322,73 @@ async fn run(args: Args) -> Result<()> {
             backends: args.max_backends,
             service_ids: args.max_service_ids,
             ct_entries: args.ct_max,
+            maglev_tables: args.max_maglev_tables,
             ..Capacities::default()
         },
         snat_ports: args.snat_ports,
         maglev_size: args.maglev_table_size,
+        maglev_by_default: args.lb_algorithm == LbAlgorithm::Maglev,
         overlay: (args.overlay == OverlayMode::Vxlan).then_some((args.vxlan_vni, args.vxlan_port)),
+    }
+}
+
+/// The init step: the plugin binary, then the configuration that tells the
+/// runtime to use it (written last: its appearance makes the node Ready).
+async fn install_cni(args: &Args, cfg: &DaemonConfig, bin_dir: &Path) -> Result<()> {
+    let binary = match &args.cni_binary {
+        Some(b) => b.clone(),
+        None => std::env::current_exe()
+            .context("locating sluiced")?
+            .with_file_name("sluice-cni"),
     };
+    let dest = install_binary(&binary, bin_dir)
+        .with_context(|| format!("installing {}", binary.display()))?;
+    info!(path = %dest.display(), "CNI plugin installed");
+    let mut source = spawn_source(args).await?;
+    let deadline = tokio::time::sleep(Duration::from_secs(args.install_wait));
+    tokio::pin!(deadline);
+    let mut waiting_logged = false;
+    loop {
+        tokio::select! {
+            changed = source.changed() => {
+                if changed.is_err() {
+                    anyhow::bail!("the object source stopped");
+                }
+                let update = source.borrow_and_update().clone();
+                let Some(node) = update.as_ref().and_then(|u| u.state.nodes.get(&args.node_name).cloned()) else {
+                    continue;
+                };
+                match node_info(&node) {
+                    Ok(info) => if let Some(cidr) = info.pod_cidr {
+                        let addr = overlay::internal_ipv4(&node).unwrap_or(info.internal_ip);
+                        let mtu = pod_mtu(addr, cfg.overlay.is_some());
+                        write_cni_config(cfg, cidr, mtu)?;
+                        return Ok(());
+                    },
+                    Err(e) => warn!(node = %args.node_name, reason = %e, "own Node object unusable"),
+                }
+                if !waiting_logged {
+                    info!(node = %args.node_name, "waiting for the Node's pod CIDR");
+                    waiting_logged = true;
+                }
+            }
+            _ = &mut deadline => anyhow::bail!(
+                "Node {} got no usable pod CIDR within {} s",
+                args.node_name,
+                args.install_wait
+            ),
+        }
+    }
+}
+
+async fn run_daemon(args: Args, cfg: DaemonConfig) -> Result<()> {
+    let _lock = lock_state_dir(&args.state_dir)?;
     let attached = start_datapath(&cfg).context("starting the datapath")?;
     info!(pods = attached, bpffs = %args.bpffs.display(), "datapath loaded; existing pods re-attached");
+    let telemetry = Telemetry::new();
+    let _telemetry_tasks = spawn_telemetry(&args, &cfg, &telemetry).await;
     let mut reconciler = Reconciler::new(cfg)?;
+    reconciler.set_telemetry(telemetry.clone());
     let mut source = spawn_source(&args).await?;
 
     let mut sigterm = signal(SignalKind::terminate())?;
@@ -211,15 +405,19 @@ async fn run(args: Args) -> Result<()> {
                 }
                 let update = source.borrow_and_update().clone();
                 if let Some(update) = update {
-                    apply(&mut reconciler, &update).await?;
+                    apply(&mut reconciler, &telemetry, &update).await?;
                 }
             }
             _ = repair.tick() => reconciler.repair_overlay().await,
             _ = gc.tick() => {
                 let now = conntrack::monotonic_secs();
                 match conntrack::collect_expired(&mut reconciler.writer().maps().ct, now) {
-                    Ok(0) => {}
-                    Ok(n) => info!(entries = n, "expired connection-tracking entries removed"),
+                    Ok(sweep) => {
+                        telemetry.set_ct_entries(sweep.remaining);
+                        if sweep.removed > 0 {
+                            info!(entries = sweep.removed, remaining = sweep.remaining, "expired connection-tracking entries removed");
+                        }
+                    }
                     Err(e) => warn!(error = %e, "conntrack sweep failed"),
                 }
             }
@@ -234,7 +432,9 @@ async fn run(args: Args) -> Result<()> {
 fn parse_maglev_size(s: &str) -> Result<u32, String> {
     let n: u32 = s.parse().map_err(|e| format!("{s}: {e}"))?;
     if n != 0 && !sluice::writer::maglev::is_prime(n) {
-        return Err(format!("{n} is not prime (Maglev needs a prime table size)"));
+        return Err(format!(
+            "{n} is not prime (Maglev needs a prime table size)"
+        ));
     }
     Ok(n)
 }

@@ -1,6 +1,8 @@
 //! `sluicectl`'s reading and rendering of the live datapath.
 
+pub mod nodes;
 pub mod snapshot;
 pub mod status;
 pub mod table;
+pub mod trace;
 pub mod views;

@@ -5,7 +5,8 @@
 use std::{collections::BTreeMap, path::Path};
 
 use proxy_common::{
-    Backend, CtEntry, CtKey, ReasonCounter, ServiceCounter, ServiceKey, ServiceValue, names, reason,
+    AffinityKey, AffinityValue, Backend, CtEntry, CtKey, ReasonCounter, ServiceCounter, ServiceKey,
+    ServiceValue, names, reason,
 };
 
 use crate::{
@@ -31,6 +32,7 @@ pub struct Snapshot {
     /// Reason counters summed over CPUs, by code.
     pub reasons: BTreeMap<u32, ReasonCounter>,
     pub ct: BTreeMap<CtKey, CtEntry>,
+    pub affinity: BTreeMap<AffinityKey, AffinityValue>,
     pub meta: DatapathMeta,
     /// Monotonic seconds when the snapshot was taken (the CT clock).
     pub now: u32,
@@ -104,6 +106,10 @@ impl Snapshot {
             }
         }
         let frag_entries = maps.frags.keys().filter(Result::is_ok).count() as u64;
+        for item in maps.affinity.iter() {
+            let (k, v) = item.map_err(map_err(names::MAP_AFFINITY))?;
+            s.affinity.insert(k, v);
+        }
         let caps = |name: &'static str| -> u64 {
             crate::datapath::open_pinned_info(bpffs, name)
                 .map(|i| u64::from(i.max_entries()))
@@ -134,6 +140,21 @@ impl Snapshot {
                 name: names::MAP_SVC_STATS,
                 entries: s.svc_counters.len() as u64,
                 capacity: caps(names::MAP_SVC_STATS),
+            },
+            MapFill {
+                name: names::MAP_AFFINITY,
+                entries: s.affinity.len() as u64,
+                capacity: caps(names::MAP_AFFINITY),
+            },
+            MapFill {
+                name: names::MAP_SOURCE_RANGES,
+                entries: maps.source_ranges.keys().filter(Result::is_ok).count() as u64,
+                capacity: caps(names::MAP_SOURCE_RANGES),
+            },
+            MapFill {
+                name: names::MAP_MAGLEV,
+                entries: maps.maglev.keys().filter(Result::is_ok).count() as u64,
+                capacity: caps(names::MAP_MAGLEV),
             },
         ];
         Ok(s)

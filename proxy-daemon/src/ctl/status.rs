@@ -26,14 +26,28 @@ pub struct Attachment {
     pub attached: bool,
 }
 
+/// Where the programs run: one interface with Sluice's filters.
+#[derive(Clone, Debug, Serialize)]
+pub struct Hook {
+    pub interface: String,
+    /// pod, uplink or overlay.
+    pub role: &'static str,
+    /// The programs on its ingress and egress hooks (None: no filter).
+    pub ingress: Option<&'static str>,
+    pub egress: Option<&'static str>,
+}
+
 #[derive(Clone, Debug, Serialize)]
 pub struct Status {
     pub version: &'static str,
+    /// The version of the sluiced that last programmed the maps.
+    pub daemon_version: Option<String>,
     pub daemon_running: bool,
     pub bpffs: String,
     pub maps: Vec<Pin>,
     pub programs: Vec<Program>,
     pub pod_interfaces: Vec<Attachment>,
+    pub hooks: Vec<Hook>,
     pub problems: Vec<String>,
 }
 
@@ -53,19 +67,25 @@ pub fn collect(bpffs: &Path, state_dir: &Path) -> Status {
         problems
             .push("map pins missing: sluiced has not run on this node (or another --bpffs)".into());
     }
-    let programs = [names::PIN_PROG_FROM_POD, names::PIN_PROG_TO_POD]
-        .into_iter()
-        .map(|pin| {
-            let info = aya::programs::SchedClassifier::from_pin(pin_dir(bpffs).join(pin))
-                .ok()
-                .and_then(|p| p.info().ok());
-            Program {
-                pin,
-                id: info.as_ref().map(|i| i.id()),
-                tag: info.as_ref().map(|i| format!("{:016x}", i.tag())),
-            }
-        })
-        .collect::<Vec<_>>();
+    let programs = [
+        names::PIN_PROG_FROM_POD,
+        names::PIN_PROG_TO_POD,
+        names::PIN_PROG_FROM_NETDEV,
+        names::PIN_PROG_TO_NETDEV,
+        names::PIN_PROG_FROM_OVERLAY,
+    ]
+    .into_iter()
+    .map(|pin| {
+        let info = aya::programs::SchedClassifier::from_pin(pin_dir(bpffs).join(pin))
+            .ok()
+            .and_then(|p| p.info().ok());
+        Program {
+            pin,
+            id: info.as_ref().map(|i| i.id()),
+            tag: info.as_ref().map(|i| format!("{:016x}", i.tag())),
+        }
+    })
+    .collect::<Vec<_>>();
     if programs.iter().any(|p| p.id.is_none()) {
         problems.push("program pins missing: new pods cannot get their datapath".into());
     }
@@ -87,24 +107,66 @@ pub fn collect(bpffs: &Path, state_dir: &Path) -> Status {
             problems.push(format!("{}: datapath programs not attached", a.interface));
         }
     }
+    let overlay_device = crate::writer::meta::read_overlay(state_dir)
+        .ok()
+        .and_then(|m| m.device);
+    let hooks = match sluice_cni::hooked_links() {
+        Ok(links) => links
+            .into_iter()
+            .map(|l| hook(l, overlay_device.as_deref()))
+            .collect(),
+        Err(e) => {
+            problems.push(format!("listing TC filters: {e}"));
+            Vec::new()
+        }
+    };
     let daemon_running = sluice_cni::daemon_running(state_dir);
     if !daemon_running {
         problems.push("sluiced is not running (the datapath keeps its last state)".into());
     }
     Status {
         version: env!("CARGO_PKG_VERSION"),
+        daemon_version: crate::writer::meta::read(state_dir)
+            .ok()
+            .map(|m| m.version)
+            .filter(|v| !v.is_empty()),
         daemon_running,
         bpffs: bpffs.display().to_string(),
         maps,
         programs,
         pod_interfaces,
+        hooks,
         problems,
+    }
+}
+
+/// Names what runs on a hooked link from its role: the CNI plugin puts the
+/// pod programs on pod veths, sluiced the overlay program on its device and
+/// the node programs on the uplink.
+fn hook(l: sluice_cni::HookedLink, overlay_device: Option<&str>) -> Hook {
+    let (role, ingress, egress) = if sluice_cni::is_host_veth_name(&l.interface) {
+        ("pod", names::PROG_FROM_POD, names::PROG_TO_POD)
+    } else if Some(l.interface.as_str()) == overlay_device {
+        ("overlay", names::PROG_FROM_OVERLAY, "?")
+    } else {
+        ("uplink", names::PROG_FROM_NETDEV, names::PROG_TO_NETDEV)
+    };
+    Hook {
+        interface: l.interface,
+        role,
+        ingress: l.ingress.then_some(ingress),
+        egress: l.egress.then_some(egress),
     }
 }
 
 pub fn render(s: &Status) -> String {
     let mut out = String::new();
-    let _ = writeln!(out, "sluicectl {}", s.version);
+    let _ = writeln!(
+        out,
+        "sluicectl {}, maps last programmed by sluiced {}",
+        s.version,
+        s.daemon_version.as_deref().unwrap_or("(unknown)")
+    );
     let _ = writeln!(
         out,
         "daemon:    {}",
@@ -126,6 +188,16 @@ pub fn render(s: &Status) -> String {
                 let _ = writeln!(out, "program:   {} MISSING", p.pin);
             }
         }
+    }
+    for h in s.hooks.iter().filter(|h| h.role != "pod") {
+        let _ = writeln!(
+            out,
+            "attached:  {} ({}): ingress {}, egress {}",
+            h.interface,
+            h.role,
+            h.ingress.unwrap_or("-"),
+            h.egress.unwrap_or("-")
+        );
     }
     let attached = s.pod_interfaces.iter().filter(|a| a.attached).count();
     let _ = writeln!(

@@ -9,8 +9,9 @@ use proxy_common::{
     ct::{self, CT_DIR_REPLY, CT_DIR_SERVICE, CT_F_HAIRPIN},
     proto, reason,
     service::{
-        BE_F_LOCAL, BE_F_TERMINATING, SCOPE_INTERNAL, SVC_F_ADDR_ONLY, SVC_F_AFFINITY, SVC_F_LOCAL,
-        SVC_F_SNAT_REMOTE, kind_name,
+        BE_F_LOCAL, BE_F_TERMINATING, KIND_CLUSTER_IP, SCOPE_INTERNAL, SVC_F_ADDR_ONLY,
+        SVC_F_AFFINITY, SVC_F_DROP_EMPTY, SVC_F_LOCAL, SVC_F_MAGLEV, SVC_F_SNAT_REMOTE,
+        SVC_F_SOURCE_RANGES, kind_name,
     },
 };
 use serde::Serialize;
@@ -84,6 +85,37 @@ fn backend_state(flags: u8) -> Vec<&'static str> {
     v
 }
 
+/// The frontend's behaviour in words an operator knows from the Service
+/// spec: traffic policies, affinity, source ranges, the selection table.
+fn frontend_flags(scope: u8, v: &proxy_common::ServiceValue) -> Vec<String> {
+    let mut flags = Vec::new();
+    if v.flags & SVC_F_LOCAL != 0 {
+        // A ClusterIP, or the in-cluster scope of an external frontend,
+        // only ever sees cluster traffic: its Local is the internal policy.
+        flags.push(if scope == SCOPE_INTERNAL || v.kind == KIND_CLUSTER_IP {
+            "internal-policy=Local".to_string()
+        } else {
+            "external-policy=Local".to_string()
+        });
+    }
+    if v.flags & SVC_F_AFFINITY != 0 {
+        flags.push(format!("affinity=ClientIP/{}s", v.affinity_timeout));
+    }
+    if v.flags & SVC_F_SOURCE_RANGES != 0 {
+        flags.push("source-ranges".to_string());
+    }
+    if v.flags & SVC_F_MAGLEV != 0 {
+        flags.push("maglev".to_string());
+    }
+    if v.flags & SVC_F_SNAT_REMOTE != 0 {
+        flags.push("snat-remote".to_string());
+    }
+    if v.flags & SVC_F_DROP_EMPTY != 0 {
+        flags.push("drop-when-empty".to_string());
+    }
+    flags
+}
+
 pub fn services(s: &Snapshot) -> Vec<ServiceRow> {
     let names = names_by_id(s);
     let mut rows = Vec::new();
@@ -91,16 +123,7 @@ pub fn services(s: &Snapshot) -> Vec<ServiceRow> {
         if k.slot != 0 || v.flags & SVC_F_ADDR_ONLY != 0 {
             continue;
         }
-        let mut flags = Vec::new();
-        if v.flags & SVC_F_LOCAL != 0 {
-            flags.push("node-local".to_string());
-        }
-        if v.flags & SVC_F_AFFINITY != 0 {
-            flags.push(format!("affinity={}s", v.affinity_timeout));
-        }
-        if v.flags & SVC_F_SNAT_REMOTE != 0 {
-            flags.push("snat-remote".to_string());
-        }
+        let flags = frontend_flags(k.scope, v);
         let backends = (1..=v.count)
             .filter_map(|slot| s.services.get(&k.with_slot(slot)))
             .map(|slot| {
@@ -389,4 +412,397 @@ pub fn stats_tables(s: &Snapshot) -> (Table, Table) {
         ]);
     }
     (r, m)
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct AffinityRow {
+    pub client: Ipv4Addr,
+    pub service_id: u32,
+    pub service: String,
+    pub backend: String,
+    pub backend_id: u32,
+    pub last_used_seconds_ago: u32,
+    pub expires_in_seconds: u32,
+}
+
+/// ClientIP affinity entries still in force (timeouts from the frontend).
+pub fn affinity(s: &Snapshot) -> Vec<AffinityRow> {
+    let names = names_by_id(s);
+    let timeouts: BTreeMap<u32, u32> = s
+        .services
+        .iter()
+        .filter(|(k, v)| k.slot == 0 && v.flags & SVC_F_AFFINITY != 0)
+        .map(|(_, v)| (v.svc_id, v.affinity_timeout))
+        .collect();
+    let mut rows: Vec<AffinityRow> = s
+        .affinity
+        .iter()
+        .filter_map(|(k, v)| {
+            let timeout = *timeouts.get(&k.svc_id)?;
+            let idle = s.now.saturating_sub(v.last_used);
+            (idle <= timeout).then(|| AffinityRow {
+                client: addr(k.client),
+                service_id: k.svc_id,
+                service: service_name(names.get(&k.svc_id)),
+                backend: s
+                    .backends
+                    .get(&v.backend_id)
+                    .map_or("gone".into(), |b| endpoint(b.addr, b.port)),
+                backend_id: v.backend_id,
+                last_used_seconds_ago: idle,
+                expires_in_seconds: timeout - idle,
+            })
+        })
+        .collect();
+    rows.sort_by(|a, b| (&a.service, a.client).cmp(&(&b.service, b.client)));
+    rows
+}
+
+pub fn affinity_table(rows: &[AffinityRow]) -> Table {
+    let mut t = Table::new(&["CLIENT", "SERVICE", "BACKEND", "LAST USED", "EXPIRES"]);
+    for r in rows {
+        t.row(vec![
+            r.client.to_string(),
+            r.service.clone(),
+            format!("{} #{}", r.backend, r.backend_id),
+            format!("{}s ago", r.last_used_seconds_ago),
+            format!("{}s", r.expires_in_seconds),
+        ]);
+    }
+    t
+}
+
+#[cfg(test)]
+mod tests {
+    //! Every view rendered from one fixed set of map contents: a ClusterIP
+    //! with two backends (one terminating), a NodePort with
+    //! externalTrafficPolicy=Local and ClientIP affinity, one tracked TCP
+    //! connection and one affinity entry.
+
+    use std::net::Ipv4Addr;
+
+    use proxy_common::{
+        AffinityKey, AffinityValue, Backend, CtEntry, CtKey, ReasonCounter, ServiceCounter,
+        ServiceKey, ServiceValue,
+        ct::{CT_DIR_REPLY, CT_DIR_SERVICE, CT_F_REPLY_SEEN, CT_F_REWRITE_DST},
+        proto, reason,
+        service::{
+            BE_F_LOCAL, BE_F_TERMINATING, KIND_CLUSTER_IP, KIND_NODE_PORT, SCOPE_EXTERNAL,
+            SCOPE_INTERNAL, SVC_F_AFFINITY, SVC_F_LOCAL,
+        },
+    };
+
+    use super::*;
+    use crate::{
+        ctl::snapshot::{MapFill, Snapshot},
+        writer::meta::{DatapathMeta, FrontendMeta},
+    };
+
+    fn nbo(a: [u8; 4]) -> u32 {
+        u32::from_ne_bytes(a)
+    }
+
+    fn meta(id: u32, name: &str, kind: &str) -> FrontendMeta {
+        FrontendMeta {
+            id,
+            namespace: "shop".into(),
+            name: name.into(),
+            port_name: String::new(),
+            kind: kind.into(),
+            addr: Ipv4Addr::UNSPECIFIED,
+            port: 0,
+            protocol: "TCP".into(),
+            internal_scope: false,
+            local_only: false,
+            affinity_timeout: None,
+            snat_remote: false,
+            health_check_node_port: None,
+        }
+    }
+
+    fn frontend(s: &mut Snapshot, key: ServiceKey, master: ServiceValue, backends: &[u32]) {
+        s.services.insert(key, master);
+        for (i, b) in backends.iter().enumerate() {
+            s.services.insert(
+                key.with_slot(i as u16 + 1),
+                ServiceValue {
+                    backend_id: *b,
+                    svc_id: master.svc_id,
+                    ..Default::default()
+                },
+            );
+        }
+    }
+
+    fn fixed() -> Snapshot {
+        let mut s = Snapshot {
+            now: 1000,
+            ..Default::default()
+        };
+        let cart = ServiceKey::frontend(
+            nbo([10, 96, 0, 10]),
+            80u16.to_be(),
+            proto::TCP,
+            SCOPE_EXTERNAL,
+        );
+        frontend(
+            &mut s,
+            cart,
+            ServiceValue {
+                svc_id: 1,
+                count: 2,
+                kind: KIND_CLUSTER_IP,
+                ..Default::default()
+            },
+            &[7, 8],
+        );
+        let web = ServiceKey::frontend(
+            nbo([10, 77, 0, 1]),
+            30080u16.to_be(),
+            proto::TCP,
+            SCOPE_EXTERNAL,
+        );
+        frontend(
+            &mut s,
+            web,
+            ServiceValue {
+                svc_id: 2,
+                count: 1,
+                kind: KIND_NODE_PORT,
+                flags: SVC_F_LOCAL | SVC_F_AFFINITY,
+                affinity_timeout: 600,
+                ..Default::default()
+            },
+            &[9],
+        );
+        frontend(
+            &mut s,
+            ServiceKey {
+                scope: SCOPE_INTERNAL,
+                ..web
+            },
+            ServiceValue {
+                svc_id: 3,
+                count: 0,
+                kind: KIND_NODE_PORT,
+                ..Default::default()
+            },
+            &[],
+        );
+        for (id, a, flags) in [
+            (7, [10, 244, 1, 5], 0),
+            (8, [10, 244, 2, 5], BE_F_TERMINATING),
+            (9, [10, 244, 1, 9], BE_F_LOCAL),
+        ] {
+            s.backends.insert(
+                id,
+                Backend {
+                    addr: nbo(a),
+                    port: 8080u16.to_be(),
+                    proto: proto::TCP,
+                    flags,
+                },
+            );
+        }
+        s.svc_counters.insert(
+            1,
+            ServiceCounter {
+                packets: 12,
+                bytes: 3400,
+                new_conns: 2,
+                refused: 0,
+            },
+        );
+        s.svc_counters.insert(
+            3,
+            ServiceCounter {
+                refused: 4,
+                ..Default::default()
+            },
+        );
+        let client = CtKey {
+            saddr: nbo([10, 244, 1, 2]),
+            daddr: nbo([10, 96, 0, 10]),
+            sport: 40000u16.to_be(),
+            dport: 80u16.to_be(),
+            proto: proto::TCP,
+            dir: CT_DIR_SERVICE,
+            _pad: [0; 2],
+        };
+        s.ct.insert(
+            client,
+            CtEntry {
+                new_daddr: nbo([10, 244, 2, 5]),
+                new_dport: 8080u16.to_be(),
+                flags: CT_F_REWRITE_DST,
+                svc_id: 1,
+                backend_id: 8,
+                created: 990,
+                last_seen: 995,
+                packets: 6,
+                bytes: 700,
+                ..Default::default()
+            },
+        );
+        s.ct.insert(
+            CtKey {
+                saddr: nbo([10, 244, 2, 5]),
+                daddr: nbo([10, 244, 1, 2]),
+                sport: 8080u16.to_be(),
+                dport: 40000u16.to_be(),
+                dir: CT_DIR_REPLY,
+                ..client
+            },
+            CtEntry {
+                flags: CT_F_REPLY_SEEN,
+                svc_id: 1,
+                backend_id: 8,
+                created: 990,
+                last_seen: 998,
+                packets: 5,
+                bytes: 2700,
+                ..Default::default()
+            },
+        );
+        s.affinity.insert(
+            AffinityKey {
+                client: nbo([10, 77, 0, 200]),
+                svc_id: 2,
+            },
+            AffinityValue {
+                backend_id: 9,
+                last_used: 900,
+            },
+        );
+        // Expired (timeout 600 s): not shown.
+        s.affinity.insert(
+            AffinityKey {
+                client: nbo([10, 77, 0, 201]),
+                svc_id: 2,
+            },
+            AffinityValue {
+                backend_id: 9,
+                last_used: 100,
+            },
+        );
+        s.reasons.insert(
+            reason::FWD_NEW,
+            ReasonCounter {
+                packets: 2,
+                bytes: 120,
+            },
+        );
+        s.reasons.insert(
+            reason::DROP_MALFORMED,
+            ReasonCounter {
+                packets: 1,
+                bytes: 60,
+            },
+        );
+        s.fill = vec![MapFill {
+            name: "sluice_ct4_v1",
+            entries: 2,
+            capacity: 8,
+        }];
+        s.meta = DatapathMeta {
+            node: "node-1".into(),
+            version: "0.1.0".into(),
+            frontends: vec![
+                meta(1, "cart", "ClusterIP"),
+                meta(2, "web", "NodePort"),
+                meta(3, "web", "NodePort"),
+            ],
+        };
+        s
+    }
+
+    #[test]
+    fn services_table_names_kinds_backends_flags_and_counters() {
+        let t = services_table(&services(&fixed())).to_string();
+        let want = [
+            "ID  FRONTEND                          KIND       SERVICE    BACKENDS                         FLAGS                                         PACKETS  BYTES  CONNS  REFUSED",
+            "1   10.96.0.10:80/TCP                 ClusterIP  shop/cart  10.244.1.5:8080 #7 active        -                                             12       3400   2      0",
+            "                                                            10.244.2.5:8080 #8 terminating",
+            "2   10.77.0.1:30080/TCP               NodePort   shop/web   10.244.1.9:8080 #9 active,local  external-policy=Local,affinity=ClientIP/600s  0        0      0      0",
+            "3   10.77.0.1:30080/TCP (in-cluster)  NodePort   shop/web   (none: refusing)                 -                                             0        0      0      4",
+        ];
+        assert_eq!(t.lines().collect::<Vec<_>>(), want, "\n{t}");
+    }
+
+    #[test]
+    fn services_json_carries_every_backend() {
+        let rows = services(&fixed());
+        let v = serde_json::to_value(&rows).unwrap();
+        assert_eq!(v[0]["service"], "shop/cart");
+        assert_eq!(v[0]["kind"], "ClusterIP");
+        assert_eq!(
+            v[0]["backends"][1]["state"],
+            serde_json::json!(["terminating"])
+        );
+        assert_eq!(v[0]["new_connections"], 2);
+        assert_eq!(v[2]["scope"], "internal");
+    }
+
+    #[test]
+    fn conntrack_joins_the_reply_entry() {
+        let rows = conntrack(&fixed(), None);
+        assert_eq!(rows.len(), 1);
+        let r = &rows[0];
+        assert_eq!(r.client, "10.244.1.2:40000");
+        assert_eq!(r.frontend, "10.96.0.10:80");
+        assert_eq!(r.backend, "10.244.2.5:8080");
+        assert_eq!(r.service, "shop/cart");
+        // The reply entry saw the answer: the connection is established.
+        assert_eq!(r.state, "ESTABLISHED");
+        assert_eq!(r.age_seconds, 10);
+        assert_eq!(
+            r.expires_in_seconds,
+            proxy_common::ct::CT_LIFETIME_TCP_ESTABLISHED - 2
+        );
+        assert_eq!((r.packets_to_backend, r.bytes_to_backend), (6, 700));
+        assert_eq!((r.packets_to_client, r.bytes_to_client), (5, 2700));
+        let t = conntrack_table(&rows).to_string();
+        assert!(t.lines().nth(1).unwrap().starts_with(
+            "TCP    10.244.1.2:40000  10.96.0.10:80  10.244.2.5:8080 #8  shop/cart  ESTABLISHED  10s"
+        ), "{t}");
+        assert!(conntrack(&fixed(), Some(&[2])).is_empty());
+    }
+
+    #[test]
+    fn affinity_hides_expired_entries() {
+        let rows = affinity(&fixed());
+        assert_eq!(rows.len(), 1);
+        assert_eq!(rows[0].client, Ipv4Addr::new(10, 77, 0, 200));
+        assert_eq!(rows[0].backend, "10.244.1.9:8080");
+        assert_eq!(rows[0].expires_in_seconds, 500);
+        assert_eq!(
+            affinity_table(&rows).to_string(),
+            "CLIENT       SERVICE   BACKEND             LAST USED  EXPIRES\n\
+             10.77.0.200  shop/web  10.244.1.9:8080 #9  100s ago   500s\n"
+        );
+    }
+
+    #[test]
+    fn stats_name_reasons_and_fill() {
+        let (r, m) = stats_tables(&fixed());
+        let r = r.to_string();
+        assert!(r.contains("fwd-new-connection"), "{r}");
+        assert!(
+            r.lines()
+                .any(|l| l.contains("drop") && l.ends_with("1        60")),
+            "{r}"
+        );
+        assert_eq!(
+            m.to_string(),
+            "MAP            ENTRIES  CAPACITY  FILL\nsluice_ct4_v1  2        8         25.0%\n"
+        );
+    }
+
+    #[test]
+    fn backends_list_their_users() {
+        let rows = backends(&fixed());
+        assert_eq!(rows.len(), 3);
+        assert_eq!(rows[0].used_by, vec!["shop/cart (10.96.0.10:80/TCP)"]);
+        assert_eq!(rows[2].state, vec!["active", "local"]);
+    }
 }

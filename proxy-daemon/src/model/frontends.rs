@@ -43,6 +43,7 @@ pub(crate) fn port_frontends(
         snat_remote: false,
         source_ranges: Vec::new(),
         health_check_node_port: None,
+        lb_algorithm: service.lb_algorithm,
     };
 
     let mut out = Vec::new();

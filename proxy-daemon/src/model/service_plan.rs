@@ -11,7 +11,7 @@ use std::net::{IpAddr, Ipv4Addr};
 use ipnet::{IpNet, Ipv4Net};
 use k8s_openapi::{api::core::v1::Service, apimachinery::pkg::apis::meta::v1::Time};
 
-use super::{ObjectKey, Protocol, Skip, node::is_ipv6};
+use super::{LB_ALGORITHM_ANNOTATION, LbAlgorithm, ObjectKey, Protocol, Skip, node::is_ipv6};
 
 /// Services with this label belong to another service proxy; kube-proxy's
 /// informers filter them out (and so their EndpointSlices too).
@@ -41,6 +41,7 @@ pub(crate) struct ServicePlan {
     pub internal_local: bool,
     pub affinity_timeout: Option<u32>,
     pub health_check_node_port: Option<u16>,
+    pub lb_algorithm: Option<LbAlgorithm>,
     pub has_selector: bool,
     pub ports: Vec<PortPlan>,
 }
@@ -259,6 +260,24 @@ pub(crate) fn plan_service(
         None
     };
 
+    let lb_algorithm = match service
+        .metadata
+        .annotations
+        .as_ref()
+        .and_then(|a| a.get(LB_ALGORITHM_ANNOTATION))
+        .map(|v| v.trim())
+    {
+        None => None,
+        Some("random") => Some(LbAlgorithm::Random),
+        Some("maglev") => Some(LbAlgorithm::Maglev),
+        Some(other) => {
+            skip(format!(
+                "annotation {LB_ALGORITHM_ANNOTATION}: {other:?} is neither random nor maglev; using the node's default"
+            ));
+            None
+        }
+    };
+
     Some(ServicePlan {
         key: key.clone(),
         created: service.metadata.creation_timestamp.clone(),
@@ -270,6 +289,7 @@ pub(crate) fn plan_service(
         internal_local,
         affinity_timeout,
         health_check_node_port,
+        lb_algorithm,
         has_selector: spec.selector.as_ref().is_some_and(|s| !s.is_empty()),
         ports,
     })
@@ -661,6 +681,26 @@ mod tests {
             let (plan, skips) = plan(spec.clone());
             assert_eq!(plan.unwrap().affinity_timeout, want, "{spec}");
             assert_eq!(skips.len(), n_skips, "{spec}");
+        }
+    }
+
+    #[test]
+    fn lb_algorithm_annotation() {
+        let cases = [
+            (None, None, 0),
+            (Some("maglev"), Some(LbAlgorithm::Maglev), 0),
+            (Some(" random "), Some(LbAlgorithm::Random), 0),
+            (Some("round-robin"), None, 1),
+        ];
+        for (value, want, n_skips) in cases {
+            let mut meta = json!({"name": "web", "namespace": "default"});
+            if let Some(v) = value {
+                meta["annotations"] = json!({ LB_ALGORITHM_ANNOTATION: v });
+            }
+            let spec = json!({"clusterIP": "10.96.0.1", "ports": [{"port": 80}]});
+            let (plan, skips) = plan_with(meta, spec, json!({}));
+            assert_eq!(plan.unwrap().lb_algorithm, want, "{value:?}");
+            assert_eq!(skips.len(), n_skips, "{value:?}: {skips:?}");
         }
     }
 }

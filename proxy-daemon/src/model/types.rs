@@ -61,6 +61,16 @@ pub enum Scope {
     Internal,
 }
 
+/// How a frontend picks the backend of a new connection.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum LbAlgorithm {
+    /// A uniformly random backend per connection.
+    Random,
+    /// Maglev consistent hashing of the flow: the same backend through
+    /// every node, little movement when backends change.
+    Maglev,
+}
+
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub enum FrontendKind {
     ClusterIp,
@@ -146,7 +156,13 @@ pub struct Frontend {
     pub source_ranges: Vec<Ipv4Net>,
     /// healthCheckNodePort of an externalTrafficPolicy=Local service.
     pub health_check_node_port: Option<u16>,
+    /// The Service's own choice (annotation [`LB_ALGORITHM_ANNOTATION`]);
+    /// `None` follows the node's default.
+    pub lb_algorithm: Option<LbAlgorithm>,
 }
+
+/// Annotation choosing a Service's backend selection: `random` or `maglev`.
+pub const LB_ALGORITHM_ANNOTATION: &str = "sluice.dev/lb-algorithm";
 
 /// Why an object (or part of one) was not programmed.
 #[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord)]

@@ -63,6 +63,9 @@ impl FrontendMeta {
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct DatapathMeta {
     pub node: String,
+    /// The sluiced version that wrote the file.
+    #[serde(default)]
+    pub version: String,
     pub frontends: Vec<FrontendMeta>,
 }
 
@@ -73,17 +76,51 @@ pub fn meta_path(state_dir: &Path) -> PathBuf {
 /// Writes the file through a temporary and a rename, so readers never see
 /// half of it.
 pub fn write(state_dir: &Path, meta: &DatapathMeta) -> std::io::Result<()> {
+    write_json(state_dir, META_FILE, meta)
+}
+
+pub fn read(state_dir: &Path) -> std::io::Result<DatapathMeta> {
+    let bytes = std::fs::read(meta_path(state_dir))?;
+    serde_json::from_slice(&bytes).map_err(std::io::Error::other)
+}
+
+/// The overlay as the daemon last synced it, for `sluicectl nodes`.
+pub const NODES_FILE: &str = "nodes.json";
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NodeMeta {
+    pub name: String,
+    pub addr: Ipv4Addr,
+    pub pod_cidr: ipnet::Ipv4Net,
+}
+
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct OverlayMeta {
+    /// The overlay device; `None` when the overlay is off.
+    pub device: Option<String>,
+    /// This node.
+    pub node: Option<NodeMeta>,
+    /// The other nodes, as overlay peers.
+    pub peers: Vec<NodeMeta>,
+}
+
+/// Writes a JSON file in `state_dir` through a temporary and a rename.
+fn write_json<T: Serialize>(state_dir: &Path, name: &str, value: &T) -> std::io::Result<()> {
     std::fs::create_dir_all(state_dir)?;
-    let path = meta_path(state_dir);
+    let path = state_dir.join(name);
     let tmp = path.with_extension("json.tmp");
     let mut f = std::fs::File::create(&tmp)?;
-    serde_json::to_writer(&mut f, meta)?;
+    serde_json::to_writer(&mut f, value)?;
     f.write_all(b"\n")?;
     f.sync_all()?;
     std::fs::rename(&tmp, &path)
 }
 
-pub fn read(state_dir: &Path) -> std::io::Result<DatapathMeta> {
-    let bytes = std::fs::read(meta_path(state_dir))?;
+pub fn write_overlay(state_dir: &Path, meta: &OverlayMeta) -> std::io::Result<()> {
+    write_json(state_dir, NODES_FILE, meta)
+}
+
+pub fn read_overlay(state_dir: &Path) -> std::io::Result<OverlayMeta> {
+    let bytes = std::fs::read(state_dir.join(NODES_FILE))?;
     serde_json::from_slice(&bytes).map_err(std::io::Error::other)
 }

@@ -52,6 +52,8 @@ pub struct ApplyReport {
     pub failures: Vec<String>,
     /// UDP flows dropped from CT because their backend went away.
     pub flushed_flows: usize,
+    /// When the last map write finished.
+    pub written_at: Option<std::time::Instant>,
 }
 
 pub struct Writer {
@@ -63,6 +65,8 @@ pub struct Writer {
     node: String,
     capacities: Capacities,
     options: PlanOptions,
+    /// The names last recorded for `sluicectl` and metrics.
+    meta: Option<DatapathMeta>,
 }
 
 fn map_error(name: &'static str, capacity: u32, source: MapError) -> DatapathError {
@@ -134,7 +138,18 @@ impl Writer {
             node: node.to_owned(),
             capacities,
             options,
+            meta: None,
         })
+    }
+
+    /// Names of the programmed frontends, after the first apply.
+    pub fn meta(&self) -> Option<&DatapathMeta> {
+        self.meta.as_ref()
+    }
+
+    /// Entries in the service map (frontends and backend slots).
+    pub fn service_entries(&self) -> usize {
+        self.current.services.len()
     }
 
     /// Number of programmed frontends and backends.
@@ -172,11 +187,13 @@ impl Writer {
                         0
                     });
         }
+        report.written_at = Some(std::time::Instant::now());
         let (fes, bes) = self.programmed();
         report.frontends = fes;
         report.backends = bes;
         let meta = DatapathMeta {
             node: self.node.clone(),
+            version: env!("CARGO_PKG_VERSION").to_string(),
             frontends: plan
                 .frontends_by_id
                 .iter()
@@ -188,11 +205,16 @@ impl Writer {
                 .map(|(id, fe)| FrontendMeta::new(*id, fe))
                 .collect(),
         };
-        if let Err(e) = meta::write(&self.state_dir, &meta) {
-            report.failures.push(format!(
-                "writing {}: {e}",
-                meta::meta_path(&self.state_dir).display()
-            ));
+        // Rewritten on change only: with 10k Services the file is large and
+        // most applies change endpoints, not frontends.
+        if self.meta.as_ref() != Some(&meta) {
+            match meta::write(&self.state_dir, &meta) {
+                Ok(()) => self.meta = Some(meta),
+                Err(e) => report.failures.push(format!(
+                    "writing {}: {e}",
+                    meta::meta_path(&self.state_dir).display()
+                )),
+            }
         }
         Ok(report)
     }

@@ -28,7 +28,9 @@ use proxy_common::{
 };
 
 use super::{ids::IdAllocator, maglev};
-use crate::model::{DesiredState, Frontend, FrontendKey, FrontendKind, Protocol, Scope};
+use crate::model::{
+    DesiredState, Frontend, FrontendKey, FrontendKind, LbAlgorithm, Protocol, Scope,
+};
 
 /// What the writer knows is programmed.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
@@ -59,8 +61,10 @@ pub enum Op {
 /// Choices the planner does not take from Kubernetes objects.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct PlanOptions {
-    /// Maglev table size (a prime), 0 for random backend choice.
+    /// Maglev table size (a prime); 0 turns Maglev off everywhere.
     pub maglev_size: u32,
+    /// Services that do not choose (annotation) use Maglev.
+    pub maglev_by_default: bool,
 }
 
 /// Operations that must be applied together or not at all past a failure:
@@ -320,8 +324,11 @@ pub fn plan(
                 target.source_ranges.insert((svc_id, *r));
             }
         }
+        let wants_maglev = fe
+            .lb_algorithm
+            .map_or(options.maglev_by_default, |a| a == LbAlgorithm::Maglev);
         // One backend needs no table: every flow goes to it.
-        let maglev = (options.maglev_size > 0 && members.len() > 1).then(|| {
+        let maglev = (wants_maglev && options.maglev_size > 0 && members.len() > 1).then(|| {
             flags |= SVC_F_MAGLEV;
             let fp = maglev::fingerprint(&members, options.maglev_size);
             target.maglev.insert(svc_id, fp);
@@ -528,6 +535,7 @@ mod tests {
             snat_remote: false,
             source_ranges: vec![],
             health_check_node_port: None,
+            lb_algorithm: None,
         }
     }
 
@@ -845,6 +853,7 @@ mod extra_tests {
             snat_remote: true,
             source_ranges: vec![],
             health_check_node_port: None,
+            lb_algorithm: None,
         }
     }
 
@@ -862,7 +871,10 @@ mod extra_tests {
         p.groups.iter().flat_map(|g| g.ops.clone()).collect()
     }
 
-    const MAGLEV: PlanOptions = PlanOptions { maglev_size: 251 };
+    const MAGLEV: PlanOptions = PlanOptions {
+        maglev_size: 251,
+        maglev_by_default: true,
+    };
 
     #[test]
     fn node_addresses_get_entries_that_pass_unknown_ports() {
@@ -876,6 +888,44 @@ mod extra_tests {
         );
         let v = p.target.services[&ServiceKey::address_only(nbo(ip("10.77.0.10")))];
         assert_eq!(v.flags, SVC_F_ADDR_ONLY | SVC_F_NODE_ADDR);
+    }
+
+    #[test]
+    fn the_service_annotation_overrides_the_node_default_algorithm() {
+        let (mut s, mut b) = (IdAllocator::new(100), IdAllocator::new(100));
+        let with = |algo| {
+            let mut f = fe("10.200.0.1", &["10.1.0.1", "10.1.0.2"]);
+            f.lb_algorithm = algo;
+            desired(vec![f], &[])
+        };
+        let random_node = PlanOptions {
+            maglev_by_default: false,
+            ..MAGLEV
+        };
+        let uses_maglev = |p: &Plan| {
+            ops(p)
+                .iter()
+                .any(|op| matches!(op, Op::PutService(k, v) if k.slot == 0 && v.flags & SVC_F_MAGLEV != 0))
+        };
+        let empty = MapContents::default();
+        for (algo, options, want) in [
+            (None, MAGLEV, true),
+            (None, random_node, false),
+            (Some(LbAlgorithm::Maglev), random_node, true),
+            (Some(LbAlgorithm::Random), MAGLEV, false),
+            // Maglev switched off on the node wins over the annotation.
+            (
+                Some(LbAlgorithm::Maglev),
+                PlanOptions {
+                    maglev_size: 0,
+                    maglev_by_default: true,
+                },
+                false,
+            ),
+        ] {
+            let p = plan(&empty, &with(algo), &mut s, &mut b, options);
+            assert_eq!(uses_maglev(&p), want, "{algo:?} {options:?}");
+        }
     }
 
     #[test]
