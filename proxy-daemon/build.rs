@@ -39,6 +39,9 @@ fn main() {
         println!("cargo:rerun-if-changed={}", workspace.join(dir).display());
     }
 
+    // The container image pins a dated nightly; machines use `nightly`.
+    println!("cargo:rerun-if-env-changed=SLUICE_BPF_TOOLCHAIN");
+    let toolchain = env::var("SLUICE_BPF_TOOLCHAIN").unwrap_or_else(|_| "nightly".into());
     let arch = env::var("CARGO_CFG_TARGET_ARCH").expect("cargo sets it");
     let flags = [
         format!("--cfg=bpf_target_arch=\"{arch}\""),
@@ -52,7 +55,7 @@ fn main() {
     let status = Command::new("rustup")
         .args([
             "run",
-            "nightly",
+            &toolchain,
             "cargo",
             "build",
             "--release",

@@ -103,9 +103,8 @@ fn lint() -> Result<()> {
     run(Command::new("rustup")
         .current_dir(workspace_root().join("proxy-ebpf"))
         .env("PATH", setup::path_with_cargo_bin())
+        .args(["run", &setup::bpf_toolchain()])
         .args([
-            "run",
-            "nightly",
             "cargo",
             "clippy",
             "--release",

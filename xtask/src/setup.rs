@@ -24,6 +24,12 @@ const PACKAGES: &[&str] = &[
 
 const BPF_LINKER_VERSION: &str = "0.13.0";
 
+/// The toolchain that builds the eBPF crate (`SLUICE_BPF_TOOLCHAIN`, as
+/// proxy-daemon's build script reads it; `nightly` by default).
+pub fn bpf_toolchain() -> String {
+    std::env::var("SLUICE_BPF_TOOLCHAIN").unwrap_or_else(|_| "nightly".into())
+}
+
 fn home() -> PathBuf {
     std::env::var_os("HOME").map_or_else(|| PathBuf::from("/root"), PathBuf::from)
 }
@@ -73,11 +79,12 @@ fn packages() -> Result<()> {
 }
 
 fn rust_src() -> Result<()> {
+    let toolchain = bpf_toolchain();
     let installed = output(Command::new("rustup").args([
         "component",
         "list",
         "--toolchain",
-        "nightly",
+        &toolchain,
         "--installed",
     ]))
     .context("the nightly toolchain is required for the eBPF crate (rustup toolchain list)")?;
@@ -85,7 +92,7 @@ fn rust_src() -> Result<()> {
         return Ok(());
     }
     eprintln!("setup: adding rust-src to the nightly toolchain");
-    run(Command::new("rustup").args(["component", "add", "rust-src", "--toolchain", "nightly"]))
+    run(Command::new("rustup").args(["component", "add", "rust-src", "--toolchain", &toolchain]))
 }
 
 fn bpf_linker() -> Result<()> {
@@ -96,7 +103,11 @@ fn bpf_linker() -> Result<()> {
     eprintln!(
         "setup: building bpf-linker {BPF_LINKER_VERSION} against the nightly toolchain's libLLVM"
     );
-    let sysroot = output(Command::new("rustc").args(["+nightly", "--print", "sysroot"]))?;
+    let sysroot = output(Command::new("rustc").args([
+        &format!("+{}", bpf_toolchain()),
+        "--print",
+        "sysroot",
+    ]))?;
     let libdir = Path::new(sysroot.trim()).join("lib");
     let lib = std::fs::read_dir(&libdir)
         .with_context(|| format!("reading {}", libdir.display()))?
