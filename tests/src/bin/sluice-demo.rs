@@ -1,9 +1,12 @@
 //! `cargo xtask demo`: Sluice's main job on an embedded default.
 //!
-//! Builds a simulated node in network namespaces, wires pods with the real
-//! sluice-cni binary, starts sluiced on a manifests directory, serves HTTP
-//! in three backend pods, sends requests to a ClusterIP from a client pod,
-//! prints where they went and what the datapath saw, then removes it all.
+//! Builds a two-node cluster in network namespaces (a fabric bridge, two
+//! nodes, an outside host), wires pods with the real sluice-cni binary,
+//! runs sluiced on each node from one manifests directory, serves HTTP in
+//! four backend pods spread over both nodes, then sends real requests to
+//! the ClusterIP from a client pod and to the NodePort from the outside
+//! host through each node, prints where they went and what the datapath
+//! recorded (sluicectl), and removes everything.
 
 use std::{
     collections::BTreeMap,
@@ -15,11 +18,12 @@ use std::{
 use anyhow::{Context, Result, bail};
 use sluice_tests::{
     apps,
-    manifests::{self, ready, tcp_port},
-    sim::{Cluster, wait_until},
+    manifests::{self, Port, ready, tcp_port},
+    sim::{Cluster, Pod, wait_until},
 };
 
 const VIP: Ipv4Addr = Ipv4Addr::new(10, 96, 0, 10);
+const NODE_PORT: u16 = 30080;
 const REQUESTS: usize = 30;
 
 fn http_get(target: SocketAddr) -> Result<String> {
@@ -39,52 +43,117 @@ fn http_get(target: SocketAddr) -> Result<String> {
         .to_string())
 }
 
+/// `REQUESTS` GETs to `target` from `ns`; answers counted by pod.
+fn spread(ns: &sluice_tests::netns::NetNs, target: SocketAddr) -> Result<BTreeMap<String, usize>> {
+    let results = ns.run(move || (0..REQUESTS).map(|_| http_get(target)).collect::<Vec<_>>())?;
+    let mut by_pod = BTreeMap::new();
+    for r in results {
+        *by_pod
+            .entry(r.with_context(|| format!("request to {target} failed"))?)
+            .or_default() += 1;
+    }
+    Ok(by_pod)
+}
+
+fn print_spread(title: &str, by_pod: &BTreeMap<String, usize>, pods: &[Pod]) {
+    println!("{title}");
+    for p in pods {
+        let n = by_pod.get(&p.name).copied().unwrap_or(0);
+        println!(
+            "  {:<6} on {} ({:<11}) {:>3}  {}",
+            p.name,
+            p.node,
+            p.ip.to_string(),
+            n,
+            "#".repeat(n)
+        );
+    }
+}
+
+fn sluicectl(cluster: &Cluster, node: usize, args: &[&str]) -> Result<()> {
+    let n = &cluster.nodes[node];
+    let out =
+        n.ns.command(&cluster.bins.sluicectl)
+            .arg("--bpffs")
+            .arg(&n.bpffs)
+            .arg("--state-dir")
+            .arg(&n.state_dir)
+            .args(args)
+            .output()?;
+    println!("\n[{}]$ sluicectl {}", n.name, args.join(" "));
+    print!("{}", String::from_utf8_lossy(&out.stdout));
+    if !out.status.success() {
+        bail!(
+            "sluicectl {} failed: {}",
+            args.join(" "),
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    Ok(())
+}
+
 fn main() -> Result<()> {
-    println!("Sluice demo: one simulated node, three backend pods, one client pod\n");
-    let mut cluster = Cluster::new(1)?;
-    let node = cluster.nodes[0].name.clone();
     println!(
-        "fabric + {node} ({}) built in network namespaces",
-        cluster.nodes[0].ip
+        "Sluice demo: two simulated nodes, four backend pods, a client pod, an outside host\n"
+    );
+    let mut cluster = Cluster::new(2)?;
+    for n in &cluster.nodes {
+        println!(
+            "  {} {:<10} pod CIDR {}",
+            n.name,
+            n.ip.to_string(),
+            n.pod_cidr
+        );
+    }
+    println!(
+        "  outside {} (a host on the fabric, not in the cluster)",
+        cluster.outside_ip
     );
     cluster.start_daemons()?;
     println!(
-        "sluiced running in {node}, reading {}",
+        "sluiced running on both nodes (VXLAN overlay between them), reading {}",
         cluster.manifests.display()
     );
 
     let mut pods = Vec::new();
     let mut servers = Vec::new();
-    for i in 1..=3 {
-        let pod = cluster.add_pod(0, &format!("web-{i}"))?;
+    for (i, node) in [(1, 0), (2, 0), (3, 1), (4, 1)] {
+        let pod = cluster.add_pod(node, &format!("web-{i}"))?;
         servers.push(apps::serve_tcp(&pod.ns, &pod.name, 8080)?);
-        println!(
-            "  pod {:<7} {:<12} wired by sluice-cni, serving HTTP on :8080",
-            pod.name, pod.ip
-        );
         pods.push(pod);
     }
     let client = cluster.add_pod(0, "client")?;
-    println!(
-        "  pod {:<7} {:<12} wired by sluice-cni",
-        client.name, client.ip
-    );
+    println!("pods wired by sluice-cni, serving HTTP on :8080:");
+    for p in &pods {
+        println!("  {:<6} {:<11} on {}", p.name, p.ip.to_string(), p.node);
+    }
+    println!("  client {:<11} on {}", client.ip.to_string(), client.node);
 
-    let svc = manifests::service("web", VIP, vec![tcp_port("http", 80, 8080)]);
+    let mut svc = manifests::service(
+        "web",
+        VIP,
+        vec![Port {
+            node_port: Some(NODE_PORT),
+            ..tcp_port("http", 80, 8080)
+        }],
+    );
+    svc.kind = "NodePort";
     cluster.apply("web-service.yaml", &svc.yaml())?;
     let eps: Vec<_> = pods.iter().map(|p| ready(p.ip, &p.node)).collect();
     cluster.apply(
         "web-endpointslice.yaml",
         &manifests::endpoint_slice(&svc, &[("http", 8080, "TCP")], &eps),
     )?;
-    println!("\nService default/web: ClusterIP {VIP}:80 -> targetPort 8080 (manifests written)");
+    println!(
+        "\nService default/web (NodePort): ClusterIP {VIP}:80 and NodePort {NODE_PORT} -> targetPort 8080"
+    );
 
-    let target = SocketAddr::from((VIP, 80));
+    let cluster_ip = SocketAddr::from((VIP, 80));
     let t = Instant::now();
     let ready = wait_until(Duration::from_secs(10), || {
         client
             .ns
-            .run(move || http_get(target).is_ok())
+            .run(move || http_get(cluster_ip).is_ok())
             .unwrap_or(false)
     });
     if !ready {
@@ -98,44 +167,52 @@ fn main() -> Result<()> {
         t.elapsed().as_millis()
     );
 
-    let results = client
-        .ns
-        .run(move || (0..REQUESTS).map(|_| http_get(target)).collect::<Vec<_>>())?;
-    let mut by_pod: BTreeMap<String, usize> = BTreeMap::new();
-    for r in results {
-        *by_pod.entry(r.context("request failed")?).or_default() += 1;
-    }
-    println!("{REQUESTS} HTTP requests from client to http://{VIP}:80/ :");
-    for p in &pods {
-        let n = by_pod.get(&p.name).copied().unwrap_or(0);
-        println!(
-            "  {:<7} ({:<12}) {:>3}  {}",
-            p.name,
-            p.ip.to_string(),
-            n,
-            "#".repeat(n)
+    let by_pod = spread(&client.ns, cluster_ip)?;
+    print_spread(
+        &format!("{REQUESTS} requests, client pod -> ClusterIP http://{VIP}:80/ :"),
+        &by_pod,
+        &pods,
+    );
+    for n in 0..cluster.nodes.len() {
+        let node = &cluster.nodes[n];
+        let target = SocketAddr::from((node.ip, NODE_PORT));
+        let by_pod = spread(&cluster.outside, target)?;
+        print_spread(
+            &format!(
+                "\n{REQUESTS} requests, outside host -> NodePort http://{target}/ ({}):",
+                node.name
+            ),
+            &by_pod,
+            &pods,
         );
     }
 
-    for cmd in [
-        ["services"].as_slice(),
-        ["conntrack"].as_slice(),
-        ["stats"].as_slice(),
-    ] {
-        let n = &cluster.nodes[0];
-        let out =
-            n.ns.command(&cluster.bins.sluicectl)
-                .arg("--bpffs")
-                .arg(&n.bpffs)
-                .arg("--state-dir")
-                .arg(&n.state_dir)
-                .args(cmd)
-                .output()?;
-        println!("\n$ sluicectl {}", cmd.join(" "));
-        print!("{}", String::from_utf8_lossy(&out.stdout));
-        if !out.status.success() {
-            print!("{}", String::from_utf8_lossy(&out.stderr));
-        }
+    // A connection held open, so `conntrack` has a live entry to show.
+    let held = apps::Stream::start(&client.ns, cluster_ip, Duration::from_millis(50))?;
+    std::thread::sleep(Duration::from_millis(200));
+    sluicectl(&cluster, 0, &["services"])?;
+    sluicectl(&cluster, 0, &["conntrack"])?;
+    let from = held
+        .local()
+        .map_or_else(|| client.ip.to_string(), |a| a.to_string());
+    sluicectl(
+        &cluster,
+        0,
+        &[
+            "trace",
+            "--from",
+            &from,
+            "--to",
+            &cluster_ip.to_string(),
+            "--proto",
+            "tcp",
+        ],
+    )?;
+    sluicectl(&cluster, 0, &["nodes"])?;
+    sluicectl(&cluster, 0, &["stats"])?;
+    let report = held.stop();
+    if let Some(e) = report.error {
+        bail!("the held connection broke: {e}");
     }
 
     drop(servers);
