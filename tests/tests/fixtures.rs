@@ -714,3 +714,111 @@ mod masquerade {
         run_cases(&mut dp, cases());
     }
 }
+
+/// Replies of a NodePort flow SNATed to a backend on another node come back
+/// addressed to this node's pod-CIDR network address: over the overlay
+/// (`from_overlay`), or on the uplink when another network routes pod CIDRs
+/// (`--overlay none`, `from_netdev`). Both restore frontend -> client.
+mod external_reply {
+    use super::*;
+    use proxy_common::{
+        NodeConfig,
+        config::NODE_CONFIG_VERSION,
+        names::{PROG_FROM_NETDEV, PROG_FROM_OVERLAY},
+    };
+
+    const NODE: Ipv4Addr = Ipv4Addr::new(10, 77, 0, 10);
+    const OVERLAY_ADDR: Ipv4Addr = Ipv4Addr::new(10, 244, 1, 0);
+    const OUTSIDE: Ipv4Addr = Ipv4Addr::new(10, 77, 0, 200);
+    const REMOTE_BACKEND: Ipv4Addr = Ipv4Addr::new(10, 244, 2, 5);
+    const SNAT_PORT: u16 = 61_234;
+
+    fn node_with_flow() -> Datapath {
+        let mut dp = Datapath::load("extreply", Capacities::default()).unwrap();
+        dp.set_config(NodeConfig {
+            version: NODE_CONFIG_VERSION,
+            node_addr: nbo(NODE),
+            pod_cidr: nbo(OVERLAY_ADDR),
+            pod_mask: (u32::MAX << 8).to_be(),
+            snat_port_min: 61_000,
+            snat_port_max: 65_535,
+            ..Default::default()
+        })
+        .unwrap();
+        let now = monotonic_secs();
+        // The reply entry create_external_flow writes for OUTSIDE:40000 ->
+        // NODE:30080 sent to REMOTE_BACKEND:8080 from OVERLAY_ADDR:SNAT_PORT
+        // (without FIB routing, which needs the node's routes).
+        dp.ct_insert(
+            CtKey {
+                saddr: nbo(REMOTE_BACKEND),
+                daddr: nbo(OVERLAY_ADDR),
+                sport: 8080u16.to_be(),
+                dport: SNAT_PORT.to_be(),
+                proto: proto::TCP,
+                dir: CT_DIR_REPLY,
+                _pad: [0; 2],
+            },
+            CtEntry {
+                new_saddr: nbo(NODE),
+                new_sport: 30080u16.to_be(),
+                new_daddr: nbo(OUTSIDE),
+                new_dport: 40000u16.to_be(),
+                flags: CT_F_REWRITE_SRC | CT_F_REWRITE_DST,
+                svc_id: 1,
+                backend_id: 1,
+                created: now,
+                last_seen: now,
+                synced: now,
+                ..Default::default()
+            },
+        )
+        .unwrap();
+        dp
+    }
+
+    fn cases(prog: &'static str) -> Vec<Case> {
+        vec![
+            case(
+                "the backend's reply to the SNAT address becomes the frontend's",
+                prog,
+                tcp(
+                    (REMOTE_BACKEND, 8080),
+                    (OVERLAY_ADDR, SNAT_PORT),
+                    TCP_SYN | TCP_ACK,
+                )
+                .bytes(),
+            )
+            .verdict(TC_ACT_OK, reason::NODEPORT_REPLY)
+            .out(tcp((NODE, 30080), (OUTSIDE, 40000), TCP_SYN | TCP_ACK).bytes()),
+            case(
+                "a packet to the SNAT address of no flow is left alone",
+                prog,
+                tcp(
+                    (REMOTE_BACKEND, 8080),
+                    (OVERLAY_ADDR, SNAT_PORT + 1),
+                    TCP_ACK,
+                )
+                .bytes(),
+            )
+            .verdict(
+                TC_ACT_OK,
+                if prog == PROG_FROM_NETDEV {
+                    reason::PASS_UPLINK
+                } else {
+                    reason::PASS_OVERLAY
+                },
+            ),
+        ]
+    }
+
+    #[test]
+    fn over_the_overlay() {
+        run_cases(&mut node_with_flow(), cases(PROG_FROM_OVERLAY));
+    }
+
+    #[test]
+    fn on_the_uplink_without_the_overlay() {
+        run_cases(&mut node_with_flow(), cases(PROG_FROM_NETDEV));
+    }
+}
