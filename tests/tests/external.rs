@@ -370,4 +370,14 @@ fn maglev_sends_a_flow_to_the_same_backend_through_any_node() {
         distinct.len() > 2,
         "Maglev used too few backends: {distinct:?}"
     );
+    // Each of the two ports has a ClusterIP and a NodePort frontend with
+    // the same backends: the kernel holds one table per port, not four.
+    let maps = sluice::datapath::PinnedMaps::open(&s.cluster.nodes[0].bpffs).unwrap();
+    let ids: Vec<u32> = maps.maglev.keys().map(Result::unwrap).collect();
+    assert_eq!(ids.len(), 4, "expected a table per frontend: {ids:?}");
+    let tables: BTreeSet<u32> = ids
+        .iter()
+        .map(|id| maps.maglev.get(id, 0).unwrap().info().unwrap().id())
+        .collect();
+    assert_eq!(tables.len(), 2, "frontends {ids:?} hold tables {tables:?}");
 }

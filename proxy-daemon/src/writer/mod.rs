@@ -67,6 +67,12 @@ pub struct Writer {
     options: PlanOptions,
     /// The names last recorded for `sluicectl` and metrics.
     meta: Option<DatapathMeta>,
+    /// Tables written in the current apply, by fingerprint: the frontends
+    /// of one Service port (ClusterIP, NodePort, load balancer IPs) have
+    /// the same backends, so they share one inner array instead of holding
+    /// a copy each. Tables are never changed in place, only replaced, so
+    /// sharing cannot leak one frontend's change into another.
+    maglev_written: std::collections::HashMap<u64, (Vec<u32>, MapData)>,
 }
 
 fn map_error(name: &'static str, capacity: u32, source: MapError) -> DatapathError {
@@ -139,6 +145,7 @@ impl Writer {
             capacities,
             options,
             meta: None,
+            maglev_written: std::collections::HashMap::new(),
         })
     }
 
@@ -174,6 +181,9 @@ impl Writer {
         let mut report = ApplyReport::default();
         self.reset_counters(&plan, &mut report);
         self.execute(&plan, &mut report);
+        // Dropping our handles leaves each table alive as long as a frontend
+        // uses it.
+        self.maglev_written.clear();
         if let Err(e) = self.flush_affinity(&plan) {
             report
                 .failures
@@ -293,18 +303,26 @@ impl Writer {
                 m.source_ranges.remove(&range_key(*id, net)),
                 names::MAP_SOURCE_RANGES,
             ),
-            Op::PutMaglev(id, table, _) => self.put_maglev(*id, table),
+            Op::PutMaglev(id, table, print) => self.put_maglev(*id, table, *print),
             Op::DeleteMaglev(id) => gone(self.maps.maglev.remove(id), names::MAP_MAGLEV),
         }
     }
 
     /// Builds a table in a new inner array and swaps it in with one update
     /// of the outer map: the datapath never sees half a table.
-    fn put_maglev(&mut self, svc_id: u32, table: &[u32]) -> Result<(), DatapathError> {
+    fn put_maglev(&mut self, svc_id: u32, table: &[u32], print: u64) -> Result<(), DatapathError> {
         let err = |source| DatapathError::Map {
             name: names::MAP_MAGLEV,
             source,
         };
+        let full = |e| map_error(names::MAP_MAGLEV, self.capacities.maglev_tables, e);
+        // The content is compared too: a fingerprint collision must never
+        // give one frontend another's backends.
+        if let Some((content, inner)) = self.maglev_written.get(&print)
+            && content.as_slice() == table
+        {
+            return self.maps.maglev.insert(svc_id, inner, 0).map_err(full);
+        }
         let io = |source| DatapathError::Io {
             path: names::MAP_MAGLEV.into(),
             source,
@@ -313,10 +331,9 @@ impl Writer {
         let fd = datapath::raw::create_array(table.len() as u32, BPF_F_INNER_MAP).map_err(io)?;
         datapath::raw::fill_array(fd.as_fd(), table).map_err(io)?;
         let inner = MapData::from_fd(fd).map_err(err)?;
-        self.maps
-            .maglev
-            .insert(svc_id, &inner, 0)
-            .map_err(|e| map_error(names::MAP_MAGLEV, self.capacities.maglev_tables, e))
+        self.maps.maglev.insert(svc_id, &inner, 0).map_err(full)?;
+        self.maglev_written.insert(print, (table.to_vec(), inner));
+        Ok(())
     }
 
     /// Deletes affinity entries the plan says are stale.
