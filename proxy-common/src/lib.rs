@@ -6,6 +6,7 @@
 //! host order. Sizes are checked at compile time.
 #![no_std]
 
+pub mod civil;
 pub mod config;
 pub mod ct;
 pub mod names;

@@ -21,3 +21,25 @@ pub struct ServiceCounter {
     pub refused: u64,
 }
 crate::assert_size!(ServiceCounter, 32);
+
+impl core::ops::Add for ReasonCounter {
+    type Output = Self;
+    fn add(self, o: Self) -> Self {
+        Self {
+            packets: self.packets + o.packets,
+            bytes: self.bytes + o.bytes,
+        }
+    }
+}
+
+impl core::ops::Add for ServiceCounter {
+    type Output = Self;
+    fn add(self, o: Self) -> Self {
+        Self {
+            packets: self.packets + o.packets,
+            bytes: self.bytes + o.bytes,
+            new_conns: self.new_conns + o.new_conns,
+            refused: self.refused + o.refused,
+        }
+    }
+}

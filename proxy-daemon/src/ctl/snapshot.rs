@@ -68,31 +68,10 @@ impl Snapshot {
             .filter(|id| *id != 0)
             .collect();
         for id in ids {
-            let per_cpu = maps
-                .svc_stats
-                .get(&id, 0)
-                .map_err(map_err(names::MAP_SVC_STATS))?;
-            let sum = per_cpu
-                .iter()
-                .fold(ServiceCounter::default(), |a, c| ServiceCounter {
-                    packets: a.packets + c.packets,
-                    bytes: a.bytes + c.bytes,
-                    new_conns: a.new_conns + c.new_conns,
-                    refused: a.refused + c.refused,
-                });
-            s.svc_counters.insert(id, sum);
+            s.svc_counters.insert(id, maps.service_total(id)?);
         }
         for code in 0..reason::MAX {
-            let per_cpu = maps
-                .reasons
-                .get(&code, 0)
-                .map_err(map_err(names::MAP_REASONS))?;
-            let sum = per_cpu
-                .iter()
-                .fold(ReasonCounter::default(), |a, c| ReasonCounter {
-                    packets: a.packets + c.packets,
-                    bytes: a.bytes + c.bytes,
-                });
+            let sum = maps.reason_total(code)?;
             if sum.packets > 0 {
                 s.reasons.insert(code, sum);
             }

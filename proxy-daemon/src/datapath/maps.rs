@@ -82,4 +82,34 @@ impl PinnedMaps {
             maglev: typed(bpffs, names::MAP_MAGLEV)?,
         })
     }
+
+    /// A reason's counters summed over CPUs.
+    pub fn reason_total(&self, code: u32) -> Result<ReasonCounter, DatapathError> {
+        let per_cpu = self
+            .reasons
+            .get(&code, 0)
+            .map_err(|source| DatapathError::Map {
+                name: names::MAP_REASONS,
+                source,
+            })?;
+        Ok(per_cpu
+            .iter()
+            .copied()
+            .fold(Default::default(), |a, c| a + c))
+    }
+
+    /// A frontend's counters summed over CPUs.
+    pub fn service_total(&self, svc_id: u32) -> Result<ServiceCounter, DatapathError> {
+        let per_cpu = self
+            .svc_stats
+            .get(&svc_id, 0)
+            .map_err(|source| DatapathError::Map {
+                name: names::MAP_SVC_STATS,
+                source,
+            })?;
+        Ok(per_cpu
+            .iter()
+            .copied()
+            .fold(Default::default(), |a, c| a + c))
+    }
 }

@@ -13,7 +13,7 @@ use hyper::{
     Method, Request, Response, StatusCode, body::Incoming, server::conn::http1, service::service_fn,
 };
 use hyper_util::rt::TokioIo;
-use proxy_common::{ReasonCounter, ServiceCounter, names, reason};
+use proxy_common::{names, reason};
 use tokio::{net::TcpListener, task::JoinHandle};
 use tracing::{info, warn};
 
@@ -165,30 +165,13 @@ fn read_counters(
     let maps = maps.lock().unwrap_or_else(|e| e.into_inner());
     let reasons = (0..reason::MAX)
         .filter_map(|code| {
-            let per_cpu = maps.reasons.get(&code, 0).ok()?;
-            let sum = per_cpu
-                .iter()
-                .fold(ReasonCounter::default(), |a, c| ReasonCounter {
-                    packets: a.packets + c.packets,
-                    bytes: a.bytes + c.bytes,
-                });
+            let sum = maps.reason_total(code).ok()?;
             (sum.packets > 0).then_some((code, sum))
         })
         .collect();
     let services = ids
         .iter()
-        .filter_map(|id| {
-            let per_cpu = maps.svc_stats.get(id, 0).ok()?;
-            let sum = per_cpu
-                .iter()
-                .fold(ServiceCounter::default(), |a, c| ServiceCounter {
-                    packets: a.packets + c.packets,
-                    bytes: a.bytes + c.bytes,
-                    new_conns: a.new_conns + c.new_conns,
-                    refused: a.refused + c.refused,
-                });
-            Some((*id, sum))
-        })
+        .filter_map(|id| Some((*id, maps.service_total(*id).ok()?)))
         .collect();
     let (svc_entries, backends, ct) =
         telemetry.read(|s| (s.service_entries as u64, s.backends as u64, s.ct_entries));
