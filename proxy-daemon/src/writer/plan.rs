@@ -260,9 +260,14 @@ pub fn plan(
         slots: Vec<ServiceKey>,
         needs: Vec<u32>,
         svc_id: u32,
-        maglev: Option<(Arc<[u32]>, u64)>,
+        /// The table's fingerprint, and the table itself when the maps do
+        /// not hold it yet.
+        maglev: Option<(Option<Arc<[u32]>>, u64)>,
     }
     let mut frontend_plans: BTreeMap<ServiceKey, FrontendPlan> = BTreeMap::new();
+    // Populating a table is the costly part of planning (M x backends
+    // steps): done only for tables that changed, once per distinct one.
+    let mut tables: std::collections::HashMap<u64, Arc<[u32]>> = Default::default();
     for (fk, fe) in &desired.frontends {
         let svc_id = match current_svc.get(fk) {
             Some(id) => *id,
@@ -332,7 +337,13 @@ pub fn plan(
             flags |= SVC_F_MAGLEV;
             let fp = maglev::fingerprint(&members, options.maglev_size);
             target.maglev.insert(svc_id, fp);
-            (Arc::from(maglev::table(&members, options.maglev_size)), fp)
+            let table = (current.maglev.get(&svc_id) != Some(&fp)).then(|| {
+                tables
+                    .entry(fp)
+                    .or_insert_with(|| Arc::from(maglev::table(&members, options.maglev_size)))
+                    .clone()
+            });
+            (table, fp)
         });
         target.services.insert(
             mk,
@@ -398,7 +409,7 @@ pub fn plan(
                 .difference(&before)
                 .map(|r| Op::PutSourceRange(fp.svc_id, *r)),
         );
-        if let Some((table, print)) = &fp.maglev
+        if let Some((Some(table), print)) = &fp.maglev
             && current.maglev.get(&fp.svc_id) != Some(print)
         {
             ops.push(Op::PutMaglev(fp.svc_id, table.clone(), *print));
