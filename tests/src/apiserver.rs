@@ -233,6 +233,8 @@ struct Control {
     watch_generation: u64,
     shutdown: bool,
     gone_mode: Option<GoneMode>,
+    /// Added to every list request (a large cluster's lists take time).
+    list_delay: Duration,
 }
 
 #[derive(Clone, Debug, Default)]
@@ -256,7 +258,10 @@ impl Shared {
     }
 
     fn gone_mode(&self) -> GoneMode {
-        self.control.borrow().gone_mode.unwrap_or(self.cfg.gone_mode)
+        self.control
+            .borrow()
+            .gone_mode
+            .unwrap_or(self.cfg.gone_mode)
     }
 }
 
@@ -292,7 +297,8 @@ impl ApiServer {
             {
                 Ok(rt) => rt,
                 Err(e) => {
-                    s.status.send_modify(|st| st.error = Some(format!("runtime: {e}")));
+                    s.status
+                        .send_modify(|st| st.error = Some(format!("runtime: {e}")));
                     return;
                 }
             };
@@ -322,8 +328,8 @@ impl ApiServer {
             "apiVersion: v1\nkind: Config\nclusters:\n- name: sluice-test\n  cluster:\n    server: {}\ncontexts:\n- name: sluice-test\n  context:\n    cluster: sluice-test\n    user: sluice-test\ncurrent-context: sluice-test\nusers:\n- name: sluice-test\n  user: {{}}\n",
             self.url()
         );
-        let mut f = std::fs::File::create(path)
-            .with_context(|| format!("creating {}", path.display()))?;
+        let mut f =
+            std::fs::File::create(path).with_context(|| format!("creating {}", path.display()))?;
         f.write_all(text.as_bytes())?;
         Ok(())
     }
@@ -364,6 +370,13 @@ impl ApiServer {
         self.wait_listening(true)
     }
 
+    /// Delays every list request by `delay`, as listing a large cluster
+    /// takes time: a relist then spans many coalescing windows of the
+    /// client, so a client that published a partial view would be caught.
+    pub fn set_list_delay(&self, delay: Duration) {
+        self.shared.control.send_modify(|c| c.list_delay = delay);
+    }
+
     pub fn set_gone_mode(&self, mode: GoneMode) {
         self.shared
             .control
@@ -373,9 +386,7 @@ impl ApiServer {
     /// Cuts every open watch mid-stream (no terminating chunk), as a
     /// restarting API server or a load balancer would.
     pub fn drop_watches(&self) {
-        self.shared
-            .control
-            .send_modify(|c| c.watch_generation += 1);
+        self.shared.control.send_modify(|c| c.watch_generation += 1);
     }
 
     /// Forgets the history up to the current resourceVersion: a watch from
@@ -395,9 +406,7 @@ impl ApiServer {
         compact(&mut store);
         // Under the store lock: any bookmark carrying the new version is
         // sent after this, and streams check the generation before sending.
-        self.shared
-            .control
-            .send_modify(|c| c.watch_generation += 1);
+        self.shared.control.send_modify(|c| c.watch_generation += 1);
     }
 
     /// The current (global) resourceVersion.
@@ -687,7 +696,16 @@ async fn bookmarks(shared: Arc<Shared>) {
 async fn serve_connection(stream: tokio::net::TcpStream, shared: Arc<Shared>) {
     let service = service_fn(move |req| {
         let shared = shared.clone();
-        async move { Ok::<_, Infallible>(handle(&shared, &req)) }
+        async move {
+            let delay = shared.control.borrow().list_delay;
+            let is_list = req.method() == hyper::Method::GET
+                && !req.uri().query().unwrap_or("").contains("watch=")
+                && matches!(route(req.uri().path()), Some(Route::Collection { .. }));
+            if is_list && !delay.is_zero() {
+                tokio::time::sleep(delay).await;
+            }
+            Ok::<_, Infallible>(handle(&shared, &req))
+        }
     });
     let _ = http1::Builder::new()
         .serve_connection(TokioIo::new(stream), service)
@@ -769,13 +787,10 @@ enum Route {
 }
 
 fn route(path: &str) -> Option<Route> {
-    let rest = path
-        .strip_prefix("/api/v1/")
-        .map(|r| ("", r))
-        .or_else(|| {
-            path.strip_prefix("/apis/discovery.k8s.io/v1/")
-                .map(|r| ("discovery.k8s.io", r))
-        })?;
+    let rest = path.strip_prefix("/api/v1/").map(|r| ("", r)).or_else(|| {
+        path.strip_prefix("/apis/discovery.k8s.io/v1/")
+            .map(|r| ("discovery.k8s.io", r))
+    })?;
     let (group, rest) = rest;
     let parts: Vec<&str> = rest.split('/').filter(|p| !p.is_empty()).collect();
     let (namespace, resource, name) = match parts.as_slice() {
@@ -965,10 +980,13 @@ fn list(
             }
         };
         continue_token = Some(format!("{id}-{end}"));
-    } else if let Some((id, _)) = q.get("continue").and_then(|t| t.split_once('-')) {
-        if let Ok(id) = id.parse::<u64>() {
-            store.snapshots.remove(&id);
-        }
+    } else if let Some(id) = q
+        .get("continue")
+        .and_then(|t| t.split_once('-'))
+        .and_then(|(id, _)| id.parse::<u64>().ok())
+    {
+        // The last page: the snapshot is done with.
+        store.snapshots.remove(&id);
     }
     drop(store);
     let mut meta = json!({"resourceVersion": rv.to_string()});
@@ -1054,7 +1072,8 @@ fn watch_collection(
                 if shared.gone_mode() == GoneMode::HttpStatus {
                     return status_response(StatusCode::GONE, "Expired", &message);
                 }
-                let event = json!({"type": "ERROR", "object": status_json(410, "Expired", &message)});
+                let event =
+                    json!({"type": "ERROR", "object": status_json(410, "Expired", &message)});
                 initial.push(Bytes::from(format!("{event}\n")));
                 end_after_initial = true;
             } else {

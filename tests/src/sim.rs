@@ -20,6 +20,7 @@ use std::{
 use anyhow::{Context, Result, bail};
 
 use crate::{
+    apiserver::{ApiServer, ApiServerConfig},
     bpffs::TempBpffs,
     cleanup::{self, Item},
     manifests,
@@ -28,6 +29,8 @@ use crate::{
 
 pub const CLUSTER_CIDR: &str = "10.244.0.0/16";
 pub const FABRIC_PREFIX: u8 = 24;
+/// The test API server's host on the fabric ([`Cluster::start_api_server`]).
+pub const APISERVER_IP: Ipv4Addr = Ipv4Addr::new(10, 77, 0, 250);
 
 /// Where the binaries under test are (`cargo xtask build` puts them there).
 #[derive(Clone, Debug)]
@@ -96,12 +99,26 @@ pub struct Pod {
     pub container_id: String,
 }
 
+/// A test API server on its own host on the fabric.
+pub struct ApiHost {
+    pub server: ApiServer,
+    pub kubeconfig: PathBuf,
+    // After the server: its thread runs inside this namespace.
+    pub ns: NetNs,
+}
+
 pub struct Cluster {
     pub bins: Bins,
     pub nodes: Vec<Node>,
     pub outside: NetNs,
     pub outside_ip: Ipv4Addr,
     pub manifests: PathBuf,
+    /// When set, daemons started from now on watch this API server instead
+    /// of the manifests directory.
+    pub api: Option<ApiHost>,
+    /// Command prefix for daemons started from now on (e.g. `setpriv ...
+    /// --`), so a test can run sluiced confined the way a pod would.
+    pub daemon_wrapper: Vec<std::ffi::OsString>,
     // Dropped last, in this order: namespaces above go first.
     pub fabric: NetNs,
     pub fs: TempBpffs,
@@ -131,6 +148,8 @@ impl Cluster {
             outside: NetNs::new("outside")?,
             outside_ip: fabric_ip(200),
             manifests,
+            api: None,
+            daemon_wrapper: Vec::new(),
             fabric,
             fs,
         };
@@ -203,6 +222,35 @@ impl Cluster {
         Ok(ns)
     }
 
+    /// Starts a test API server on its own host on the fabric
+    /// ([`APISERVER_IP`]), creates every node's Node object there, and makes
+    /// daemons started from now on use it (`--kubeconfig`) instead of the
+    /// manifests directory.
+    pub fn start_api_server(&mut self, cfg: ApiServerConfig) -> Result<&ApiServer> {
+        if self.api.is_some() {
+            bail!("the cluster already has an API server");
+        }
+        let ns = NetNs::new("apiserver")?;
+        self.attach_host(&ns, "api", APISERVER_IP)?;
+        let server = ApiServer::start(&ns, APISERVER_IP, cfg)?;
+        for node in &self.nodes {
+            server.apply_yaml(&manifests::node(&node.name, node.ip, &node.pod_cidr))?;
+        }
+        let kubeconfig = self.fs.scratch().join("kubeconfig");
+        server.write_kubeconfig(&kubeconfig)?;
+        let api = self.api.insert(ApiHost {
+            server,
+            kubeconfig,
+            ns,
+        });
+        Ok(&api.server)
+    }
+
+    /// The API server of [`Cluster::start_api_server`].
+    pub fn api_server(&self) -> &ApiServer {
+        &self.api.as_ref().expect("start_api_server first").server
+    }
+
     pub fn node(&self, name: &str) -> &Node {
         self.nodes
             .iter()
@@ -235,10 +283,21 @@ impl Cluster {
     }
 
     pub fn start_daemon(&mut self, i: usize) -> Result<()> {
+        self.start_daemon_with_args(i, &[])
+    }
+
+    /// Starts `sluiced` on node `i` with extra arguments (capacities, log
+    /// format...), on the API server if the cluster has one.
+    pub fn start_daemon_with_args(&mut self, i: usize, extra: &[&str]) -> Result<()> {
         let bins = self.bins.clone();
-        let manifests = self.manifests.clone();
+        let mut args: Vec<std::ffi::OsString> = match &self.api {
+            Some(api) => vec!["--kubeconfig".into(), api.kubeconfig.clone().into()],
+            None => vec!["--manifests".into(), self.manifests.clone().into()],
+        };
+        args.extend(extra.iter().map(|a| a.into()));
+        let wrapper = self.daemon_wrapper.clone();
         let node = &mut self.nodes[i];
-        node.start(&bins, &manifests)
+        node.start(&bins, &wrapper, &args)
     }
 
     pub fn stop_daemon(&mut self, i: usize) -> Result<()> {
@@ -253,7 +312,17 @@ impl Cluster {
 }
 
 impl Node {
-    fn start(&mut self, bins: &Bins, manifests: &Path) -> Result<()> {
+    /// The pid of the running sluiced (the wrapper execs it, so the same).
+    pub fn daemon_pid(&self) -> Option<u32> {
+        self.daemon.as_ref().map(Child::id)
+    }
+
+    fn start(
+        &mut self,
+        bins: &Bins,
+        wrapper: &[std::ffi::OsString],
+        source: &[std::ffi::OsString],
+    ) -> Result<()> {
         if self.daemon.is_some() {
             bail!("sluiced already runs on {}", self.name);
         }
@@ -261,12 +330,17 @@ impl Node {
             .create(true)
             .append(true)
             .open(&self.log)?;
-        let child = self
-            .ns
-            .command(&bins.sluiced)
+        let mut command = match wrapper.split_first() {
+            Some((program, rest)) => {
+                let mut c = self.ns.command(program);
+                c.args(rest).arg(&bins.sluiced);
+                c
+            }
+            None => self.ns.command(&bins.sluiced),
+        };
+        let child = command
             .args(["--node-name", &self.name])
-            .arg("--manifests")
-            .arg(manifests)
+            .args(source)
             .arg("--bpffs")
             .arg(&self.bpffs)
             .arg("--state-dir")

@@ -19,9 +19,10 @@
 //!   datapath keeps its last state; each watcher retries with jittered
 //!   exponential backoff and resumes from its last resourceVersion, or
 //!   relists when that is gone.
-//! - Bursts are coalesced: a view is published at most [`KubeSourceConfig::
-//!   coalesce`] after the first change it contains, stamped with when that
-//!   change arrived.
+//! - Bursts are coalesced: a change is published at once when the previous
+//!   view is older than [`KubeSourceConfig::coalesce`], else when it is that
+//!   old, together with everything that arrived meanwhile; each view is
+//!   stamped with when its oldest change arrived.
 //!
 //! Read-only: the daemon needs `get`, `list` and `watch` on services, nodes
 //! and endpointslices.discovery.k8s.io, nothing else.
@@ -67,7 +68,8 @@ const EVENT_QUEUE: usize = 4096;
 /// Tuning of the API source.
 #[derive(Clone, Debug)]
 pub struct KubeSourceConfig {
-    /// How long after the first change of a burst the view is published.
+    /// Shortest time between two published views (a burst of changes
+    /// within it becomes one view).
     pub coalesce: Duration,
     /// First retry delay after a failed list or watch.
     pub backoff_min: Duration,
@@ -147,6 +149,9 @@ fn client(config: Config) -> Result<Client, KubeSourceError> {
 }
 
 /// One watcher event, tagged with its kind.
+// Unboxed: an event is moved from the watcher through the channel into
+// the mirror, which stores the objects, never the events.
+#[allow(clippy::large_enum_variant)]
 #[derive(Debug)]
 pub enum Change {
     Service(Event<Service>),
@@ -171,14 +176,48 @@ impl<K, T> Default for Relist<K, T> {
     }
 }
 
+/// What a change touched, to bring an older copy of the view up to date.
+#[derive(Clone, Debug)]
+enum Touched<K> {
+    Key(K),
+    All,
+}
+
+#[derive(Clone, Debug)]
+enum Dirty {
+    Service(Touched<ObjectKey>),
+    EndpointSlice(Touched<ObjectKey>),
+    Node(Touched<String>),
+}
+
+/// Published views kept for reuse. Two suffice: when view N is published,
+/// N-2 is normally held by nobody any more (the channel and the daemon
+/// moved on to N-1), so it costs no memory the old views would not cost
+/// anyway.
+const KEPT_VIEWS: usize = 2;
+
 /// The watched objects as the published view should hold them: the live
 /// state of every kind plus, aside, the relists in progress.
+///
+/// Publishing a view of 10k Services by cloning every object costs about
+/// as much as the daemon's whole recomputation, so views are recycled: a
+/// published copy that nobody holds any more is brought up to date with
+/// the objects changed since (a journal of touched keys) and published
+/// again.
 #[derive(Debug, Default)]
 pub struct Mirror {
     state: ClusterState,
     services: Relist<ObjectKey, Service>,
     slices: Relist<ObjectKey, EndpointSlice>,
     nodes: Relist<String, Node>,
+    /// What changed in `state`, from the oldest kept view on.
+    journal: Vec<Dirty>,
+    /// Journal position of `journal[0]`.
+    journal_base: u64,
+    /// Views published lately, each with the journal position it matches.
+    views: std::collections::VecDeque<(Arc<ClusterState>, u64)>,
+    /// Views published by bringing an old one up to date.
+    recycled: u64,
 }
 
 impl Mirror {
@@ -189,28 +228,38 @@ impl Mirror {
     /// Takes one watcher event. Returns whether the view changed (the first
     /// complete list of a kind counts as a change even when it is empty).
     pub fn apply(&mut self, change: Change) -> bool {
-        match change {
+        let dirty = match change {
             Change::Service(e) => apply_event(
                 &mut self.state.services,
                 &mut self.services,
                 e,
                 |s: &Service| ObjectKey::of(&s.metadata),
                 |s: &mut Service| trim_meta(&mut s.metadata),
-            ),
+            )
+            .map(Dirty::Service),
             Change::EndpointSlice(e) => apply_event(
                 &mut self.state.endpoint_slices,
                 &mut self.slices,
                 e,
                 |s: &EndpointSlice| ObjectKey::of(&s.metadata),
                 |s: &mut EndpointSlice| trim_meta(&mut s.metadata),
-            ),
+            )
+            .map(Dirty::EndpointSlice),
             Change::Node(e) => apply_event(
                 &mut self.state.nodes,
                 &mut self.nodes,
                 e,
                 |n: &Node| n.metadata.name.clone().filter(|n| !n.is_empty()),
                 trim_node,
-            ),
+            )
+            .map(Dirty::Node),
+        };
+        match dirty {
+            Some(d) => {
+                self.journal.push(d);
+                true
+            }
+            None => false,
         }
     }
 
@@ -224,28 +273,93 @@ impl Mirror {
     pub fn state(&self) -> &ClusterState {
         &self.state
     }
+
+    /// The current view as an immutable snapshot to publish: a recycled
+    /// earlier view brought up to date when one is free, a copy otherwise.
+    pub fn view(&mut self) -> Arc<ClusterState> {
+        let end = self.journal_base + self.journal.len() as u64;
+        let free = self
+            .views
+            .iter()
+            .position(|(v, _)| Arc::strong_count(v) == 1)
+            .and_then(|i| self.views.remove(i));
+        let state = match free.map(|(v, at)| (Arc::try_unwrap(v), at)) {
+            Some((Ok(mut old), at)) => {
+                self.recycled += 1;
+                let from = usize::try_from(at - self.journal_base).unwrap_or(usize::MAX);
+                for d in self.journal.get(from..).unwrap_or_default() {
+                    replay(&mut old, &self.state, d);
+                }
+                old
+            }
+            // No free view (or, impossibly, one that was shared after all).
+            _ => self.state.clone(),
+        };
+        let view = Arc::new(state);
+        self.views.push_back((view.clone(), end));
+        while self.views.len() > KEPT_VIEWS {
+            self.views.pop_front();
+        }
+        // The journal is needed back to the oldest kept view only.
+        let keep_from = self.views.front().map_or(end, |(_, at)| *at);
+        let drained = usize::try_from(keep_from - self.journal_base).unwrap_or(0);
+        self.journal.drain(..drained.min(self.journal.len()));
+        self.journal_base = keep_from;
+        view
+    }
 }
 
-fn apply_event<K: Ord, T: PartialEq>(
+/// Makes `dst` agree with `src` on what `dirty` touched.
+fn replay(dst: &mut ClusterState, src: &ClusterState, dirty: &Dirty) {
+    fn one<K: Ord + Clone, T: Clone>(
+        dst: &mut BTreeMap<K, T>,
+        src: &BTreeMap<K, T>,
+        touched: &Touched<K>,
+    ) {
+        match touched {
+            Touched::All => dst.clone_from(src),
+            Touched::Key(k) => match src.get(k) {
+                Some(v) => {
+                    dst.insert(k.clone(), v.clone());
+                }
+                None => {
+                    dst.remove(k);
+                }
+            },
+        }
+    }
+    match dirty {
+        Dirty::Service(t) => one(&mut dst.services, &src.services, t),
+        Dirty::EndpointSlice(t) => one(&mut dst.endpoint_slices, &src.endpoint_slices, t),
+        Dirty::Node(t) => one(&mut dst.nodes, &src.nodes, t),
+    }
+}
+
+/// Applies one event to a kind's live map (or its relist). Returns what
+/// changed in the live map, if anything.
+fn apply_event<K: Ord + Clone, T: PartialEq>(
     live: &mut BTreeMap<K, T>,
     relist: &mut Relist<K, T>,
     event: Event<T>,
     key: impl Fn(&T) -> Option<K>,
     trim: impl Fn(&mut T),
-) -> bool {
+) -> Option<Touched<K>> {
     match event {
         Event::Init => {
             // A restarted list starts from nothing; whatever a broken
             // earlier attempt had collected is dropped with it.
             relist.pending = Some(BTreeMap::new());
-            false
+            None
         }
         Event::InitApply(mut obj) => {
             trim(&mut obj);
             if let Some(k) = key(&obj) {
-                relist.pending.get_or_insert_with(BTreeMap::new).insert(k, obj);
+                relist
+                    .pending
+                    .get_or_insert_with(BTreeMap::new)
+                    .insert(k, obj);
             }
-            false
+            None
         }
         Event::InitDone => {
             let listed = relist.pending.take().unwrap_or_default();
@@ -253,18 +367,22 @@ fn apply_event<K: Ord, T: PartialEq>(
             relist.synced = true;
             let changed = *live != listed;
             *live = listed;
-            changed || first
+            (changed || first).then_some(Touched::All)
         }
         Event::Apply(mut obj) => {
             trim(&mut obj);
-            let Some(k) = key(&obj) else { return false };
+            let k = key(&obj)?;
             if live.get(&k) == Some(&obj) {
-                return false;
+                return None;
             }
-            live.insert(k, obj);
-            true
+            live.insert(k.clone(), obj);
+            Some(Touched::Key(k))
         }
-        Event::Delete(obj) => key(&obj).is_some_and(|k| live.remove(&k).is_some()),
+        Event::Delete(obj) => {
+            let k = key(&obj)?;
+            live.remove(&k)?;
+            Some(Touched::Key(k))
+        }
     }
 }
 
@@ -403,7 +521,10 @@ async fn reflect<K>(
                         Event::Init => {
                             listed = 0;
                             if synced_once {
-                                info!(kind, "relisting (watch expired or restarted); the published view stays until the list is complete");
+                                info!(
+                                    kind,
+                                    "relisting (watch expired or restarted); the published view stays until the list is complete"
+                                );
                             } else {
                                 debug!(kind, "listing");
                             }
@@ -451,53 +572,44 @@ async fn reflect<K>(
     }
 }
 
-/// Folds the watchers' events into the mirror and publishes coalesced
-/// views once every kind is synced.
+/// Folds the watchers' events into the mirror and publishes views once
+/// every kind is synced: at once when the last view is older than
+/// `coalesce` (with whatever else has already arrived), otherwise when it
+/// is `coalesce` old. kube-proxy's BoundedFrequencyRunner works the same
+/// way: a lone change costs no waiting, a burst at most one view per
+/// interval.
 async fn publish(
     mut events: mpsc::Receiver<Change>,
     tx: watch::Sender<Option<Update>>,
     coalesce: Duration,
 ) {
     let mut mirror = Mirror::new();
-    // The oldest change not yet published, and when to publish it.
+    // The oldest change not yet published.
     let mut dirty_since: Option<Instant> = None;
+    let mut last_publish: Option<Instant> = None;
     let mut deadline: Option<Instant> = None;
     loop {
-        let change = match deadline {
-            Some(at) => tokio::select! {
-                c = events.recv() => c,
-                () = tokio::time::sleep_until(at) => {
-                    let update = Update {
-                        state: Arc::new(mirror.state().clone()),
-                        seen: dirty_since.take().unwrap_or(at).into_std(),
-                    };
-                    deadline = None;
-                    debug!(
-                        services = update.state.services.len(),
-                        endpoint_slices = update.state.endpoint_slices.len(),
-                        nodes = update.state.nodes.len(),
-                        "publishing a new view of the cluster"
-                    );
-                    if tx.send(Some(update)).is_err() {
-                        return;
-                    }
-                    continue;
-                }
-                () = tx.closed() => return,
+        let change = tokio::select! {
+            c = events.recv() => match c {
+                Some(c) => Some(c),
+                // Every watcher is gone (they only stop when nobody listens).
+                None => return,
             },
-            None => tokio::select! {
-                c = events.recv() => c,
-                () = tx.closed() => return,
-            },
+            () = sleep_until_some(deadline) => None,
+            () = tx.closed() => return,
         };
-        let Some(change) = change else { return };
-        let now = Instant::now();
-        let was_synced = mirror.synced();
-        if mirror.apply(change) {
-            dirty_since.get_or_insert(now);
-        }
-        if mirror.synced() {
-            if !was_synced {
+        if let Some(change) = change {
+            let was_synced = mirror.synced();
+            if mirror.apply(change) {
+                dirty_since.get_or_insert_with(Instant::now);
+            }
+            // Take in what has already arrived before deciding.
+            while let Ok(change) = events.try_recv() {
+                if mirror.apply(change) {
+                    dirty_since.get_or_insert_with(Instant::now);
+                }
+            }
+            if mirror.synced() && !was_synced {
                 info!(
                     services = mirror.state().services.len(),
                     endpoint_slices = mirror.state().endpoint_slices.len(),
@@ -505,10 +617,40 @@ async fn publish(
                     "Services, EndpointSlices and Nodes listed; publishing"
                 );
             }
-            if dirty_since.is_some() && deadline.is_none() {
-                deadline = Some(now + coalesce);
-            }
         }
+        let Some(since) = dirty_since.filter(|_| mirror.synced()) else {
+            continue;
+        };
+        let now = Instant::now();
+        let due = last_publish.map_or(now, |t| t + coalesce);
+        if due > now {
+            deadline = Some(due);
+            continue;
+        }
+        deadline = None;
+        dirty_since = None;
+        last_publish = Some(now);
+        let update = Update {
+            state: mirror.view(),
+            seen: since.into_std(),
+        };
+        debug!(
+            services = update.state.services.len(),
+            endpoint_slices = update.state.endpoint_slices.len(),
+            nodes = update.state.nodes.len(),
+            "publishing a new view of the cluster"
+        );
+        if tx.send(Some(update)).is_err() {
+            return;
+        }
+    }
+}
+
+/// Sleeps until `at`, or forever without one.
+async fn sleep_until_some(at: Option<Instant>) {
+    match at {
+        Some(at) => tokio::time::sleep_until(at).await,
+        None => std::future::pending().await,
     }
 }
 
@@ -610,7 +752,10 @@ mod tests {
         assert!(m.apply(Change::EndpointSlice(Event::InitDone)));
         assert!(!m.synced());
         m.apply(Change::Node(Event::Init));
-        m.apply(Change::Node(Event::InitApply(node("n1", "2025-01-01T00:00:01Z"))));
+        m.apply(Change::Node(Event::InitApply(node(
+            "n1",
+            "2025-01-01T00:00:01Z",
+        ))));
         assert!(!m.synced(), "a list in progress is not a complete list");
         // An empty first list is still a change: the view exists now.
         assert!(m.apply(Change::Node(Event::InitDone)));
@@ -681,14 +826,27 @@ mod tests {
         assert_eq!(m.state().services.len(), 2);
         let stored = &m.state().services[&ObjectKey::new("default", "web")];
         assert!(stored.metadata.managed_fields.is_none());
-        assert!(m.apply(Change::Service(Event::Delete(svc("db", "10.96.0.12", "10")))));
-        assert!(!m.apply(Change::Service(Event::Delete(svc("db", "10.96.0.12", "10")))));
+        assert!(m.apply(Change::Service(Event::Delete(svc(
+            "db",
+            "10.96.0.12",
+            "10"
+        )))));
+        assert!(!m.apply(Change::Service(Event::Delete(svc(
+            "db",
+            "10.96.0.12",
+            "10"
+        )))));
         // Node heartbeats are not changes; an address change is.
-        assert!(m.apply(Change::Node(Event::Apply(node("n1", "2025-01-01T00:00:01Z")))));
-        assert!(!m.apply(Change::Node(Event::Apply(node("n1", "2025-01-01T00:00:02Z")))));
+        assert!(m.apply(Change::Node(Event::Apply(node(
+            "n1",
+            "2025-01-01T00:00:01Z"
+        )))));
+        assert!(!m.apply(Change::Node(Event::Apply(node(
+            "n1",
+            "2025-01-01T00:00:02Z"
+        )))));
         let mut moved = node("n1", "2025-01-01T00:00:03Z");
-        moved.status.as_mut().unwrap().addresses.as_mut().unwrap()[0].address =
-            "10.77.0.11".into();
+        moved.status.as_mut().unwrap().addresses.as_mut().unwrap()[0].address = "10.77.0.11".into();
         assert!(m.apply(Change::Node(Event::Apply(moved))));
         // Objects without a name are dropped.
         let nameless: Service = serde_json::from_value(json!({"metadata": {}})).unwrap();
@@ -721,6 +879,109 @@ mod tests {
         ));
     }
 
+    fn assert_view_is_live(v: &ClusterState, m: &Mirror, when: &str) {
+        assert!(
+            v.services == m.state().services
+                && v.endpoint_slices == m.state().endpoint_slices
+                && v.nodes == m.state().nodes,
+            "{when}: the published view differs from the live state"
+        );
+    }
+
+    #[test]
+    fn recycled_views_equal_the_live_state() {
+        let mut m = Mirror::new();
+        sync_all(&mut m);
+        // Views still held, as the watch channel and the daemon hold them.
+        let mut held: Vec<Arc<ClusterState>> = Vec::new();
+        let mut seed = 0x2545_f491_4f6c_dd1du64;
+        for step in 0..600u32 {
+            seed ^= seed << 13;
+            seed ^= seed >> 7;
+            seed ^= seed << 17;
+            let i = seed % 12;
+            let name = format!("s{i}");
+            let ip = format!("10.96.0.{}", step % 250);
+            match (seed >> 8) % 8 {
+                0 => {
+                    m.apply(Change::Service(Event::Delete(svc(&name, "", "1"))));
+                }
+                1 | 2 => {
+                    let addr = format!("10.244.1.{}", step % 250);
+                    m.apply(Change::EndpointSlice(Event::Apply(slice(&name, &[&addr]))));
+                }
+                3 => {
+                    m.apply(Change::EndpointSlice(Event::Delete(slice(&name, &[]))));
+                }
+                4 if step % 5 == 0 => {
+                    // A relist with a subset of the services.
+                    let items = (0..12)
+                        .filter(|k| (seed >> k) & 1 == 1)
+                        .map(|k| svc(&format!("s{k}"), "10.96.1.1", "2"))
+                        .collect();
+                    list_services(&mut m, items);
+                }
+                _ => {
+                    m.apply(Change::Service(Event::Apply(svc(&name, &ip, "1"))));
+                }
+            }
+            if (seed >> 20).is_multiple_of(3) {
+                let v = m.view();
+                assert_view_is_live(&v, &m, &format!("step {step}"));
+                held.push(v);
+                while held.len() > ((seed >> 24) % 3) as usize {
+                    held.remove(0);
+                }
+            }
+        }
+        assert!(
+            m.recycled > 50,
+            "views were recycled only {} times",
+            m.recycled
+        );
+        assert!(
+            m.journal.len() < 200,
+            "the journal keeps growing: {}",
+            m.journal.len()
+        );
+        // Every held view still shows what it showed when published:
+        // recycling only ever touches views nobody holds.
+        let v = m.view();
+        assert_view_is_live(&v, &m, "last");
+    }
+
+    #[test]
+    fn held_views_are_never_modified() {
+        let mut m = Mirror::new();
+        sync_all(&mut m);
+        let first = m.view();
+        let second = m.view();
+        m.apply(Change::Service(Event::Apply(svc("web", "10.96.0.99", "2"))));
+        let third = m.view();
+        m.apply(Change::Service(Event::Apply(svc("web", "10.96.0.98", "3"))));
+        let fourth = m.view();
+        let ip = |v: &ClusterState| {
+            v.services[&ObjectKey::new("default", "web")]
+                .spec
+                .as_ref()
+                .unwrap()
+                .cluster_ip
+                .clone()
+                .unwrap()
+        };
+        assert_eq!(ip(&first), "10.96.0.10");
+        assert_eq!(ip(&second), "10.96.0.10");
+        assert_eq!(ip(&third), "10.96.0.99");
+        assert_eq!(ip(&fourth), "10.96.0.98");
+        assert_eq!(m.recycled, 0, "a held view was reused");
+        drop((first, second, third));
+        m.apply(Change::Service(Event::Apply(svc("web", "10.96.0.97", "4"))));
+        let fifth = m.view();
+        assert_eq!(ip(&fifth), "10.96.0.97");
+        assert_eq!(ip(&fourth), "10.96.0.98");
+        assert_eq!(m.recycled, 1);
+    }
+
     #[test]
     fn backoff_grows_to_the_cap_with_jitter_and_resets() {
         let cfg = KubeSourceConfig {
@@ -732,7 +993,10 @@ mod tests {
         let mut b = Backoff::new(&cfg);
         let now = Instant::now();
         let delays: Vec<u128> = (0..8).map(|_| b.delay(now).as_millis()).collect();
-        for (d, base) in delays.iter().zip([100, 200, 400, 800, 1000, 1000, 1000, 1000]) {
+        for (d, base) in delays
+            .iter()
+            .zip([100, 200, 400, 800, 1000, 1000, 1000, 1000])
+        {
             assert!(
                 *d >= base * 3 / 4 && *d <= base * 5 / 4,
                 "{d} ms outside 75-125% of {base} ms: {delays:?}"

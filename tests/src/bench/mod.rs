@@ -2,4 +2,5 @@
 //! comparisons; they assert nothing about speed (that would flake).
 
 pub mod cni;
+pub mod control_plane;
 pub mod datapath;

@@ -12,6 +12,10 @@ fn main() -> anyhow::Result<()> {
         sluice_tests::bench::cni::run()?;
         ran = true;
     }
+    if all || which == "control-plane" {
+        sluice_tests::bench::control_plane::run()?;
+        ran = true;
+    }
     anyhow::ensure!(
         ran,
         "unknown benchmark {which:?} (datapath, cni, control-plane, all)"
