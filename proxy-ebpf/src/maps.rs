@@ -2,7 +2,7 @@
 //! `proxy_common::names`; sizes are defaults the daemon may override.
 
 use aya_ebpf::{
-    bindings::{BPF_F_INNER_MAP, BPF_F_NO_PREALLOC},
+    bindings::BPF_F_NO_PREALLOC,
     btf_maps,
     macros::{btf_map, map},
     maps::{Array, HashMap, LpmTrie, LruHashMap, PerCpuArray},
@@ -15,6 +15,7 @@ use proxy_common::{
     service::{
         DEFAULT_MAX_AFFINITY_ENTRIES, DEFAULT_MAX_BACKENDS, DEFAULT_MAX_MAGLEV_TABLES,
         DEFAULT_MAX_SERVICE_ENTRIES, DEFAULT_MAX_SERVICE_IDS, DEFAULT_MAX_SOURCE_RANGES,
+        MAGLEV_TABLE_FLAGS,
     },
 };
 
@@ -48,11 +49,12 @@ pub static AFFINITY: LruHashMap<AffinityKey, AffinityValue> =
 pub static SOURCE_RANGES: LpmTrie<SourceRangeKey, u32> =
     LpmTrie::pinned(DEFAULT_MAX_SOURCE_RANGES, BPF_F_NO_PREALLOC);
 
-/// Inner tables may have any size (BPF_F_INNER_MAP): the operator picks it.
-pub type MaglevTable = btf_maps::Array<u32, 1, { BPF_F_INNER_MAP as usize }>;
+/// Inner tables may have any size (BPF_F_INNER_MAP): the operator picks it;
+/// user space writes them through a mapping (BPF_F_MMAPABLE).
+pub type MaglevTable = btf_maps::Array<u32, 1, { MAGLEV_TABLE_FLAGS as usize }>;
 
 /// Pinned by the loader (BTF maps carry no pinning attribute).
-#[btf_map(name = "sluice_mglv4_v1")]
+#[btf_map(name = "sluice_mglv4_v2")]
 pub static MAGLEV: btf_maps::HashOfMaps<u32, MaglevTable, { DEFAULT_MAX_MAGLEV_TABLES as usize }> =
     btf_maps::HashOfMaps::new();
 

@@ -5,6 +5,7 @@
 //! sockets are the pod's sockets.
 
 use std::{
+    collections::BTreeMap,
     io::{BufRead, BufReader, Write},
     net::{Ipv4Addr, SocketAddr, TcpListener, TcpStream, UdpSocket},
     os::fd::AsRawFd,
@@ -184,6 +185,21 @@ pub fn tcp_ask(target: SocketAddr) -> Result<String> {
         bail!("connection to {target} closed without an answer");
     }
     Ok(server_name(&line))
+}
+
+/// Which servers answer `n` new connections to `target` from inside `ns`,
+/// and how many times each; panics naming the connection that failed.
+pub fn tcp_spread(ns: &NetNs, target: SocketAddr, n: usize) -> BTreeMap<String, usize> {
+    ns.run(move || {
+        let mut seen = BTreeMap::new();
+        for i in 0..n {
+            let who = tcp_ask(target)
+                .unwrap_or_else(|e| panic!("connection {i} to {target} failed: {e}"));
+            *seen.entry(who).or_insert(0) += 1;
+        }
+        seen
+    })
+    .expect("client thread")
 }
 
 /// Like [`tcp_ask`], from a chosen local port (SO_REUSEADDR, so a port in

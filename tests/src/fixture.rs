@@ -7,7 +7,7 @@ use std::net::Ipv4Addr;
 use anyhow::{Context, Result};
 use aya::programs::{TestRun, TestRunOptions};
 use proxy_common::{
-    Backend, CtEntry, CtKey, ServiceKey, ServiceValue,
+    Backend, CtEntry, CtKey, ServiceKey, ServiceValue, proto,
     service::{KIND_CLUSTER_IP, SCOPE_EXTERNAL, SVC_F_ADDR_ONLY},
 };
 use sluice::datapath::{Capacities, LoadedPrograms, Loader, PinnedMaps};
@@ -178,4 +178,31 @@ impl Datapath {
     pub fn ct_get(&self, key: &CtKey) -> Option<CtEntry> {
         self.maps.ct.get(key, 0).ok()
     }
+}
+
+/// The backends of frontend `vip:port`/TCP as the datapath has them, read
+/// from the pinned maps; `None` when there is no such frontend. A slot or
+/// backend that cannot be read is left out: that is what a packet would
+/// find.
+pub fn frontend_backends(maps: &PinnedMaps, vip: Ipv4Addr, port: u16) -> Option<Vec<Ipv4Addr>> {
+    let mut key = ServiceKey {
+        addr: nbo(vip),
+        port: port.to_be(),
+        slot: 0,
+        proto: proto::TCP,
+        scope: SCOPE_EXTERNAL,
+        _pad: [0; 2],
+    };
+    let master = maps.services.get(&key, 0).ok()?;
+    let mut out = Vec::with_capacity(usize::from(master.count));
+    for slot in 1..=master.count {
+        key.slot = slot;
+        let Ok(v) = maps.services.get(&key, 0) else {
+            continue;
+        };
+        if let Ok(b) = maps.backends.get(&v.backend_id, 0) {
+            out.push(Ipv4Addr::from(b.addr.to_ne_bytes()));
+        }
+    }
+    Some(out)
 }

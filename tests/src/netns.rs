@@ -8,14 +8,34 @@
 
 use std::{
     fs::File,
-    os::fd::AsRawFd,
-    path::PathBuf,
+    os::{fd::AsRawFd, unix::process::CommandExt},
+    path::{Path, PathBuf},
     process::{Command, Output},
     sync::atomic::{AtomicU32, Ordering},
     thread::JoinHandle,
 };
 
 use anyhow::{Context, Result, bail};
+
+/// A command that enters the namespace at `ns_path` between fork and exec:
+/// no `ip netns exec` in between, so timing it times the program alone, and
+/// the program never runs in the root namespace.
+pub fn command_entering(ns_path: &Path, program: impl AsRef<std::ffi::OsStr>) -> Result<Command> {
+    let ns = File::open(ns_path).with_context(|| format!("opening {}", ns_path.display()))?;
+    let mut cmd = Command::new(program);
+    // SAFETY: setns is async-signal-safe; it runs in the child before exec.
+    // The closure owns the namespace file, so the fd stays open as long as
+    // the command can be spawned.
+    unsafe {
+        cmd.pre_exec(move || {
+            if libc::setns(ns.as_raw_fd(), libc::CLONE_NEWNET) != 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            Ok(())
+        });
+    }
+    Ok(cmd)
+}
 
 static NEXT: AtomicU32 = AtomicU32::new(0);
 

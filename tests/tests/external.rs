@@ -380,4 +380,30 @@ fn maglev_sends_a_flow_to_the_same_backend_through_any_node() {
         .map(|id| maps.maglev.get(id, 0).unwrap().info().unwrap().id())
         .collect();
     assert_eq!(tables.len(), 2, "frontends {ids:?} hold tables {tables:?}");
+    // Every entry of a table, as the program reads it, is one of the
+    // frontend's backends, and each backend owns about 1/N of the entries.
+    let table: aya::maps::Array<_, u32> =
+        aya::maps::Array::try_from(aya::maps::Map::Array(maps.maglev.get(&ids[0], 0).unwrap()))
+            .unwrap();
+    let entries: Vec<u32> = table.iter().map(Result::unwrap).collect();
+    assert_eq!(entries.len(), 16_381);
+    let mut owned = std::collections::BTreeMap::<u32, usize>::new();
+    for id in &entries {
+        assert!(maps.backends.get(id, 0).is_ok(), "entry {id} is no backend");
+        *owned.entry(*id).or_default() += 1;
+    }
+    assert_eq!(owned.len(), backends.len(), "{owned:?}");
+    let fair = entries.len() / backends.len();
+    assert!(
+        owned.values().all(|n| n.abs_diff(fair) <= fair / 10),
+        "uneven table: {owned:?}"
+    );
+    // Deleting the Service removes all four (one batch; each single removal
+    // would wait for an RCU grace period).
+    s.cluster.delete("mg-svc.yaml").unwrap();
+    let emptied = wait_until(Duration::from_secs(5), || {
+        maps.maglev.keys().next().is_none()
+    });
+    let left: Vec<u32> = maps.maglev.keys().map(Result::unwrap).collect();
+    assert!(emptied, "tables left after the Service went: {left:?}");
 }

@@ -17,7 +17,6 @@ use std::{
     time::{Duration, Instant},
 };
 
-use proxy_common::{ServiceKey, proto, service::SCOPE_EXTERNAL};
 use serde_json::json;
 use sluice::{
     datapath::PinnedMaps,
@@ -26,7 +25,7 @@ use sluice::{
 use sluice_tests::{
     apiserver::{ApiServer, ApiServerConfig, GoneMode, Kind},
     apps::{self, Server, Stream},
-    fixture::nbo,
+    fixture,
     manifests::{self, Endpoint, Service, ready, tcp_port},
     netns::NetNs,
     sim::{Cluster, Pod, wait_until},
@@ -66,18 +65,7 @@ impl Setup {
 
     /// Which pods answer `n` new connections to the VIP (all must succeed).
     fn spread(&self, n: usize) -> BTreeMap<String, usize> {
-        self.client
-            .ns
-            .run(move || {
-                let mut seen = BTreeMap::new();
-                for i in 0..n {
-                    let who = apps::tcp_ask(TARGET)
-                        .unwrap_or_else(|e| panic!("connection {i} to {TARGET} failed: {e}"));
-                    *seen.entry(who).or_insert(0usize) += 1;
-                }
-                seen
-            })
-            .expect("client thread")
+        apps::tcp_spread(&self.client.ns, TARGET, n)
     }
 
     fn log(&self) -> String {
@@ -120,33 +108,6 @@ fn setup(backends: usize, ready: usize) -> Setup {
     });
     assert!(ok, "the Service never answered: {}", s.log());
     s
-}
-
-/// The backends of frontend `vip:port`/TCP as the datapath has them, read
-/// from the pinned maps: `None` when there is no such frontend.
-fn programmed_backends(maps: &PinnedMaps, vip: Ipv4Addr, port: u16) -> Option<Vec<Ipv4Addr>> {
-    let mut key = ServiceKey {
-        addr: nbo(vip),
-        port: port.to_be(),
-        slot: 0,
-        proto: proto::TCP,
-        scope: SCOPE_EXTERNAL,
-        _pad: [0; 2],
-    };
-    let master = maps.services.get(&key, 0).ok()?;
-    let mut out = Vec::new();
-    for slot in 1..=master.count {
-        key.slot = slot;
-        // A slot or backend that cannot be read counts as missing: that is
-        // exactly what a flap would look like to a packet.
-        let Ok(v) = maps.services.get(&key, 0) else {
-            continue;
-        };
-        if let Ok(b) = maps.backends.get(&v.backend_id, 0) {
-            out.push(Ipv4Addr::from(b.addr.to_ne_bytes()));
-        }
-    }
-    Some(out)
 }
 
 fn names(seen: &BTreeMap<String, usize>) -> BTreeSet<String> {
@@ -312,7 +273,7 @@ fn c_expired_resource_version_relists_without_flapping() {
     let stream = Stream::start(&s.client.ns, TARGET, Duration::from_millis(20)).unwrap();
     let maps = PinnedMaps::open(&s.cluster.nodes[0].bpffs).expect("pinned maps");
     let stable: BTreeSet<Ipv4Addr> = s.backends[..3].iter().map(|b| b.ip).collect();
-    let initial = programmed_backends(&maps, VIP, 80).expect("frontend programmed");
+    let initial = fixture::frontend_backends(&maps, VIP, 80).expect("frontend programmed");
     assert_eq!(
         initial.iter().copied().collect::<BTreeSet<_>>(),
         stable,
@@ -328,7 +289,7 @@ fn c_expired_resource_version_relists_without_flapping() {
             let mut polls = 0u64;
             let mut dips = Vec::new();
             while !stop.load(Ordering::SeqCst) {
-                let now = programmed_backends(&maps, VIP, 80);
+                let now = fixture::frontend_backends(&maps, VIP, 80);
                 let have: BTreeSet<Ipv4Addr> = now.iter().flatten().copied().collect();
                 if !stable.is_subset(&have) && dips.len() < 10 {
                     dips.push(format!("poll {polls}: {now:?}"));

@@ -87,18 +87,7 @@ fn setup() -> Setup {
 }
 
 fn tcp_spread(client: &Pod, target: SocketAddr, n: usize) -> BTreeMap<String, usize> {
-    client
-        .ns
-        .run(move || {
-            let mut seen = BTreeMap::new();
-            for i in 0..n {
-                let who = apps::tcp_ask(target)
-                    .unwrap_or_else(|e| panic!("connection {i} to {target} failed: {e}"));
-                *seen.entry(who).or_insert(0) += 1;
-            }
-            seen
-        })
-        .unwrap()
+    apps::tcp_spread(&client.ns, target, n)
 }
 
 fn assert_fair(seen: &BTreeMap<String, usize>, backends: &[Pod], n: usize) {

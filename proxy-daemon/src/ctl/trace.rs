@@ -207,8 +207,7 @@ fn copy_maglev(
         .and_then(Array::try_from)
         .map_err(map_err(names::MAP_MAGLEV))?;
     let values: Vec<u32> = table.iter().filter_map(Result::ok).collect();
-    let fd = raw::create_array(values.len() as u32, 0x1000).map_err(io)?;
-    raw::fill_array(std::os::fd::AsFd::as_fd(&fd), &values).map_err(io)?;
+    let fd = raw::maglev_table(&values).map_err(io)?;
     let copy = MapData::from_fd(fd).map_err(map_err(names::MAP_MAGLEV))?;
     private
         .maglev

@@ -10,6 +10,7 @@ pub mod raw;
 pub use capacity::Capacities;
 pub use error::DatapathError;
 pub use loader::{LoadedPrograms, Loader, check_bpffs};
+pub(crate) use maps::open_pinned;
 pub use maps::{PinnedMaps, map_path, open_pinned_info, pin_dir};
 
 /// The eBPF object built by build.rs (empty when built with AYA_BUILD_SKIP=1).

@@ -2,12 +2,11 @@
 
 mod ids;
 pub mod maglev;
+mod maglev_batch;
 pub mod meta;
 pub mod plan;
 
 use std::path::{Path, PathBuf};
-
-use std::os::fd::AsFd;
 
 use aya::maps::{MapData, MapError, PerCpuValues, lpm_trie::Key};
 use proxy_common::{AffinityKey, ServiceCounter, SourceRangeKey, names};
@@ -24,9 +23,6 @@ use crate::{
     datapath::{self, Capacities, DatapathError, PinnedMaps},
     model::DesiredState,
 };
-
-/// Lets inner maps differ in size from the template (see the eBPF side).
-const BPF_F_INNER_MAP: u32 = 0x1000;
 
 /// The LPM key of one source range of a frontend: the frontend id (all 32
 /// bits matched) then the range's prefix.
@@ -73,6 +69,13 @@ pub struct Writer {
     /// a copy each. Tables are never changed in place, only replaced, so
     /// sharing cannot leak one frontend's change into another.
     maglev_written: std::collections::HashMap<u64, (Vec<u32>, MapData)>,
+    /// A second handle on the map-of-maps, for the batch calls aya does not
+    /// offer (see [`maglev_batch`]).
+    maglev_outer: MapData,
+    /// Frontends whose table this apply already swapped in or removed in a
+    /// batch: their single operations are done.
+    maglev_batched_puts: std::collections::HashSet<u32>,
+    maglev_batched_deletes: std::collections::HashSet<u32>,
 }
 
 fn map_error(name: &'static str, capacity: u32, source: MapError) -> DatapathError {
@@ -146,6 +149,9 @@ impl Writer {
             options,
             meta: None,
             maglev_written: std::collections::HashMap::new(),
+            maglev_outer: datapath::open_pinned(bpffs, names::MAP_MAGLEV)?,
+            maglev_batched_puts: Default::default(),
+            maglev_batched_deletes: Default::default(),
         })
     }
 
@@ -184,6 +190,8 @@ impl Writer {
         // Dropping our handles leaves each table alive as long as a frontend
         // uses it.
         self.maglev_written.clear();
+        self.maglev_batched_puts.clear();
+        self.maglev_batched_deletes.clear();
         if let Err(e) = self.flush_affinity(&plan) {
             report
                 .failures
@@ -249,7 +257,16 @@ impl Writer {
 
     fn execute(&mut self, plan: &Plan, report: &mut ApplyReport) {
         let mut failed_backends = std::collections::BTreeSet::new();
-        'groups: for g in &plan.groups {
+        let (mut puts_batched, mut deletes_batched) = (false, false);
+        'groups: for (i, g) in plan.groups.iter().enumerate() {
+            if !puts_batched && g.ops.iter().any(|op| matches!(op, Op::PutMaglev(..))) {
+                puts_batched = true;
+                self.batch_maglev_puts(&plan.groups[i..], &failed_backends);
+            }
+            if !deletes_batched && g.ops.iter().any(|op| matches!(op, Op::DeleteMaglev(..))) {
+                deletes_batched = true;
+                self.batch_maglev_deletes(&plan.groups[i..], &failed_backends);
+            }
             if g.needs_backends.iter().any(|b| failed_backends.contains(b)) {
                 report.failures.push(format!(
                     "skipped {} operations: a backend they need failed",
@@ -303,7 +320,9 @@ impl Writer {
                 m.source_ranges.remove(&range_key(*id, net)),
                 names::MAP_SOURCE_RANGES,
             ),
+            Op::PutMaglev(id, _, _) if self.maglev_batched_puts.contains(id) => Ok(()),
             Op::PutMaglev(id, table, print) => self.put_maglev(*id, table, *print),
+            Op::DeleteMaglev(id) if self.maglev_batched_deletes.contains(id) => Ok(()),
             Op::DeleteMaglev(id) => gone(self.maps.maglev.remove(id), names::MAP_MAGLEV),
         }
     }
@@ -311,29 +330,12 @@ impl Writer {
     /// Builds a table in a new inner array and swaps it in with one update
     /// of the outer map: the datapath never sees half a table.
     fn put_maglev(&mut self, svc_id: u32, table: &[u32], print: u64) -> Result<(), DatapathError> {
-        let err = |source| DatapathError::Map {
-            name: names::MAP_MAGLEV,
-            source,
-        };
-        let full = |e| map_error(names::MAP_MAGLEV, self.capacities.maglev_tables, e);
-        // The content is compared too: a fingerprint collision must never
-        // give one frontend another's backends.
-        if let Some((content, inner)) = self.maglev_written.get(&print)
-            && content.as_slice() == table
-        {
-            return self.maps.maglev.insert(svc_id, inner, 0).map_err(full);
-        }
-        let io = |source| DatapathError::Io {
-            path: names::MAP_MAGLEV.into(),
-            source,
-        };
-        // Inner maps must carry the template's flags (BPF_F_INNER_MAP).
-        let fd = datapath::raw::create_array(table.len() as u32, BPF_F_INNER_MAP).map_err(io)?;
-        datapath::raw::fill_array(fd.as_fd(), table).map_err(io)?;
-        let inner = MapData::from_fd(fd).map_err(err)?;
-        self.maps.maglev.insert(svc_id, &inner, 0).map_err(full)?;
-        self.maglev_written.insert(print, (table.to_vec(), inner));
-        Ok(())
+        self.inner_table(table, print)?;
+        let inner = &self.maglev_written[&print].1;
+        self.maps
+            .maglev
+            .insert(svc_id, inner, 0)
+            .map_err(|e| map_error(names::MAP_MAGLEV, self.capacities.maglev_tables, e))
     }
 
     /// Deletes affinity entries the plan says are stale.

@@ -12,9 +12,8 @@
 
 use std::{
     io::Write,
-    os::unix::process::CommandExt,
     path::{Path, PathBuf},
-    process::{Command, Stdio},
+    process::Stdio,
     sync::{Arc, Mutex},
     time::{Duration, Instant},
 };
@@ -22,7 +21,8 @@ use std::{
 use anyhow::{Context, Result, bail};
 
 use crate::{
-    netns::NetNs,
+    bench::percentile,
+    netns::{NetNs, command_entering},
     sim::{Cluster, wait_until},
 };
 
@@ -32,22 +32,11 @@ const REFERENCE_DIR: &str = "/usr/lib/cni";
 
 /// Runs `plugin` inside the namespace at `ns_path` like a runtime would.
 fn invoke(plugin: &Path, ns_path: &Path, env: &[(&str, String)], stdin: &[u8]) -> Result<Duration> {
-    let ns = std::fs::File::open(ns_path)?;
-    let mut cmd = Command::new(plugin);
+    let mut cmd = command_entering(ns_path, plugin)?;
     cmd.envs(env.iter().map(|(k, v)| (*k, v.as_str())))
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped());
-    let fd = std::os::fd::AsRawFd::as_raw_fd(&ns);
-    // SAFETY: setns is async-signal-safe; runs in the child before exec.
-    unsafe {
-        cmd.pre_exec(move || {
-            if libc::setns(fd, libc::CLONE_NEWNET) != 0 {
-                return Err(std::io::Error::last_os_error());
-            }
-            Ok(())
-        });
-    }
     let start = Instant::now();
     let mut child = cmd
         .spawn()
@@ -92,11 +81,6 @@ impl Plugin {
             self.conf.to_string().as_bytes(),
         )
     }
-}
-
-fn percentile(v: &mut [Duration], p: f64) -> Duration {
-    v.sort_unstable();
-    v[((v.len() as f64 * p).ceil() as usize).clamp(1, v.len()) - 1]
 }
 
 struct Figures {
@@ -212,17 +196,17 @@ fn latency(cluster: &Cluster) -> Result<()> {
             let pods: Vec<NetNs> = (0..PODS)
                 .map(|i| NetNs::new(&format!("bp{i}")))
                 .collect::<Result<_>>()?;
-            let mut f = measure(plugin, &pods, workers)?;
+            let f = measure(plugin, &pods, workers)?;
             let mode = if workers == 1 {
                 "sequential".to_string()
             } else {
                 format!("{workers}-way")
             };
             let row = (
-                percentile(&mut f.add, 0.5),
-                percentile(&mut f.add, 0.99),
-                percentile(&mut f.del, 0.5),
-                percentile(&mut f.del, 0.99),
+                percentile(&f.add, 0.5),
+                percentile(&f.add, 0.99),
+                percentile(&f.del, 0.5),
+                percentile(&f.del, 0.99),
                 PODS as f64 / f.wall.as_secs_f64(),
             );
             println!(

@@ -31,21 +31,20 @@ use std::{
     fmt::Write as _,
     io::Write as _,
     net::Ipv4Addr,
-    os::unix::process::CommandExt,
     path::Path,
-    process::{Command, Stdio},
+    process::Stdio,
     time::{Duration, Instant},
 };
 
 use anyhow::{Context, Result, bail};
-use proxy_common::{ServiceKey, proto, service::SCOPE_EXTERNAL};
 use serde_json::{Value, json};
 use sluice::datapath::PinnedMaps;
 
 use crate::{
     apiserver::ApiServerConfig,
-    fixture::nbo,
-    netns::NetNs,
+    bench::percentile,
+    fixture::frontend_backends,
+    netns::{NetNs, command_entering},
     sim::{CLUSTER_CIDR, Cluster},
 };
 
@@ -127,39 +126,6 @@ fn endpoints_after(i: usize, changes: &[(usize, Ipv4Addr)]) -> Vec<Ipv4Addr> {
         }
     }
     eps
-}
-
-/// The backends of frontend `vip:port`/TCP as the datapath has them, read
-/// from the pinned maps; `None` when there is no such frontend. A slot or
-/// backend that cannot be read is left out: that is what a packet would
-/// find.
-pub fn frontend_backends(maps: &PinnedMaps, vip: Ipv4Addr, port: u16) -> Option<Vec<Ipv4Addr>> {
-    let mut key = ServiceKey {
-        addr: nbo(vip),
-        port: port.to_be(),
-        slot: 0,
-        proto: proto::TCP,
-        scope: SCOPE_EXTERNAL,
-        _pad: [0; 2],
-    };
-    let master = maps.services.get(&key, 0).ok()?;
-    let mut out = Vec::with_capacity(usize::from(master.count));
-    for slot in 1..=master.count {
-        key.slot = slot;
-        let Ok(v) = maps.services.get(&key, 0) else {
-            continue;
-        };
-        if let Ok(b) = maps.backends.get(&v.backend_id, 0) {
-            out.push(Ipv4Addr::from(b.addr.to_ne_bytes()));
-        }
-    }
-    Some(out)
-}
-
-fn percentile(v: &[Duration], p: f64) -> Duration {
-    let mut v = v.to_vec();
-    v.sort_unstable();
-    v[((v.len() as f64 * p).ceil() as usize).clamp(1, v.len()) - 1]
 }
 
 fn ms(d: Duration) -> f64 {
@@ -465,23 +431,11 @@ const NAT_JUMPS: &str =
 /// Runs `program args` with `input` on stdin inside `ns` (entered before
 /// exec, so no `ip netns exec` in the timing); returns start-to-exit time.
 fn restore(ns: &Path, program: &str, args: &[&str], input: &[u8]) -> Result<Duration> {
-    let file = std::fs::File::open(ns).with_context(|| format!("opening {}", ns.display()))?;
-    let fd = std::os::fd::AsRawFd::as_raw_fd(&file);
-    let mut cmd = Command::new(program);
+    let mut cmd = command_entering(ns, program)?;
     cmd.args(args)
         .stdin(Stdio::piped())
         .stdout(Stdio::null())
         .stderr(Stdio::piped());
-    // SAFETY: setns is async-signal-safe; it runs in the child before exec,
-    // so the program never runs in the root namespace.
-    unsafe {
-        cmd.pre_exec(move || {
-            if libc::setns(fd, libc::CLONE_NEWNET) != 0 {
-                return Err(std::io::Error::last_os_error());
-            }
-            Ok(())
-        });
-    }
     let start = Instant::now();
     let mut child = cmd.spawn().with_context(|| format!("starting {program}"))?;
     let mut stdin = child.stdin.take().context("stdin")?;
