@@ -80,14 +80,33 @@ fn packages() -> Result<()> {
 
 fn rust_src() -> Result<()> {
     let toolchain = bpf_toolchain();
-    let installed = output(Command::new("rustup").args([
-        "component",
-        "list",
-        "--toolchain",
-        &toolchain,
-        "--installed",
-    ]))
-    .context("the nightly toolchain is required for the eBPF crate (rustup toolchain list)")?;
+    let list = || {
+        output(Command::new("rustup").args([
+            "component",
+            "list",
+            "--toolchain",
+            &toolchain,
+            "--installed",
+        ]))
+    };
+    let installed = match list() {
+        Ok(l) => l,
+        Err(_) => {
+            // The eBPF crate needs nightly (build-std); a machine without
+            // it gets one, with rust-src, once.
+            eprintln!("setup: installing the {toolchain} toolchain with rust-src");
+            run(Command::new("rustup").args([
+                "toolchain",
+                "install",
+                &toolchain,
+                "--profile",
+                "minimal",
+                "--component",
+                "rust-src",
+            ]))?;
+            list().context("the nightly toolchain is required for the eBPF crate")?
+        }
+    };
     if installed.lines().any(|l| l.starts_with("rust-src")) {
         return Ok(());
     }

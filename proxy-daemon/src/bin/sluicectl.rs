@@ -13,7 +13,7 @@ use sluice::ctl::{snapshot::Snapshot, views};
 /// running or not; reading never changes the datapath (only `conntrack
 /// --flush` writes). Run it in the node's network namespace, as root.
 #[derive(Parser, Debug)]
-#[command(version, about)]
+#[command(version)]
 struct Cli {
     /// The BPF filesystem sluiced pins to (its --bpffs).
     #[arg(long, global = true, default_value = "/sys/fs/bpf")]

@@ -36,7 +36,7 @@ use tracing::{error, info, warn};
 /// programs in place: traffic keeps flowing, and a restart picks up where it
 /// left off.
 #[derive(Parser, Debug)]
-#[command(version, about)]
+#[command(version)]
 struct Args {
     /// Name of this node: its Node object gives the pod CIDR and address.
     #[arg(long, env = "NODE_NAME")]
