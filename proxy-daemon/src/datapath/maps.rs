@@ -85,31 +85,26 @@ impl PinnedMaps {
 
     /// A reason's counters summed over CPUs.
     pub fn reason_total(&self, code: u32) -> Result<ReasonCounter, DatapathError> {
-        let per_cpu = self
-            .reasons
-            .get(&code, 0)
-            .map_err(|source| DatapathError::Map {
-                name: names::MAP_REASONS,
-                source,
-            })?;
-        Ok(per_cpu
-            .iter()
-            .copied()
-            .fold(Default::default(), |a, c| a + c))
+        cpu_sum(&self.reasons, names::MAP_REASONS, code)
     }
 
     /// A frontend's counters summed over CPUs.
     pub fn service_total(&self, svc_id: u32) -> Result<ServiceCounter, DatapathError> {
-        let per_cpu = self
-            .svc_stats
-            .get(&svc_id, 0)
-            .map_err(|source| DatapathError::Map {
-                name: names::MAP_SVC_STATS,
-                source,
-            })?;
-        Ok(per_cpu
-            .iter()
-            .copied()
-            .fold(Default::default(), |a, c| a + c))
+        cpu_sum(&self.svc_stats, names::MAP_SVC_STATS, svc_id)
     }
+}
+
+/// Entry `index` of a per-CPU array, summed over CPUs.
+fn cpu_sum<T>(
+    map: &PerCpuArray<MapData, T>,
+    name: &'static str,
+    index: u32,
+) -> Result<T, DatapathError>
+where
+    T: aya::Pod + Copy + Default + std::ops::Add<Output = T>,
+{
+    let per_cpu = map
+        .get(&index, 0)
+        .map_err(|source| DatapathError::Map { name, source })?;
+    Ok(per_cpu.iter().copied().fold(T::default(), |a, c| a + c))
 }
