@@ -11,6 +11,7 @@ use std::{
 
 use sluice_tests::{
     apps::{self, Server},
+    fixture,
     manifests::{self, Port, Service, ready, tcp_port},
     sim::{Cluster, Pod, wait_until},
 };
@@ -176,8 +177,17 @@ fn nodeport_local_policy_keeps_the_client_address_and_drops_without_local_endpoi
         s.cluster.outside_ip.to_string(),
         "the source must reach the backend unchanged"
     );
-    // node-1 has no local endpoint: it drops, as kube-proxy does.
+    // node-1 has no local endpoint: once its daemon has programmed the
+    // frontend (each node at its own pace), it drops, as kube-proxy does.
     let via_node1 = SocketAddr::from((node_ip(&s, 0), NODE_PORT));
+    let maps = sluice::datapath::PinnedMaps::open(&s.cluster.nodes[0].bpffs).unwrap();
+    assert!(
+        wait_until(Duration::from_secs(5), || {
+            fixture::frontend_backends(&maps, node_ip(&s, 0), NODE_PORT).is_some()
+        }),
+        "node-1 never programmed the NodePort: {}",
+        s.cluster.nodes[0].log_tail()
+    );
     assert!(
         dropped(&s.cluster.outside, via_node1),
         "node-1 answered or refused instead of dropping"

@@ -377,16 +377,7 @@ pub fn plan(
             });
         }
     }
-    // 2. New address-only entries.
-    for (k, v) in &target.services {
-        if v.flags & SVC_F_ADDR_ONLY != 0 && current.services.get(k) != Some(v) {
-            plan.groups.push(Group {
-                ops: vec![Op::PutService(*k, *v)],
-                needs_backends: vec![],
-            });
-        }
-    }
-    // 3. Per frontend: changed slots, new source ranges and a changed Maglev
+    // 2. Per frontend: changed slots, new source ranges and a changed Maglev
     //    table, then the master that uses them; afterwards what it no
     //    longer uses.
     for (mk, fp) in &frontend_plans {
@@ -429,6 +420,18 @@ pub fn plan(
             plan.groups.push(Group {
                 ops,
                 needs_backends: fp.needs.clone(),
+            });
+        }
+    }
+    // 3. New address-only entries, after the frontends: until its
+    //    address entry exists a new address is not a service address and
+    //    its packets pass as before, where the other way round a packet in
+    //    between would be refused as an unknown port.
+    for (k, v) in &target.services {
+        if v.flags & SVC_F_ADDR_ONLY != 0 && current.services.get(k) != Some(v) {
+            plan.groups.push(Group {
+                ops: vec![Op::PutService(*k, *v)],
+                needs_backends: vec![],
             });
         }
     }
@@ -986,6 +989,28 @@ mod extra_tests {
             .position(|op| matches!(op, Op::DeleteMaglev(_)))
             .unwrap();
         assert!(master < del, "{o:?}");
+    }
+
+    #[test]
+    fn a_new_address_is_announced_after_its_frontends() {
+        let (mut s, mut b) = (IdAllocator::new(100), IdAllocator::new(100));
+        let mut second = fe("10.200.0.1", &["10.1.0.2"]);
+        second.key.port = 81;
+        let d = desired(vec![fe("10.200.0.1", &["10.1.0.1"]), second], &[]);
+        let p = plan(&MapContents::default(), &d, &mut s, &mut b, MAGLEV);
+        let o = ops(&p);
+        let addr = o
+            .iter()
+            .position(|op| matches!(op, Op::PutService(_, v) if v.flags & SVC_F_ADDR_ONLY != 0))
+            .unwrap();
+        let masters: Vec<usize> = o
+            .iter()
+            .enumerate()
+            .filter(|(_, op)| matches!(op, Op::PutService(k, v) if k.slot == 0 && v.flags & SVC_F_ADDR_ONLY == 0))
+            .map(|(i, _)| i)
+            .collect();
+        assert_eq!(masters.len(), 2, "{o:?}");
+        assert!(masters.iter().all(|m| *m < addr), "{o:?}");
     }
 
     #[test]
