@@ -281,6 +281,14 @@ impl Writer {
                         report.ops += 1;
                         self.record(op);
                     }
+                    // No room for another table: the frontend is still
+                    // written and its flows fall back to a random backend
+                    // (the datapath's choice when a table is missing).
+                    // Only for a new table: a replaced one always fits.
+                    Err(e @ DatapathError::MapFull { .. }) if matches!(op, Op::PutMaglev(..)) => {
+                        warn!(error = %e, ?op, "no room for a Maglev table; the frontend chooses backends at random until there is");
+                        report.failures.push(e.to_string());
+                    }
                     Err(e) => {
                         warn!(error = %e, ?op, "map update failed; the rest of its group is skipped");
                         report.failures.push(e.to_string());

@@ -45,7 +45,7 @@ pub struct MapContents {
 }
 
 /// One map write.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, PartialEq, Eq)]
 pub enum Op {
     PutBackend(u32, Backend),
     PutService(ServiceKey, ServiceValue),
@@ -56,6 +56,34 @@ pub enum Op {
     /// A whole Maglev table, swapped in at once (with its fingerprint).
     PutMaglev(u32, Arc<[u32]>, u64),
     DeleteMaglev(u32),
+}
+
+// By hand: a failed write is logged with its operation, and a Maglev
+// table is 16381 numbers.
+impl std::fmt::Debug for Op {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Op::PutBackend(id, b) => f.debug_tuple("PutBackend").field(id).field(b).finish(),
+            Op::PutService(k, v) => f.debug_tuple("PutService").field(k).field(v).finish(),
+            Op::DeleteService(k) => f.debug_tuple("DeleteService").field(k).finish(),
+            Op::DeleteBackend(id) => f.debug_tuple("DeleteBackend").field(id).finish(),
+            Op::PutSourceRange(id, n) => {
+                f.debug_tuple("PutSourceRange").field(id).field(n).finish()
+            }
+            Op::DeleteSourceRange(id, n) => f
+                .debug_tuple("DeleteSourceRange")
+                .field(id)
+                .field(n)
+                .finish(),
+            Op::PutMaglev(id, table, print) => f
+                .debug_struct("PutMaglev")
+                .field("svc_id", id)
+                .field("entries", &table.len())
+                .field("fingerprint", &format_args!("{print:#x}"))
+                .finish(),
+            Op::DeleteMaglev(id) => f.debug_tuple("DeleteMaglev").field(id).finish(),
+        }
+    }
 }
 
 /// Choices the planner does not take from Kubernetes objects.
