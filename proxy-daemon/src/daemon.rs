@@ -116,6 +116,13 @@ pub fn start_datapath(cfg: &DaemonConfig) -> Result<usize, DaemonError> {
     }
     // The loaded programs may be dropped now: pins and filters hold them.
     drop(progs);
+    match crate::datapath::retire_stale_pins(&cfg.bpffs) {
+        Ok(removed) if !removed.is_empty() => {
+            info!(pins = ?removed, "unpinned maps of an earlier release")
+        }
+        Ok(_) => {}
+        Err(e) => warn!(error = %e, "could not unpin the maps of an earlier release"),
+    }
     Ok(attached)
 }
 

@@ -588,3 +588,28 @@ fn j_a_full_maglev_map_falls_back_to_random_choice_and_is_reported() {
         cluster.nodes[0].log_tail()
     );
 }
+
+#[test]
+fn k_maps_an_earlier_release_pinned_under_old_names_are_unpinned() {
+    let mut cluster = Cluster::new(1).unwrap();
+    let node = &cluster.nodes[0];
+    // What a release with the version-1 Maglev layout would have left.
+    let dir = sluice::datapath::pin_dir(&node.bpffs);
+    std::fs::create_dir_all(&dir).unwrap();
+    let old = dir.join("sluice_mglv4_v1");
+    let fd = sluice::datapath::raw::create_array(4, 0).unwrap();
+    aya::maps::MapData::from_fd(fd).unwrap().pin(&old).unwrap();
+    assert!(old.exists());
+    cluster.start_daemons().unwrap();
+    let node = &cluster.nodes[0];
+    assert!(!old.exists(), "stale pin left: {}", node.log_tail());
+    for name in proxy_common::names::ALL_MAPS {
+        assert!(dir.join(name).exists(), "{name} missing");
+    }
+    let log = std::fs::read_to_string(&node.log).unwrap();
+    assert!(
+        log.contains("sluice_mglv4_v1") && log.contains("earlier release"),
+        "{}",
+        node.log_tail()
+    );
+}

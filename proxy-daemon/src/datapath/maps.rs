@@ -18,6 +18,39 @@ pub fn map_path(bpffs: &Path, map: &str) -> PathBuf {
     pin_dir(bpffs).join(map)
 }
 
+/// Unpins the maps an earlier release pinned under names this one does not
+/// use (a layout change bumps a map's version suffix, so the old map is
+/// left behind under its old name). A program still attached from that
+/// release keeps its map alive until it is replaced; the pin alone would
+/// keep it, and everything it holds, forever. Returns the names removed.
+pub fn retire_stale_pins(bpffs: &Path) -> Result<Vec<String>, DatapathError> {
+    let dir = pin_dir(bpffs);
+    let entries =
+        std::fs::read_dir(&dir).map_err(|e| DatapathError::from_pin_io(dir.clone(), e))?;
+    let mut removed = Vec::new();
+    for entry in entries.flatten() {
+        let name = entry.file_name().to_string_lossy().into_owned();
+        if !is_stale_map_pin(&name) {
+            continue;
+        }
+        std::fs::remove_file(entry.path())
+            .map_err(|e| DatapathError::from_pin_io(entry.path(), e))?;
+        removed.push(name);
+    }
+    Ok(removed)
+}
+
+/// A map pin of ours (`sluice_<map>_v<N>`) that this release does not use.
+fn is_stale_map_pin(name: &str) -> bool {
+    let versioned = name
+        .strip_prefix("sluice_")
+        .and_then(|rest| rest.rsplit_once("_v"))
+        .is_some_and(|(map, v)| {
+            !map.is_empty() && !v.is_empty() && v.bytes().all(|b| b.is_ascii_digit())
+        });
+    versioned && !names::ALL_MAPS.contains(&name)
+}
+
 /// Opens a pinned map, turning a missing pin or missing privileges into an
 /// error that says so.
 pub(crate) fn open_pinned(bpffs: &Path, name: &'static str) -> Result<MapData, DatapathError> {
@@ -107,4 +140,28 @@ where
         .get(&index, 0)
         .map_err(|source| DatapathError::Map { name, source })?;
     Ok(per_cpu.iter().copied().fold(T::default(), |a, c| a + c))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_our_versioned_map_names_that_are_unused_are_stale() {
+        assert!(is_stale_map_pin("sluice_mglv4_v1"));
+        assert!(is_stale_map_pin("sluice_ct4_v0"));
+        for name in names::ALL_MAPS {
+            assert!(!is_stale_map_pin(name), "{name}");
+        }
+        for other in [
+            names::PIN_PROG_FROM_POD,
+            "sluice_notes",
+            "sluice__v1",
+            "sluice_ct4_v",
+            "sluice_ct4_vx",
+            "cilium_ct4_global",
+        ] {
+            assert!(!is_stale_map_pin(other), "{other}");
+        }
+    }
 }

@@ -11,7 +11,7 @@ pub use capacity::Capacities;
 pub use error::DatapathError;
 pub use loader::{LoadedPrograms, Loader, check_bpffs};
 pub(crate) use maps::open_pinned;
-pub use maps::{PinnedMaps, map_path, open_pinned_info, pin_dir};
+pub use maps::{PinnedMaps, map_path, open_pinned_info, pin_dir, retire_stale_pins};
 
 /// The eBPF object built by build.rs (empty when built with AYA_BUILD_SKIP=1).
 pub static OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/proxy-ebpf"));
