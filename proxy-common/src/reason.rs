@@ -37,6 +37,7 @@ pub const NODEPORT_REPLY: u32 = 29;
 pub const PASS_OVERLAY: u32 = 30;
 pub const DROP_NO_ROUTE: u32 = 31;
 pub const DROP_TTL_EXCEEDED: u32 = 32;
+pub const ICMP_ERROR_REV_NAT: u32 = 33;
 
 /// Size of the reason counter array (room for codes added later).
 pub const MAX: u32 = 64;
@@ -101,6 +102,7 @@ pub const fn name(code: u32) -> Option<&'static str> {
         PASS_OVERLAY => "pass-overlay",
         DROP_NO_ROUTE => "drop-no-route",
         DROP_TTL_EXCEEDED => "drop-ttl-exceeded",
+        ICMP_ERROR_REV_NAT => "icmp-error-rev-nat",
         _ => return None,
     })
 }

@@ -19,6 +19,7 @@
 
 mod access;
 mod conntrack;
+mod icmp_error;
 mod lb;
 mod maps;
 mod nat;

@@ -4,16 +4,16 @@
 use aya_ebpf::programs::TcContext;
 use proxy_common::{
     ct::{CT_DIR_REPLY, CT_DIR_SERVICE},
-    reason,
+    proto, reason,
     service::SVC_F_NODE_ADDR,
 };
 
 use crate::{
     Verdict, conntrack,
     conntrack::HAIRPIN_ADDR,
-    ifindex, lb,
+    icmp_error, ifindex, lb,
     maps::CT,
-    packet::{FRAG_LATER, Packet},
+    packet::{ECHO_NONE, FRAG_LATER, Packet},
     pass_reason, reverse,
     service::{self, Origin, untranslatable},
 };
@@ -110,6 +110,9 @@ fn hairpin_reply(ctx: &TcContext, pkt: &mut Packet) -> Verdict {
 /// frontend back as their source.
 #[inline(always)]
 pub fn to_pod(ctx: &TcContext, pkt: &mut Packet) -> Verdict {
+    if pkt.proto == proto::ICMP && pkt.echo == ECHO_NONE {
+        return icmp_error::to_client(ctx, pkt);
+    }
     if !pkt.has_ports() {
         return Verdict::pass(pass_reason(pkt));
     }

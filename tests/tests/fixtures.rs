@@ -90,6 +90,22 @@ fn port_unreachable(offending: &[u8], from: Ipv4Addr, to: Ipv4Addr) -> Vec<u8> {
     f.bytes()
 }
 
+/// An ICMP error (`kind`, `code`) from `from` to `to` quoting the IPv4
+/// header and first 8 L4 bytes of `quoted`, as a kernel sends it.
+fn icmp_error(kind: u8, code: u8, from: Ipv4Addr, to: Ipv4Addr, quoted: &[u8]) -> Vec<u8> {
+    Frame::new(
+        from,
+        to,
+        L4::Icmp {
+            kind,
+            code,
+            rest: [0, 0, 0x05, 0x78],
+            payload: quoted[14..14 + 28].to_vec(),
+        },
+    )
+    .bytes()
+}
+
 /// A frame whose IPv4 datagram claims only `l4_len` bytes of L4 header,
 /// with a correct IP checksum: truncated, but not malformed.
 fn truncate_l4(frame: &[u8], l4_len: usize) -> Vec<u8> {
@@ -245,6 +261,55 @@ fn cases() -> Vec<Case> {
         )
         .verdict(TC_ACT_OK, reason::REV_NAT)
         .out(tcp((VIP_MULTI, 80), (CLIENT, 41000), TCP_ACK).bytes()),
+        case(
+            "the backend's ICMP error about that flow is about the VIP, from the VIP",
+            PROG_TO_POD,
+            icmp_error(
+                3,
+                4,
+                BE3,
+                CLIENT,
+                &tcp((CLIENT, 41000), (BE3, 8080), TCP_ACK).bytes(),
+            ),
+        )
+        .verdict(TC_ACT_OK, reason::ICMP_ERROR_REV_NAT)
+        .out(icmp_error(
+            3,
+            4,
+            VIP_MULTI,
+            CLIENT,
+            &tcp((CLIENT, 41000), (VIP_MULTI, 80), TCP_ACK).bytes(),
+        )),
+        case(
+            "a router's ICMP error about that flow keeps its source, quotes the VIP",
+            PROG_TO_POD,
+            icmp_error(
+                11,
+                0,
+                OTHER_POD,
+                CLIENT,
+                &tcp((CLIENT, 41000), (BE3, 8080), TCP_ACK).bytes(),
+            ),
+        )
+        .verdict(TC_ACT_OK, reason::ICMP_ERROR_REV_NAT)
+        .out(icmp_error(
+            11,
+            0,
+            OTHER_POD,
+            CLIENT,
+            &tcp((CLIENT, 41000), (VIP_MULTI, 80), TCP_ACK).bytes(),
+        )),
+        case(
+            "an ICMP error about an untracked flow passes unchanged",
+            PROG_TO_POD,
+            icmp_error(
+                3,
+                3,
+                BE3,
+                CLIENT,
+                &tcp((CLIENT, 41999), (BE3, 8080), TCP_ACK).bytes(),
+            ),
+        ),
         case(
             "TCP to a service without endpoints gets ICMP port unreachable",
             PROG_FROM_POD,

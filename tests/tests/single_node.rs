@@ -613,3 +613,58 @@ fn k_maps_an_earlier_release_pinned_under_old_names_are_unpinned() {
         node.log_tail()
     );
 }
+
+#[test]
+fn l_a_closed_backend_port_reaches_the_udp_client_as_connection_refused() {
+    let s = setup();
+    // A Service whose backends listen on nothing at its targetPort: each
+    // answers with ICMP port unreachable about the translated datagram.
+    let vip = Ipv4Addr::new(10, 96, 0, 11);
+    // Backends send as many errors as they are asked for (the kernel's
+    // per-destination limit would otherwise allow six and then one a
+    // second).
+    for b in &s.backends {
+        b.ns.sysctl("net.ipv4.icmp_ratelimit", "0").unwrap();
+    }
+    let svc = manifests::service("closed", vip, vec![udp_port("dns", 53, 5999)]);
+    s.cluster.apply("closed-svc.yaml", &svc.yaml()).unwrap();
+    let eps = endpoints(&s.backends.iter().collect::<Vec<_>>());
+    s.cluster
+        .apply(
+            "closed-slice.yaml",
+            &manifests::endpoint_slice(&svc, &[("dns", 5999, "UDP")], &eps),
+        )
+        .unwrap();
+    let target = SocketAddr::from((vip, 53));
+    let outcome = |attempt: u32| {
+        s.client
+            .ns
+            .run(move || {
+                let sock = apps::udp_socket().unwrap();
+                sock.set_read_timeout(Some(Duration::from_millis(500)))
+                    .unwrap();
+                sock.connect(target).unwrap();
+                sock.send(format!("q{attempt}").as_bytes()).unwrap();
+                let mut buf = [0u8; 64];
+                sock.recv(&mut buf).map(|_| ()).map_err(|e| e.kind())
+            })
+            .unwrap()
+    };
+    // Until the Service is programmed the datagram goes nowhere (timeout);
+    // then the backend's error must reach the client's socket.
+    let mut last = None;
+    let refused = wait_until(Duration::from_secs(5), || {
+        let r = outcome(0);
+        last = Some(r);
+        r == Err(ErrorKind::ConnectionRefused)
+    });
+    assert!(
+        refused,
+        "last outcome {last:?}: {}",
+        s.cluster.nodes[0].log_tail()
+    );
+    // Every time, whichever backend the new flow gets.
+    for i in 1..=10 {
+        assert_eq!(outcome(i), Err(ErrorKind::ConnectionRefused), "attempt {i}");
+    }
+}
