@@ -122,14 +122,17 @@ fn sluiced_works_with_only_the_manifests_capabilities() {
         );
     }
     assert_eq!(seen.len(), 2, "{seen:?}");
+    // node-2's daemon applies the Service at its own pace.
     let node_port = SocketAddr::from((cluster.nodes[1].ip, 30080));
-    let answer = cluster
-        .outside
-        .run(move || apps::tcp_ask(node_port))
-        .unwrap();
+    let answered = wait_until(Duration::from_secs(10), || {
+        cluster
+            .outside
+            .run(move || apps::tcp_ask(node_port).is_ok())
+            .unwrap_or(false)
+    });
     assert!(
-        answer.is_ok(),
-        "NodePort: {answer:?}: {}",
+        answered,
+        "NodePort never answered: {}",
         cluster.nodes[1].log_tail()
     );
     // The daemons really ran confined.

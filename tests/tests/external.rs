@@ -101,6 +101,8 @@ fn outside_ask(s: &Setup, target: SocketAddr) -> anyhow::Result<String> {
 }
 
 fn outside_seen_as(s: &Setup, target: SocketAddr) -> String {
+    // The node behind `target` may still be applying the Service.
+    assert!(reachable_from_outside(s, target), "{target} never answered");
     s.cluster
         .outside
         .run(move || apps::ask_peer_address(target))
