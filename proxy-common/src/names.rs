@@ -28,7 +28,7 @@ pub const MAP_AFFINITY: &str = "sluice_aff4_v1";
 /// loadBalancerSourceRanges, LPM trie: `(svc_id, source prefix) -> u32`.
 pub const MAP_SOURCE_RANGES: &str = "sluice_srcr4_v1";
 /// Maglev tables, hash of maps: `svc_id -> array of backend ids`.
-pub const MAP_MAGLEV: &str = "sluice_mglv4_v2";
+pub const MAP_MAGLEV: &str = "sluice_mglv4_v3";
 
 /// Every map the datapath pins, in the order `sluicectl status` lists them.
 pub const ALL_MAPS: [&str; 10] = [

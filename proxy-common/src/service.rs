@@ -88,7 +88,7 @@ pub const SVC_F_SOURCE_RANGES: u8 = 1 << 5;
 /// Address-only entry of one of the node's own addresses: NodePorts live
 /// there, but other ports belong to the node (SSH, kubelet) and pass.
 pub const SVC_F_NODE_ADDR: u8 = 1 << 6;
-/// The frontend has a Maglev table in `sluice_mglv4_v2`.
+/// The frontend has a Maglev table in `sluice_mglv4_v3`.
 pub const SVC_F_MAGLEV: u8 = 1 << 7;
 
 pub const KIND_CLUSTER_IP: u8 = 0;
@@ -185,5 +185,6 @@ pub const DEFAULT_MAGLEV_TABLE_SIZE: u32 = 16_381;
 /// array must agree): any size (`BPF_F_INNER_MAP`), and mappable
 /// (`BPF_F_MMAPABLE`) so user space writes a table with one memcpy; the
 /// kernel's batch update costs about 300 ns per entry, five seconds per
-/// thousand tables of 16381.
+/// thousand tables of 16381. Each element holds two slots (`[u32; 2]`):
+/// slot `s` is half `s % 2` of element `s / 2`.
 pub const MAGLEV_TABLE_FLAGS: u32 = 0x1000 | 0x400;

@@ -95,7 +95,8 @@ fn maglev_choice(pkt: &Packet, fe: &ServiceValue) -> Option<u32> {
     }
     let slot = flow_hash(pkt) % size;
     // SAFETY: read-only lookup through both maps.
-    unsafe { MAGLEV.get_value(&fe.svc_id, &slot) }.copied()
+    let pair = unsafe { MAGLEV.get_value(&fe.svc_id, &(slot / 2)) }?;
+    Some(if slot & 1 == 0 { pair[0] } else { pair[1] })
 }
 
 /// Chooses a backend for a new connection to `fe` (which has `count > 0`):

@@ -50,11 +50,13 @@ pub static SOURCE_RANGES: LpmTrie<SourceRangeKey, u32> =
     LpmTrie::pinned(DEFAULT_MAX_SOURCE_RANGES, BPF_F_NO_PREALLOC);
 
 /// Inner tables may have any size (BPF_F_INNER_MAP): the operator picks it;
-/// user space writes them through a mapping (BPF_F_MMAPABLE).
-pub type MaglevTable = btf_maps::Array<u32, 1, { MAGLEV_TABLE_FLAGS as usize }>;
+/// user space writes them through a mapping (BPF_F_MMAPABLE). Two slots per
+/// element: the kernel stores array values 8 bytes apart, so a `u32` per
+/// element would take twice the memory.
+pub type MaglevTable = btf_maps::Array<[u32; 2], 1, { MAGLEV_TABLE_FLAGS as usize }>;
 
 /// Pinned by the loader (BTF maps carry no pinning attribute).
-#[btf_map(name = "sluice_mglv4_v2")]
+#[btf_map(name = "sluice_mglv4_v3")]
 pub static MAGLEV: btf_maps::HashOfMaps<u32, MaglevTable, { DEFAULT_MAX_MAGLEV_TABLES as usize }> =
     btf_maps::HashOfMaps::new();
 

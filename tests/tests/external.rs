@@ -398,10 +398,14 @@ fn maglev_sends_a_flow_to_the_same_backend_through_any_node() {
     assert_eq!(tables.len(), 2, "frontends {ids:?} hold tables {tables:?}");
     // Every entry of a table, as the program reads it, is one of the
     // frontend's backends, and each backend owns about 1/N of the entries.
-    let table: aya::maps::Array<_, u32> =
+    let table: aya::maps::Array<_, [u32; 2]> =
         aya::maps::Array::try_from(aya::maps::Map::Array(maps.maglev.get(&ids[0], 0).unwrap()))
             .unwrap();
-    let entries: Vec<u32> = table.iter().map(Result::unwrap).collect();
+    // Two slots per element; 16381 is odd, so the last half is padding.
+    let pairs: Vec<[u32; 2]> = table.iter().map(Result::unwrap).collect();
+    assert_eq!(pairs.len(), 16_382 / 2);
+    assert_eq!(pairs[pairs.len() - 1][1], 0, "padding");
+    let entries: Vec<u32> = pairs.into_iter().flatten().take(16_381).collect();
     assert_eq!(entries.len(), 16_381);
     let mut owned = std::collections::BTreeMap::<u32, usize>::new();
     for id in &entries {

@@ -887,3 +887,70 @@ mod external_reply {
         run_cases(&mut node_with_flow(), cases(PROG_FROM_NETDEV));
     }
 }
+
+/// The datapath's flow hash, written out again as the test's oracle: the
+/// client's address and port, the frontend port and the protocol.
+fn maglev_flow_hash(client: Ipv4Addr, sport: u16, dport: u16, proto: u8) -> u32 {
+    // The program loads the ports as stored (network order) into a u16.
+    let (sp, dp) = (
+        u32::from(u16::from_ne_bytes(sport.to_be_bytes())),
+        u32::from(u16::from_ne_bytes(dport.to_be_bytes())),
+    );
+    let mut h = nbo(client).wrapping_mul(0x9e37_79b1);
+    h ^= ((sp << 16) | dp).wrapping_mul(0x85eb_ca6b);
+    h ^= u32::from(proto);
+    h ^= h >> 16;
+    h = h.wrapping_mul(0x85eb_ca6b);
+    h ^= h >> 13;
+    h = h.wrapping_mul(0xc2b2_ae35);
+    h ^ (h >> 16)
+}
+
+#[test]
+fn maglev_sends_each_new_flow_to_the_slot_it_hashes_to() {
+    const M: u32 = 13;
+    let mut dp = seeded();
+    dp.set_config(proxy_common::NodeConfig {
+        version: proxy_common::config::NODE_CONFIG_VERSION,
+        maglev_size: M,
+        ..Default::default()
+    })
+    .unwrap();
+    // VIP_MULTI (frontend id 2) gets a table whose slot s names backend
+    // s % 3; an odd size leaves the last element's second half unused.
+    let ids = [21u32, 22, 23];
+    let addrs = [BE1, BE2, BE3];
+    let table: Vec<u32> = (0..M).map(|s| ids[(s % 3) as usize]).collect();
+    let inner =
+        aya::maps::MapData::from_fd(sluice::datapath::raw::maglev_table(&table).unwrap()).unwrap();
+    dp.maps.maglev.insert(2, &inner, 0).unwrap();
+    let fe = proxy_common::ServiceKey::frontend(
+        nbo(VIP_MULTI),
+        80u16.to_be(),
+        proto::TCP,
+        proxy_common::service::SCOPE_EXTERNAL,
+    );
+    let mut master = dp.maps.services.get(&fe, 0).unwrap();
+    master.flags |= proxy_common::service::SVC_F_MAGLEV;
+    dp.maps.services.insert(fe, master, 0).unwrap();
+    let mut halves = [0usize; 2];
+    for sport in 30_000..30_200u16 {
+        let out = dp
+            .run(
+                PROG_FROM_POD,
+                &tcp((CLIENT, sport), (VIP_MULTI, 80), TCP_SYN).bytes(),
+            )
+            .unwrap();
+        assert_eq!(out.action, TC_ACT_OK, "port {sport}");
+        let slot = maglev_flow_hash(CLIENT, sport, 80, proto::TCP) % M;
+        halves[(slot % 2) as usize] += 1;
+        let want = addrs[(slot % 3) as usize];
+        assert_eq!(
+            out.output[30..34],
+            want.octets(),
+            "port {sport} hashes to slot {slot}"
+        );
+    }
+    // Both halves of the two-slot elements were exercised.
+    assert!(halves.iter().all(|n| *n > 50), "{halves:?}");
+}

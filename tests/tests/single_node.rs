@@ -597,7 +597,7 @@ fn k_maps_an_earlier_release_pinned_under_old_names_are_unpinned() {
     let dir = sluice::datapath::pin_dir(&node.bpffs);
     std::fs::create_dir_all(&dir).unwrap();
     let old = dir.join("sluice_mglv4_v1");
-    let fd = sluice::datapath::raw::create_array(4, 0).unwrap();
+    let fd = sluice::datapath::raw::create_array(4, 4, 0).unwrap();
     aya::maps::MapData::from_fd(fd).unwrap().pin(&old).unwrap();
     assert!(old.exists());
     cluster.start_daemons().unwrap();

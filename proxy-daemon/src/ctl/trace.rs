@@ -203,10 +203,10 @@ fn copy_maglev(
         path: names::MAP_MAGLEV.into(),
         source,
     };
-    let table: Array<MapData, u32> = Map::from_map_data(inner)
+    let table: Array<MapData, [u32; 2]> = Map::from_map_data(inner)
         .and_then(Array::try_from)
         .map_err(map_err(names::MAP_MAGLEV))?;
-    let values: Vec<u32> = table.iter().filter_map(Result::ok).collect();
+    let values: Vec<u32> = table.iter().filter_map(Result::ok).flatten().collect();
     let fd = raw::maglev_table(&values).map_err(io)?;
     let copy = MapData::from_fd(fd).map_err(map_err(names::MAP_MAGLEV))?;
     private

@@ -22,12 +22,13 @@ struct CreateAttr {
     map_flags: u32,
 }
 
-/// A new `u32 -> u32` array of `entries`, with `flags`.
-pub fn create_array(entries: u32, flags: u32) -> std::io::Result<OwnedFd> {
+/// A new array of `entries` values of `value_size` bytes (`u32` keys),
+/// with `flags`.
+pub fn create_array(entries: u32, value_size: u32, flags: u32) -> std::io::Result<OwnedFd> {
     let attr = CreateAttr {
         map_type: BPF_MAP_TYPE_ARRAY,
         key_size: 4,
-        value_size: 4,
+        value_size,
         max_entries: entries,
         map_flags: flags,
     };
@@ -138,31 +139,30 @@ pub fn delete_batch(fd: BorrowedFd<'_>, keys: &[u32]) -> Result<(), BatchError> 
     batch(BPF_MAP_DELETE_BATCH, fd, keys, None)
 }
 
-/// A new Maglev table holding `values`, with the flags the outer map's
-/// template has, written through a shared mapping of the array.
+/// A new Maglev table holding `values` (two slots per 8-byte element, the
+/// last half zero when their number is odd), with the flags the outer
+/// map's template has, written through a shared mapping of the array.
 pub fn maglev_table(values: &[u32]) -> std::io::Result<OwnedFd> {
-    let fd = create_array(
-        values.len() as u32,
-        proxy_common::service::MAGLEV_TABLE_FLAGS,
-    )?;
+    let elements = values.len().div_ceil(2) as u32;
+    let fd = create_array(elements, 8, proxy_common::service::MAGLEV_TABLE_FLAGS)?;
     write_mapped_array(fd.as_fd(), values)?;
     Ok(fd)
 }
 
-/// Writes `values` into a `BPF_F_MMAPABLE` `u32` array through a shared
-/// mapping: the kernel lays elements out 8 bytes apart (value sizes are
-/// rounded up to 8), starting at the first page.
+/// Writes `values` as consecutive `u32`s into the value area of a
+/// `BPF_F_MMAPABLE` array of 8-byte values (so with no padding between
+/// them) through a shared mapping, which starts at the first value.
 fn write_mapped_array(fd: BorrowedFd<'_>, values: &[u32]) -> std::io::Result<()> {
-    const STRIDE: usize = 8;
     // SAFETY: sysconf has no preconditions.
     let page = usize::try_from(unsafe { libc::sysconf(libc::_SC_PAGESIZE) })
         .map_err(|_| std::io::Error::other("no page size"))?;
-    let len = (values.len() * STRIDE).div_ceil(page) * page;
+    let bytes = std::mem::size_of_val(values);
+    let len = bytes.div_ceil(page) * page;
     if len == 0 {
         return Ok(());
     }
-    // SAFETY: a fresh shared mapping of the map's value area, exactly as
-    // long as the kernel allows (its size rounded up to a page).
+    // SAFETY: a fresh shared mapping of the map's value area, as long as
+    // the kernel allows (the area rounded up to a page).
     let base = unsafe {
         libc::mmap(
             std::ptr::null_mut(),
@@ -176,11 +176,11 @@ fn write_mapped_array(fd: BorrowedFd<'_>, values: &[u32]) -> std::io::Result<()>
     if base == libc::MAP_FAILED {
         return Err(std::io::Error::last_os_error());
     }
-    for (i, v) in values.iter().enumerate() {
-        // SAFETY: i * STRIDE + 4 <= len, and the mapping is page aligned,
-        // so every element is aligned for a u32.
-        unsafe { base.cast::<u8>().add(i * STRIDE).cast::<u32>().write(*v) };
-    }
+    // SAFETY: `bytes` <= `len`; the source is a live slice that cannot
+    // overlap a fresh mapping.
+    unsafe {
+        std::ptr::copy_nonoverlapping(values.as_ptr().cast::<u8>(), base.cast::<u8>(), bytes)
+    };
     // SAFETY: unmaps exactly what was mapped above.
     if unsafe { libc::munmap(base, len) } != 0 {
         return Err(std::io::Error::last_os_error());
