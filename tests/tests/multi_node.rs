@@ -62,6 +62,11 @@ fn every_pod_reaches_every_other_pod_across_nodes_with_tcp_and_icmp() {
             if a.name == b.name {
                 continue;
             }
+            // Every daemon adds its peers at its own pace.
+            if !wait_until(Duration::from_secs(5), || ping(a, b.ip)) {
+                failures.push(format!("no path {} -> {} within 5 s", a.name, b.name));
+                continue;
+            }
             let target = SocketAddr::from((b.ip, 8080));
             match a.ns.run(move || apps::tcp_ask(target)).unwrap() {
                 Ok(who) if who == b.name => {}
@@ -137,12 +142,16 @@ fn a_cluster_ip_with_all_backends_on_other_nodes_works_from_every_pod() {
         )
         .unwrap();
     let target = SocketAddr::from((vip, 80));
-    assert!(wait_until(Duration::from_secs(5), || {
-        s.pods[0]
-            .ns
-            .run(move || apps::tcp_ask(target).is_ok())
-            .unwrap()
-    }));
+    // Each node's daemon applies the Service at its own pace.
+    for pod in &s.pods {
+        assert!(
+            wait_until(Duration::from_secs(5), || {
+                pod.ns.run(move || apps::tcp_ask(target).is_ok()).unwrap()
+            }),
+            "{} never reached the VIP",
+            pod.name
+        );
+    }
     for pod in &s.pods {
         let seen: BTreeMap<String, usize> = pod
             .ns
