@@ -23,6 +23,7 @@ use crate::{
     Verdict,
     access::{load16, load32, store16, store32},
     maps::CT,
+    nat::{add, delta16, delta32, updated},
     packet::{ETH_HLEN, FRAG_NONE, Packet},
 };
 
@@ -31,25 +32,6 @@ const ICMP_TIME_EXCEEDED: u8 = 11;
 /// ICMP header, then the quoted IPv4 header (no options) and the first
 /// four bytes of its L4 header (the ports).
 const QUOTE_LEN: usize = 8 + 20 + 4;
-
-#[inline(always)]
-fn add(a: u32, b: u32) -> u32 {
-    let (s, carry) = a.overflowing_add(b);
-    s.wrapping_add(carry as u32)
-}
-
-#[inline(always)]
-fn fold(mut x: u32) -> u16 {
-    x = (x & 0xffff) + (x >> 16);
-    x = (x & 0xffff) + (x >> 16);
-    x as u16
-}
-
-/// `check` after data changed by the ones' complement difference `diff`.
-#[inline(always)]
-fn updated(check: u16, diff: u32) -> u16 {
-    !fold(add(u32::from(!check), diff))
-}
 
 /// `to_pod`: translates an ICMP error about a flow this node DNATed back
 /// to the frontend the client used; anything else passes unchanged.
@@ -113,22 +95,20 @@ pub fn to_client(ctx: &TcContext, pkt: &Packet) -> Verdict {
         // The quoted header: destination back to the frontend, and its own
         // checksum.
         let in_check = load16(inner + 10);
-        let in_check_new = updated(in_check, add(!in_daddr, vip));
+        let in_check_new = updated(in_check, delta32(in_daddr, vip));
         store32(inner + 16, vip);
         store16(inner + 10, in_check_new);
         store16(inner + 22, vport);
         // The ICMP checksum covers all of it.
-        let mut icmp_diff = add(!in_daddr, vip);
-        icmp_diff = add(icmp_diff, add(u32::from(!in_dport), u32::from(vport)));
-        icmp_diff = add(
-            icmp_diff,
-            add(u32::from(!in_check), u32::from(in_check_new)),
+        let icmp_diff = add(
+            add(delta32(in_daddr, vip), delta16(in_dport, vport)),
+            delta16(in_check, in_check_new),
         );
         store16(start + 2, updated(load16(start + 2), icmp_diff));
         // Sent by the backend itself: from the frontend, as its replies are.
         if pkt.saddr == in_daddr {
             store32(ip + 12, vip);
-            store16(ip + 10, updated(load16(ip + 10), add(!in_daddr, vip)));
+            store16(ip + 10, updated(load16(ip + 10), delta32(in_daddr, vip)));
         }
     }
     Verdict::pass(reason::ICMP_ERROR_REV_NAT)

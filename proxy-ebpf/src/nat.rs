@@ -30,7 +30,7 @@ pub struct RewriteError;
 
 /// Ones' complement addition with end-around carry.
 #[inline(always)]
-fn add(a: u32, b: u32) -> u32 {
+pub fn add(a: u32, b: u32) -> u32 {
     let (s, carry) = a.overflowing_add(b);
     s.wrapping_add(carry as u32)
 }
@@ -42,14 +42,20 @@ fn fold(mut x: u32) -> u16 {
     x as u16
 }
 
+/// A checksum field after the data it covers changed by `diff` (RFC 1624).
+#[inline(always)]
+pub fn updated(check: u16, diff: u32) -> u16 {
+    !fold(add(u32::from(!check), diff))
+}
+
 /// The checksum difference of replacing 32-bit `old` by `new` (`~m + m'`).
 #[inline(always)]
-fn delta32(old: u32, new: u32) -> u32 {
+pub fn delta32(old: u32, new: u32) -> u32 {
     add(!old, new)
 }
 
 #[inline(always)]
-fn delta16(old: u16, new: u16) -> u32 {
+pub fn delta16(old: u16, new: u16) -> u32 {
     add(u32::from(!old), u32::from(new))
 }
 
@@ -100,8 +106,7 @@ pub fn apply(ctx: &TcContext, pkt: &mut Packet, e: &CtEntry) -> Result<(), Rewri
             pkt.sport = e.new_sport;
         }
         let check = at(ctx, ip + 10, 2)?;
-        let old = load16(check);
-        store16(check, !fold(add(u32::from(!old), addr_diff)));
+        store16(check, updated(load16(check), addr_diff));
     }
     if let Some(off) = pkt.l4_csum_off() {
         let mangled0 = if pkt.proto == proto::UDP {

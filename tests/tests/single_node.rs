@@ -44,8 +44,13 @@ fn endpoints(pods: &[&Pod]) -> Vec<Endpoint> {
 /// One node, three backend pods serving TCP 8080 and UDP 5353, a client pod,
 /// and Service `web` (10.96.0.10: 80/TCP -> 8080, 53/UDP -> 5353).
 fn setup() -> Setup {
+    setup_with(&[])
+}
+
+/// [`setup`] with extra `sluiced` arguments.
+fn setup_with(daemon_args: &[&str]) -> Setup {
     let mut cluster = Cluster::new(1).unwrap();
-    cluster.start_daemons().unwrap();
+    cluster.start_daemon_with_args(0, daemon_args).unwrap();
     let mut backends = Vec::new();
     let mut servers = Vec::new();
     for i in 1..=3 {
@@ -528,45 +533,15 @@ fn i_metrics_and_health_endpoints_report_the_datapath() {
 #[test]
 fn j_a_full_maglev_map_falls_back_to_random_choice_and_is_reported() {
     // Room for one table; `web` has two frontends (TCP and UDP ports with
-    // different backends, so two distinct tables).
-    let mut cluster = Cluster::new(1).unwrap();
-    cluster
-        .start_daemon_with_args(0, &["--max-maglev-tables", "1"])
-        .unwrap();
-    let mut backends = Vec::new();
-    let mut servers = Vec::new();
-    for i in 1..=3 {
-        let pod = cluster.add_pod(0, &format!("web-{i}")).unwrap();
-        servers.push(apps::serve_tcp(&pod.ns, &pod.name, 8080).unwrap());
-        servers.push(apps::serve_udp(&pod.ns, &pod.name, 5353).unwrap());
-        backends.push(pod);
-    }
-    let client = cluster.add_pod(0, "client").unwrap();
-    let svc = web_service();
-    cluster.apply("web-svc.yaml", &svc.yaml()).unwrap();
-    let eps = endpoints(&backends.iter().collect::<Vec<_>>());
-    cluster
-        .apply(
-            "web-slice.yaml",
-            &manifests::endpoint_slice(&svc, &slice_ports(), &eps),
-        )
-        .unwrap();
+    // different backends, so two distinct tables). The TCP one answered.
+    let s = setup_with(&["--max-maglev-tables", "1"]);
     let tcp = SocketAddr::from((VIP, 80));
-    assert!(
-        wait_until(Duration::from_secs(5), || {
-            client
-                .ns
-                .run(move || apps::tcp_ask(tcp).is_ok())
-                .unwrap_or(false)
-        }),
-        "TCP frontend never answered: {}",
-        cluster.nodes[0].log_tail()
-    );
     // Both frontends serve every backend, with or without a table.
-    let seen = tcp_spread(&client, tcp, 60);
+    let seen = tcp_spread(&s.client, tcp, 60);
     assert_eq!(seen.len(), 3, "{seen:?}");
     let udp = SocketAddr::from((VIP, 53));
-    let answered: BTreeSet<String> = client
+    let answered: BTreeSet<String> = s
+        .client
         .ns
         .run(move || {
             (0..60)
@@ -579,13 +554,13 @@ fn j_a_full_maglev_map_falls_back_to_random_choice_and_is_reported() {
         })
         .unwrap();
     assert_eq!(answered.len(), 3, "{answered:?}");
-    let maps = sluice::datapath::PinnedMaps::open(&cluster.nodes[0].bpffs).unwrap();
+    let maps = sluice::datapath::PinnedMaps::open(&s.cluster.nodes[0].bpffs).unwrap();
     assert_eq!(maps.maglev.keys().count(), 1);
-    let log = std::fs::read_to_string(&cluster.nodes[0].log).unwrap();
+    let log = std::fs::read_to_string(&s.cluster.nodes[0].log).unwrap();
     assert!(
         log.contains("is full") && log.contains("at random"),
         "the full table map was not reported: {}",
-        cluster.nodes[0].log_tail()
+        s.cluster.nodes[0].log_tail()
     );
 }
 
