@@ -25,8 +25,12 @@ pub const DEFAULT_BRIDGE: &str = "sluice0";
 pub const DEFAULT_MTU: u32 = 1500;
 pub const DEFAULT_STATE_DIR: &str = "/var/lib/sluice";
 pub const DEFAULT_BPFFS: &str = "/sys/fs/bpf";
-/// The version the daemon should write: the only one with STATUS and GC.
-pub const DEFAULT_CNI_VERSION: &str = "1.1.0";
+/// The `cniVersion` the daemon writes by default. Runtimes built on libcni
+/// before 1.2 (containerd 1.6 and 1.7, podman 4, CRI-O before 1.31) use it
+/// as it is and cannot decode a 1.1.0 result; newer ones pick the highest
+/// version of the list's `cniVersions` (see [`conflist`]), 1.1.0, which has
+/// STATUS and GC.
+pub const DEFAULT_CNI_VERSION: CniVersion = CniVersion::V1_0_0;
 
 /// MTU bounds: 576 is the smallest datagram every IPv4 host must accept;
 /// 65535 is the largest MTU a veth or bridge takes.
@@ -91,7 +95,7 @@ impl NetConf {
     /// A configuration with every default, for the given pod CIDR.
     pub fn new(pod_cidr: Ipv4Net) -> Self {
         Self {
-            cni_version: DEFAULT_CNI_VERSION.to_owned(),
+            cni_version: DEFAULT_CNI_VERSION.as_str().to_owned(),
             name: NETWORK_NAME.to_owned(),
             plugin_type: PLUGIN_TYPE.to_owned(),
             bridge: DEFAULT_BRIDGE.to_owned(),
@@ -197,7 +201,11 @@ impl NetConf {
 
 /// The conflist the daemon installs (e.g. `/etc/cni/net.d/10-sluice.conflist`).
 /// `cniVersion` and `name` live at the list level; runtimes inject them into
-/// each plugin's configuration.
+/// each plugin's configuration. `cniVersion` is the entry's own version;
+/// `cniVersions` lists it and every newer version the plugin speaks, so a
+/// runtime that reads the list (libcni 1.2 and later; SPEC 1.1: "select the
+/// highest supported version") gets the newest it knows, and one that does
+/// not still gets a version it can decode.
 pub fn conflist(netconf: &NetConf) -> Value {
     let mut plugin = match serde_json::to_value(netconf) {
         Ok(Value::Object(map)) => map,
@@ -207,8 +215,16 @@ pub fn conflist(netconf: &NetConf) -> Value {
     };
     plugin.remove("cniVersion");
     plugin.remove("name");
+    let versions: Vec<&str> = netconf.version().map_or_else(Vec::new, |v| {
+        crate::version::SUPPORTED
+            .iter()
+            .filter(|s| **s >= v)
+            .map(|s| s.as_str())
+            .collect()
+    });
     json!({
         "cniVersion": netconf.cni_version,
+        "cniVersions": versions,
         "name": netconf.name,
         "plugins": [Value::Object(plugin)],
     })
@@ -382,7 +398,8 @@ mod tests {
         assert_eq!(
             list,
             json!({
-                "cniVersion": "1.1.0",
+                "cniVersion": "1.0.0",
+                "cniVersions": ["1.0.0", "1.1.0"],
                 "name": "sluice",
                 "plugins": [{
                     "type": "sluice-cni", "bridge": "sluice0", "podCIDR": "10.244.1.0/24",
@@ -396,6 +413,103 @@ mod tests {
         entry.insert("cniVersion".into(), list["cniVersion"].clone());
         entry.insert("name".into(), list["name"].clone());
         assert_eq!(NetConf::from_object(&entry).unwrap(), c);
+    }
+
+    /// How libcni picks the version it runs a conflist with, as its code
+    /// does it (libcni/conf.go). Before 1.2 it reads `cniVersion` only;
+    /// from 1.2 on, the highest of `cniVersions` and `cniVersion` that is
+    /// not newer than its own spec version (1.1.0).
+    mod libcni {
+        use serde_json::Value;
+
+        fn parse(v: &str) -> (u32, u32, u32) {
+            let mut it = v.split('.').map(|p| p.parse::<u32>().unwrap());
+            (it.next().unwrap(), it.next().unwrap(), it.next().unwrap())
+        }
+
+        pub fn v1_1(list: &Value) -> String {
+            list["cniVersion"].as_str().unwrap_or("").to_string()
+        }
+
+        pub fn v1_2(list: &Value) -> String {
+            let top = list["cniVersion"].as_str().unwrap_or("").to_string();
+            let Some(listed) = list["cniVersions"].as_array() else {
+                return top;
+            };
+            let current = parse("1.1.0");
+            let mut vs: Vec<String> = listed
+                .iter()
+                .map(|v| v.as_str().unwrap().to_string())
+                .chain((!top.is_empty()).then_some(top.clone()))
+                .filter(|v| parse(v) <= current)
+                .collect();
+            vs.sort_by_key(|v| parse(v));
+            vs.pop().unwrap_or(top)
+        }
+
+        /// Result versions libcni can decode (pkg/types/create).
+        pub fn decodes(libcni_1_2: bool, result: &str) -> bool {
+            matches!(
+                result,
+                "0.1.0" | "0.2.0" | "0.3.0" | "0.3.1" | "0.4.0" | "1.0.0"
+            ) || (libcni_1_2 && result == "1.1.0")
+        }
+    }
+
+    #[test]
+    fn every_libcni_runs_the_written_conflist_with_a_version_it_can_decode() {
+        for v in crate::version::SUPPORTED {
+            let mut c = NetConf::new("10.244.1.0/24".parse().unwrap());
+            c.cni_version = v.as_str().to_string();
+            let list = conflist(&c);
+            for (modern, effective) in [(false, libcni::v1_1(&list)), (true, libcni::v1_2(&list))] {
+                // The plugin answers in the version it was given; the
+                // runtime must be able to read that answer.
+                let given = CniVersion::parse(&effective)
+                    .unwrap_or_else(|| panic!("{v}: plugin gets unsupported {effective}"));
+                // Only an explicit `--cni-version 1.1.0` gives up the old
+                // runtimes (what the written file said before this was
+                // fixed: every pod failed its first ADD under containerd
+                // 1.6/1.7 and podman 4).
+                let readable = modern || v <= CniVersion::V1_0_0;
+                assert_eq!(
+                    libcni::decodes(modern, given.as_str()),
+                    readable,
+                    "--cni-version {v}: libcni {} and a {effective} result",
+                    if modern { "1.2+" } else { "1.1" }
+                );
+                if modern {
+                    // The newest libcni runs STATUS and GC (1.1.0 only).
+                    assert!(given.has_status_and_gc(), "{v}: {effective}");
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn golden_negotiation_of_the_default_conflist() {
+        let list = conflist(&NetConf::new("10.244.1.0/24".parse().unwrap()));
+        // containerd 1.6/1.7, podman 4 (libcni 1.1.x): 1.0.0.
+        assert_eq!(libcni::v1_1(&list), "1.0.0");
+        // containerd 2.x, CRI-O 1.31+, podman 5.2+ (libcni 1.2+): 1.1.0.
+        assert_eq!(libcni::v1_2(&list), "1.1.0");
+        // The model against libcni's own cases.
+        let cases = [
+            (
+                r#"{"cniVersion":"1.0.0","cniVersions":["0.1.0","0.4.0"]}"#,
+                "1.0.0",
+            ),
+            (
+                r#"{"cniVersions":["99.0.0","1.1.0","0.4.0","1.0.0"]}"#,
+                "1.1.0",
+            ),
+            (r#"{"cniVersion":"1.2.3"}"#, "1.2.3"),
+            (r#"{"cniVersion":"0.4.0","cniVersions":[]}"#, "0.4.0"),
+        ];
+        for (text, want) in cases {
+            let v: Value = serde_json::from_str(text).unwrap();
+            assert_eq!(libcni::v1_2(&v), want, "{text}");
+        }
     }
 
     #[test]

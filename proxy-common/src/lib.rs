@@ -15,7 +15,7 @@ pub mod service;
 pub mod stats;
 
 pub use config::NodeConfig;
-pub use ct::{CtEntry, CtKey, FragKey, FragPorts};
+pub use ct::{CtEntry, CtKey, CtStats, FragKey, FragPorts};
 pub use service::{AffinityKey, AffinityValue, Backend, ServiceKey, ServiceValue, SourceRangeKey};
 pub use stats::{ReasonCounter, ServiceCounter};
 
@@ -44,6 +44,7 @@ mod pod_impls {
     unsafe impl aya::Pod for crate::Backend {}
     unsafe impl aya::Pod for crate::CtKey {}
     unsafe impl aya::Pod for crate::CtEntry {}
+    unsafe impl aya::Pod for crate::CtStats {}
     unsafe impl aya::Pod for crate::FragKey {}
     unsafe impl aya::Pod for crate::FragPorts {}
     unsafe impl aya::Pod for crate::ReasonCounter {}

@@ -13,8 +13,13 @@ pub const PIN_DIR: &str = "sluice";
 pub const MAP_SERVICES: &str = "sluice_svc4_v1";
 /// Backends by id: `u32 -> Backend`.
 pub const MAP_BACKENDS: &str = "sluice_be4_v1";
-/// Connection tracking, LRU: `CtKey -> CtEntry`.
-pub const MAP_CT: &str = "sluice_ct4_v1";
+/// Connection tracking of TCP, a plain hash: `CtKey -> CtEntry`. Nothing
+/// evicts an entry; expired ones are removed by the daemon's sweep.
+pub const MAP_CT_TCP: &str = "sluice_ct4_tcp_v2";
+/// Connection tracking of UDP and ICMP echo, LRU: `CtKey -> CtEntry`.
+pub const MAP_CT_ANY: &str = "sluice_ct4_any_v2";
+/// Per-CPU counters of the CT maps: `CT_STATS_* -> CtStats`.
+pub const MAP_CT_STATS: &str = "sluice_ctst_v1";
 /// Ports of fragmented datagrams, LRU: `FragKey -> FragPorts`.
 pub const MAP_FRAG: &str = "sluice_frag4_v1";
 /// Per-CPU verdict and drop counters indexed by reason code.
@@ -31,10 +36,12 @@ pub const MAP_SOURCE_RANGES: &str = "sluice_srcr4_v1";
 pub const MAP_MAGLEV: &str = "sluice_mglv4_v3";
 
 /// Every map the datapath pins, in the order `sluicectl status` lists them.
-pub const ALL_MAPS: [&str; 10] = [
+pub const ALL_MAPS: [&str; 12] = [
     MAP_SERVICES,
     MAP_BACKENDS,
-    MAP_CT,
+    MAP_CT_TCP,
+    MAP_CT_ANY,
+    MAP_CT_STATS,
     MAP_FRAG,
     MAP_REASONS,
     MAP_SVC_STATS,
@@ -43,6 +50,17 @@ pub const ALL_MAPS: [&str; 10] = [
     MAP_SOURCE_RANGES,
     MAP_MAGLEV,
 ];
+
+/// The one CT map of releases before the split by protocol (LRU, `CtKey`
+/// 16 B -> `CtEntry` 56 B, the layout of today's entries without
+/// `CT_F_ASSURED`). The daemon migrates its live entries and retires it.
+pub const LEGACY_MAP_CT_V1: &str = "sluice_ct4_v1";
+
+/// Map names earlier releases pinned and this one replaced: unpinned once
+/// their state is migrated (or, for the Maglev tables, rewritten). A
+/// `sluice_*_vN` pin in neither list is some other release's (a newer one's,
+/// after a downgrade): reported and left alone.
+pub const RETIRED_MAPS: [&str; 3] = ["sluice_mglv4_v1", "sluice_mglv4_v2", LEGACY_MAP_CT_V1];
 
 /// TC ingress program for a pod's host-side veth (traffic leaving the pod).
 pub const PROG_FROM_POD: &str = "from_pod";

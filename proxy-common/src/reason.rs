@@ -38,6 +38,13 @@ pub const PASS_OVERLAY: u32 = 30;
 pub const DROP_NO_ROUTE: u32 = 31;
 pub const DROP_TTL_EXCEEDED: u32 = 32;
 pub const ICMP_ERROR_REV_NAT: u32 = 33;
+/// A new connection found the TCP CT map full (established ones are never
+/// evicted to make room; the daemon's sweep frees expired entries).
+pub const DROP_CT_FULL: u32 = 34;
+/// A packet matched the state of a connection that is dead (expired, or
+/// closed and now answered by a SYN-ACK of a new connection reusing its
+/// ports): passed untranslated, and the dead state removed.
+pub const PASS_CT_STALE: u32 = 35;
 
 /// Size of the reason counter array (room for codes added later).
 pub const MAX: u32 = 64;
@@ -63,6 +70,7 @@ pub const fn is_drop(code: u32) -> bool {
             | DROP_SOURCE_RANGE
             | DROP_NO_ROUTE
             | DROP_TTL_EXCEEDED
+            | DROP_CT_FULL
     )
 }
 
@@ -103,6 +111,8 @@ pub const fn name(code: u32) -> Option<&'static str> {
         DROP_NO_ROUTE => "drop-no-route",
         DROP_TTL_EXCEEDED => "drop-ttl-exceeded",
         ICMP_ERROR_REV_NAT => "icmp-error-rev-nat",
+        DROP_CT_FULL => "drop-ct-full",
+        PASS_CT_STALE => "pass-ct-stale",
         _ => return None,
     })
 }

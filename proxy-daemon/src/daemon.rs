@@ -13,12 +13,17 @@ use std::{
 use aya::programs::TcAttachType;
 use ipnet::Ipv4Net;
 use proxy_common::{NodeConfig, config::NODE_CONFIG_VERSION, names};
-use tracing::{info, warn};
+use tracing::{debug, info, warn};
 
 use crate::{
-    datapath::{Capacities, DatapathError, Loader},
+    datapath::{
+        Capacities, DatapathError, Loader, PinnedMaps,
+        migrate::{self, Legacy},
+    },
     health::{HealthServers, health_checks},
-    model::{ClusterState, DesiredState, NodeContext, NodeInfo, Skip, desired_state, node_info},
+    model::{
+        ClusterState, DesiredState, NodeContext, NodeInfo, Skip, SkipKind, desired_state, node_info,
+    },
     overlay::{self, Overlay, OverlayConfig, OverlayError},
     telemetry::Telemetry,
     writer::{
@@ -48,6 +53,8 @@ pub struct DaemonConfig {
     /// VXLAN overlay (VNI, UDP port); `None` leaves cross-node routing to
     /// someone else.
     pub overlay: Option<(u32, u16)>,
+    /// The conflist's `cniVersion` (its `cniVersions` add every newer one).
+    pub cni_version: sluice_cni::CniVersion,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -95,35 +102,123 @@ pub fn lock_state_dir(state_dir: &Path) -> Result<File, DaemonError> {
 
 /// Loads the programs against the pinned maps (created on first start,
 /// reused after), publishes them for the CNI plugin, and swaps them into
-/// every existing pod's interface. Replacing a cls_bpf filter in place is
-/// atomic, so a restart or an upgrade never drops a packet of a live flow.
+/// every interface that carries them: the pods', the uplink and the
+/// overlay device. Replacing a cls_bpf filter in place is atomic, so a
+/// restart or an upgrade never drops a packet of a live flow; connection
+/// tracking of an earlier layout is migrated around the swap (see
+/// [`crate::datapath::migrate`]). Returns the number of pods re-attached.
 pub fn start_datapath(cfg: &DaemonConfig) -> Result<usize, DaemonError> {
     let mut progs = Loader::new(&cfg.bpffs, cfg.capacities).load()?;
-    progs.pin()?;
-    let mut attached = 0;
-    match sluice_cni::list_pod_veths(sluice_cni::config::DEFAULT_BRIDGE) {
-        Ok(veths) => {
-            for veth in veths {
-                match sluice_cni::attach_pod_programs(&veth, &cfg.bpffs) {
-                    Ok(()) => attached += 1,
-                    Err(e) => {
-                        warn!(interface = %veth, error = %e, "re-attaching the datapath failed")
-                    }
-                }
+    let mut maps = PinnedMaps::open(&cfg.bpffs)?;
+    let mut keep: Vec<&str> = Vec::new();
+    let legacy = match migrate::find_legacy_ct(&cfg.bpffs) {
+        Ok(Legacy::None) => None,
+        Ok(Legacy::Found(old)) => match old.copy_into(&mut maps) {
+            Ok(c) => {
+                info!(
+                    live = c.live,
+                    copied = c.created,
+                    expired = c.expired,
+                    "connection tracking of the previous layout copied"
+                );
+                Some(old)
             }
+            Err(e) => {
+                warn!(error = %e, "migrating connection tracking failed; the old map is kept for the next start");
+                keep.push(names::LEGACY_MAP_CT_V1);
+                None
+            }
+        },
+        Ok(Legacy::Unknown(detail)) => {
+            warn!(%detail, "connection-tracking pin of an unknown layout left alone");
+            keep.push(names::LEGACY_MAP_CT_V1);
+            None
         }
-        Err(e) => warn!(error = %e, "listing pod interfaces failed; none re-attached"),
-    }
+        Err(e) => {
+            warn!(error = %e, "cannot read the previous connection-tracking map; left alone");
+            keep.push(names::LEGACY_MAP_CT_V1);
+            None
+        }
+    };
+    progs.pin()?;
+    let attached = reattach(&cfg.bpffs);
     // The loaded programs may be dropped now: pins and filters hold them.
     drop(progs);
-    match crate::datapath::retire_stale_pins(&cfg.bpffs) {
-        Ok(removed) if !removed.is_empty() => {
-            info!(pins = ?removed, "unpinned maps of an earlier release")
+    if let Some(old) = legacy {
+        // What the old programs created or refreshed until they were replaced.
+        match old.copy_into(&mut maps) {
+            Ok(c) => info!(
+                live = c.live,
+                copied = c.created,
+                "connection tracking migrated to the new layout"
+            ),
+            Err(e) => {
+                warn!(error = %e, "second migration pass failed; the old map is kept");
+                keep.push(names::LEGACY_MAP_CT_V1);
+            }
         }
-        Ok(_) => {}
+    }
+    match crate::datapath::retire_stale_pins(&cfg.bpffs, &keep) {
+        Ok(r) => {
+            if !r.removed.is_empty() {
+                info!(pins = ?r.removed, "unpinned maps of an earlier release");
+            }
+            if !r.unknown.is_empty() {
+                warn!(pins = ?r.unknown, "pinned maps of a layout this release does not know left alone (another release's; remove them by hand once it is gone)");
+            }
+        }
         Err(e) => warn!(error = %e, "could not unpin the maps of an earlier release"),
     }
     Ok(attached)
+}
+
+/// Replaces the programs on every interface of the calling thread's network
+/// namespace that carries Sluice's filters with the ones pinned under
+/// `bpffs`: pod veths (bridge ports of `sluice0`), the overlay device and
+/// the uplink (any other hooked link). Returns the number of pods.
+pub fn reattach(bpffs: &Path) -> usize {
+    let veths = match sluice_cni::list_pod_veths(sluice_cni::config::DEFAULT_BRIDGE) {
+        Ok(v) => v,
+        Err(e) => {
+            warn!(error = %e, "listing pod interfaces failed; none re-attached");
+            Vec::new()
+        }
+    };
+    let mut attached = 0;
+    for veth in &veths {
+        match sluice_cni::attach_pod_programs(veth, bpffs) {
+            Ok(()) => attached += 1,
+            Err(e) => warn!(interface = %veth, error = %e, "re-attaching the datapath failed"),
+        }
+    }
+    let links = match sluice_cni::hooked_links() {
+        Ok(l) => l,
+        Err(e) => {
+            warn!(error = %e, "listing hooked interfaces failed; uplink and overlay re-attached once the node is known");
+            return attached;
+        }
+    };
+    let dir = crate::datapath::pin_dir(bpffs);
+    for link in links.iter().filter(|l| !veths.contains(&l.interface)) {
+        let pins: Vec<_> = if link.interface.starts_with(overlay::DEVICE_PREFIX) {
+            vec![(
+                dir.join(names::PIN_PROG_FROM_OVERLAY),
+                TcAttachType::Ingress,
+            )]
+        } else {
+            vec![
+                (dir.join(names::PIN_PROG_FROM_NETDEV), TcAttachType::Ingress),
+                (dir.join(names::PIN_PROG_TO_NETDEV), TcAttachType::Egress),
+            ]
+        };
+        match sluice_cni::attach_pinned(&link.interface, pins) {
+            Ok(()) => info!(interface = %link.interface, "programs replaced"),
+            Err(e) => {
+                warn!(interface = %link.interface, error = %e, "replacing the programs failed")
+            }
+        }
+    }
+    attached
 }
 
 /// The interface holding `addr` in this network namespace, and its MTU.
@@ -189,8 +284,8 @@ pub struct Reconciler {
     logged: BTreeSet<Skip>,
     /// What `sluicectl nodes` was last told about the overlay.
     overlay_meta: Option<OverlayMeta>,
-    /// Skipped objects and parts in the last reconcile.
-    pub skipped: usize,
+    /// Skipped objects and parts in the last reconcile, by kind.
+    pub skipped: std::collections::BTreeMap<SkipKind, usize>,
 }
 
 impl Reconciler {
@@ -215,7 +310,7 @@ impl Reconciler {
             health: HealthServers::default(),
             logged: BTreeSet::new(),
             overlay_meta: None,
-            skipped: 0,
+            skipped: Default::default(),
         })
     }
 
@@ -309,9 +404,15 @@ impl Reconciler {
     fn log_skips(&mut self, skips: &[Skip]) {
         let now: BTreeSet<Skip> = skips.iter().cloned().collect();
         for s in now.difference(&self.logged) {
-            warn!(object = %s.object, reason = %s.reason, "skipped");
+            match s.kind {
+                SkipKind::Invalid => warn!(object = %s.object, reason = %s.reason, "skipped"),
+                SkipKind::NoService => debug!(object = %s.object, reason = %s.reason, "skipped"),
+            }
         }
-        self.skipped = now.len();
+        self.skipped.clear();
+        for s in &now {
+            *self.skipped.entry(s.kind).or_default() += 1;
+        }
         self.logged = now;
     }
 
@@ -442,6 +543,7 @@ pub fn write_cni_config(
     mtu: u32,
 ) -> Result<(), DaemonError> {
     let mut conf = sluice_cni::NetConf::new(pod_cidr);
+    conf.cni_version = cfg.cni_version.as_str().to_owned();
     conf.cluster_cidr = cfg.cluster_cidr;
     conf.state_dir = cfg.state_dir.clone();
     conf.bpffs = cfg.bpffs.clone();

@@ -1,26 +1,131 @@
-//! Connection tracking: flow creation, per-packet state, partner refresh.
+//! Connection tracking: the two CT tables, flow creation, per-packet state,
+//! partner refresh and recreation, and retiring dead state.
+//!
+//! TCP flows live in `CT_TCP`, everything else in `CT_ANY` (see
+//! `proxy_common::ct`). Code that touches an entry is generic over the
+//! [`Table`] it lives in, and each program picks the table once, from the
+//! packet's protocol: the verifier then checks each table's path on its own
+//! instead of every mix of the two.
 
 use aya_ebpf::{
-    bindings::BPF_NOEXIST,
+    bindings::{BPF_ANY, BPF_NOEXIST},
     helpers::{bpf_get_prandom_u32, bpf_ktime_get_coarse_ns},
 };
 use proxy_common::{
-    Backend, CtEntry, CtKey, FragKey, FragPorts,
+    Backend, CtEntry, CtKey, CtStats, FragKey, FragPorts,
     ct::{
-        CT_DIR_EGRESS, CT_DIR_REPLY, CT_DIR_SERVICE, CT_F_FIB_ROUTE, CT_F_FIN_BACKEND,
-        CT_F_FIN_CLIENT, CT_F_HAIRPIN, CT_F_REDIRECT_BACK, CT_F_REPLY_SEEN, CT_F_REWRITE_DST,
-        CT_F_REWRITE_SRC, CT_F_RST, CT_STATE_MASK,
+        CT_DIR_EGRESS, CT_DIR_REPLY, CT_DIR_SERVICE, CT_F_ASSURED, CT_F_FIB_ROUTE,
+        CT_F_FIN_BACKEND, CT_F_FIN_CLIENT, CT_F_HAIRPIN, CT_F_REDIRECT_BACK, CT_F_REPLY_SEEN,
+        CT_F_REWRITE_DST, CT_F_REWRITE_SRC, CT_F_RST, CT_F_USED, CT_STATE_MASK, CT_STATS_ANY,
+        CT_STATS_TCP,
     },
     proto,
     service::HAIRPIN_SNAT_ADDR,
 };
 
 use crate::{
-    maps::{CT, FRAGS},
+    maps::{CT_ANY, CT_STATS, CT_TCP, FRAGS},
     packet::{FRAG_FIRST, Packet, TCP_ACK, TCP_FIN, TCP_RST, TCP_SYN},
 };
 
 pub const HAIRPIN_ADDR: u32 = u32::from_ne_bytes(HAIRPIN_SNAT_ADDR);
+
+/// Map helper errors, as the helpers return them (negative errno).
+const EEXIST: i32 = -17;
+const E2BIG: i32 = -7;
+
+/// One of the two CT maps.
+pub trait Table {
+    /// Its row in `CT_STATS`.
+    const STATS: u32;
+    fn get(key: &CtKey) -> Option<*mut CtEntry>;
+    fn insert(key: &CtKey, e: &CtEntry, flags: u64) -> Result<(), i32>;
+    fn remove(key: &CtKey) -> Result<(), i32>;
+}
+
+/// `CT_TCP`.
+pub struct Tcp;
+/// `CT_ANY`.
+pub struct Any;
+
+impl Table for Tcp {
+    const STATS: u32 = CT_STATS_TCP;
+    #[inline(always)]
+    fn get(key: &CtKey) -> Option<*mut CtEntry> {
+        CT_TCP.get_ptr_mut(key)
+    }
+    #[inline(always)]
+    fn insert(key: &CtKey, e: &CtEntry, flags: u64) -> Result<(), i32> {
+        CT_TCP.insert(key, e, flags)
+    }
+    #[inline(always)]
+    fn remove(key: &CtKey) -> Result<(), i32> {
+        CT_TCP.remove(key)
+    }
+}
+
+impl Table for Any {
+    const STATS: u32 = CT_STATS_ANY;
+    #[inline(always)]
+    fn get(key: &CtKey) -> Option<*mut CtEntry> {
+        CT_ANY.get_ptr_mut(key)
+    }
+    #[inline(always)]
+    fn insert(key: &CtKey, e: &CtEntry, flags: u64) -> Result<(), i32> {
+        CT_ANY.insert(key, e, flags)
+    }
+    #[inline(always)]
+    fn remove(key: &CtKey) -> Result<(), i32> {
+        CT_ANY.remove(key)
+    }
+}
+
+/// A copy of the entry under `key`, from the table its protocol uses.
+#[inline(always)]
+pub fn lookup_copy(key: &CtKey) -> Option<CtEntry> {
+    let p = if key.proto == proto::TCP {
+        Tcp::get(key)
+    } else {
+        Any::get(key)
+    }?;
+    // SAFETY: pointer to a live map value, copied at once.
+    Some(unsafe { *p })
+}
+
+#[inline(always)]
+fn count<C: Table>(f: impl FnOnce(&mut CtStats)) {
+    if let Some(s) = CT_STATS.get_ptr_mut(C::STATS) {
+        // SAFETY: per-CPU slot, only this CPU writes it while we run.
+        unsafe { f(&mut *s) }
+    }
+}
+
+/// Why a new flow's state could not be stored.
+pub enum CreateError {
+    /// The TCP table is full.
+    Full,
+    /// Every masquerade port tried was taken.
+    PortsExhausted,
+    Other,
+}
+
+/// Stores a new entry, replacing a dead one under the same key.
+#[inline(always)]
+fn put<C: Table>(key: &CtKey, e: &CtEntry) -> Result<(), CreateError> {
+    match C::insert(key, e, BPF_NOEXIST as u64) {
+        Ok(()) => {
+            count::<C>(|s| s.created += 1);
+            Ok(())
+        }
+        // A dead flow's entry (or another CPU's, for the same first packet).
+        Err(EEXIST) => C::insert(key, e, BPF_ANY as u64).map_err(|_| CreateError::Other),
+        Err(E2BIG) => {
+            count::<C>(|s| s.full += 1);
+            Err(CreateError::Full)
+        }
+        Err(_) => Err(CreateError::Other),
+    }
+}
 
 /// Monotonic seconds, the clock of every CT timestamp. The coarse clock
 /// (tick-granular, CLOCK_MONOTONIC_COARSE) reads no hardware counter, and
@@ -44,17 +149,71 @@ pub fn key(pkt: &Packet, dir: u8) -> CtKey {
     }
 }
 
-/// Whether a service entry may no longer carry this packet: dead by its
+#[inline(always)]
+fn is_pure_syn(pkt: &Packet) -> bool {
+    pkt.proto == proto::TCP && pkt.tcp_flags & (TCP_SYN | TCP_ACK) == TCP_SYN
+}
+
+/// Whether a forward entry may no longer carry this packet: dead by its
 /// timeout, or a fresh TCP SYN reusing the tuple of a connection that was
-/// answered or closed (a new connection gets a new backend choice).
+/// established or closed (a new connection gets a new backend choice).
 #[inline(always)]
 pub fn is_stale(e: &CtEntry, pkt: &Packet, now: u32) -> bool {
-    if e.expired(pkt.proto, now) {
-        return true;
+    e.expired(pkt.proto, now) || (is_pure_syn(pkt) && e.flags & CT_F_USED != 0)
+}
+
+/// Whether a reply entry may no longer translate this packet: dead by its
+/// timeout (a stale entry never translates, or every packet it rewrote
+/// would keep it alive), or a SYN in the reply direction of a connection
+/// that was established or closed: the SYN-ACK of a new connection that
+/// reuses the client's port towards the backend itself, which must reach
+/// the client as it is.
+#[inline(always)]
+pub fn reply_is_stale(e: &CtEntry, pkt: &Packet, now: u32) -> bool {
+    e.expired(pkt.proto, now)
+        || (pkt.proto == proto::TCP && pkt.tcp_flags & TCP_SYN != 0 && e.flags & CT_F_USED != 0)
+}
+
+/// Removes a dead entry and its partner (found through the entry's own
+/// rewrite of `key`), so that it captures nothing more.
+#[inline(always)]
+pub fn retire<C: Table>(key: &CtKey, e: &CtEntry) {
+    let partner = key.partner(e, key.partner_dir(e));
+    let mut removed = 0;
+    if C::remove(key).is_ok() {
+        removed += 1;
     }
-    pkt.proto == proto::TCP
-        && pkt.tcp_flags & (TCP_SYN | TCP_ACK) == TCP_SYN
-        && e.flags & (CT_F_REPLY_SEEN | CT_F_FIN_CLIENT | CT_F_FIN_BACKEND | CT_F_RST) != 0
+    if C::remove(&partner).is_ok() {
+        removed += 1;
+    }
+    count::<C>(|s| s.removed += removed);
+}
+
+/// A pod's fresh SYN to a destination that is no service: if a dead or
+/// closed translated flow's reply entry matches the connection's replies
+/// (the pod reuses a port it last used towards a ClusterIP, now towards the
+/// backend itself), remove that state before the SYN-ACK can meet it.
+#[inline(always)]
+pub fn clear_port_reuse(pkt: &Packet, now: u32) {
+    if !is_pure_syn(pkt) {
+        return;
+    }
+    let reply = CtKey {
+        saddr: pkt.daddr,
+        daddr: pkt.saddr,
+        sport: pkt.dport,
+        dport: pkt.sport,
+        proto: pkt.proto,
+        dir: CT_DIR_REPLY,
+        _pad: [0; 2],
+    };
+    if let Some(p) = Tcp::get(&reply) {
+        // SAFETY: pointer to a live map value, copied at once.
+        let e = unsafe { *p };
+        if e.expired(pkt.proto, now) || e.flags & CT_F_USED != 0 {
+            retire::<Tcp>(&reply, &e);
+        }
+    }
 }
 
 /// A new entry with `pkt` accounted as its first packet.
@@ -97,10 +256,15 @@ const SNAT_TRIES: u32 = 8;
 /// is free. BPF_NOEXIST makes the claim atomic: two CPUs never hand out the
 /// same (peer, port) pair.
 #[inline(always)]
-fn claim_port(mut rev_key: CtKey, rev: &CtEntry, min: u16, max: u16) -> Option<u16> {
+fn claim_port<C: Table>(
+    mut rev_key: CtKey,
+    rev: &CtEntry,
+    min: u16,
+    max: u16,
+) -> Result<u16, CreateError> {
     let span = u32::from(max.saturating_sub(min)) + 1;
     if span == 0 {
-        return None;
+        return Err(CreateError::PortsExhausted);
     }
     // SAFETY: plain helper call.
     let start = unsafe { bpf_get_prandom_u32() };
@@ -108,25 +272,33 @@ fn claim_port(mut rev_key: CtKey, rev: &CtEntry, min: u16, max: u16) -> Option<u
         // A large odd stride spreads the retries over the range.
         let port = min + (start.wrapping_add(i.wrapping_mul(40_503)) % span) as u16;
         rev_key.dport = port.to_be();
-        if CT.insert(rev_key, *rev, BPF_NOEXIST as u64).is_ok() {
-            return Some(port);
+        match C::insert(&rev_key, rev, BPF_NOEXIST as u64) {
+            Ok(()) => {
+                count::<C>(|s| s.created += 1);
+                return Ok(port);
+            }
+            Err(E2BIG) => {
+                count::<C>(|s| s.full += 1);
+                return Err(CreateError::Full);
+            }
+            Err(_) => {}
         }
     }
-    None
+    Err(CreateError::PortsExhausted)
 }
 
 /// A new flow from a pod to a Service: DNAT to `be`, and when the pod is
 /// its own backend (hairpin) SNAT to the hairpin address as well. Returns
 /// the service entry.
 #[inline(always)]
-pub fn create_service_flow(
+pub fn create_service_flow<C: Table>(
     pkt: &Packet,
     svc_id: u32,
     backend_id: u32,
     be: &Backend,
     ifindex: u32,
     now: u32,
-) -> Result<CtEntry, ()> {
+) -> Result<CtEntry, CreateError> {
     let hairpin = be.addr == pkt.saddr;
     let (client_addr, extra) = if hairpin {
         (
@@ -161,9 +333,8 @@ pub fn create_service_flow(
     };
     // The reply entry first: once the service entry exists, packets are
     // forwarded and replies may follow at once.
-    CT.insert(rev_key, rev, 0).map_err(|_| ())?;
-    CT.insert(key(pkt, CT_DIR_SERVICE), fwd, 0)
-        .map_err(|_| ())?;
+    put::<C>(&rev_key, &rev)?;
+    put::<C>(&key(pkt, CT_DIR_SERVICE), &fwd)?;
     Ok(fwd)
 }
 
@@ -178,14 +349,14 @@ pub struct Snat {
 /// externalIP frontend: DNAT to `be`, and with `snat` also a source the
 /// backend's reply must come back to. Returns the service entry.
 #[inline(always)]
-pub fn create_external_flow(
+pub fn create_external_flow<C: Table>(
     pkt: &Packet,
     svc_id: u32,
     backend_id: u32,
     be: &Backend,
     snat: Option<Snat>,
     now: u32,
-) -> Result<CtEntry, ()> {
+) -> Result<CtEntry, CreateError> {
     let mut fwd = first_entry(pkt, CT_F_REWRITE_DST, svc_id, backend_id, now);
     fwd.new_daddr = be.addr;
     fwd.new_dport = be.port;
@@ -202,28 +373,30 @@ pub fn create_external_flow(
         _pad: [0; 2],
     };
     match snat {
-        None => CT.insert(rev_key, rev, 0).map_err(|_| ())?,
+        None => put::<C>(&rev_key, &rev)?,
         Some(s) => {
             rev.flags |= CT_F_REWRITE_DST | CT_F_FIB_ROUTE;
             rev.new_daddr = pkt.saddr;
             rev.new_dport = pkt.sport;
             rev_key.daddr = s.addr;
-            let port = claim_port(rev_key, &rev, s.port_min, s.port_max).ok_or(())?;
+            let port = claim_port::<C>(rev_key, &rev, s.port_min, s.port_max)?;
             fwd.flags |= CT_F_REWRITE_SRC | CT_F_FIB_ROUTE;
             fwd.new_saddr = s.addr;
             fwd.new_sport = port.to_be();
         }
     }
-    CT.insert(key(pkt, CT_DIR_SERVICE), fwd, 0)
-        .map_err(|_| ())?;
+    put::<C>(&key(pkt, CT_DIR_SERVICE), &fwd)?;
     Ok(fwd)
 }
 
 /// A new masqueraded flow: `pkt` (a pod's packet leaving the cluster) gets
-/// `s.addr` and a free port as its source. Returns the forward entry, or
-/// `Err` when every try found its port taken.
+/// `s.addr` and a free port as its source. Returns the forward entry.
 #[inline(always)]
-pub fn create_masquerade_flow(pkt: &Packet, s: Snat, now: u32) -> Result<CtEntry, ()> {
+pub fn create_masquerade_flow<C: Table>(
+    pkt: &Packet,
+    s: Snat,
+    now: u32,
+) -> Result<CtEntry, CreateError> {
     let mut fwd = first_entry(pkt, CT_F_REWRITE_SRC, 0, 0, now);
     fwd.new_saddr = s.addr;
     let mut rev = reply_entry(&fwd, CT_F_REWRITE_DST);
@@ -239,9 +412,9 @@ pub fn create_masquerade_flow(pkt: &Packet, s: Snat, now: u32) -> Result<CtEntry
         dir: CT_DIR_REPLY,
         _pad: [0; 2],
     };
-    let port = claim_port(rev_key, &rev, s.port_min, s.port_max).ok_or(())?;
+    let port = claim_port::<C>(rev_key, &rev, s.port_min, s.port_max)?;
     fwd.new_sport = port.to_be();
-    CT.insert(key(pkt, CT_DIR_EGRESS), fwd, 0).map_err(|_| ())?;
+    put::<C>(&key(pkt, CT_DIR_EGRESS), &fwd)?;
     Ok(fwd)
 }
 
@@ -278,9 +451,18 @@ fn client_state_bits(pkt: &Packet) -> u16 {
 /// `from_client` is the packet's direction within the connection.
 #[inline(always)]
 pub fn observe(e: *mut CtEntry, pkt: &Packet, now: u32, from_client: bool) -> u16 {
-    let bits = state_bits(pkt, from_client);
+    let mut bits = state_bits(pkt, from_client);
     // SAFETY: `e` points into a CT map value that stays valid for this run.
     unsafe {
+        // The client's ACK after the backend's answer completes the
+        // handshake.
+        if from_client
+            && pkt.proto == proto::TCP
+            && pkt.tcp_flags & (TCP_SYN | TCP_ACK) == TCP_ACK
+            && (*e).flags & CT_F_REPLY_SEEN != 0
+        {
+            bits |= CT_F_ASSURED;
+        }
         let new_bits = bits & !(*e).flags;
         (*e).flags |= new_bits;
         (*e).last_seen = now;
@@ -291,10 +473,20 @@ pub fn observe(e: *mut CtEntry, pkt: &Packet, now: u32, from_client: bool) -> u1
 }
 
 /// Refreshes the other entry of the connection: at once when the TCP state
-/// changed, otherwise at most once a second. `pkt` is the packet after its
-/// rewrite, so its swapped tuple is the partner's key.
+/// changed, otherwise at most once a second. `before` is the packet's key
+/// (this entry's key) and `pkt` the packet after its rewrite, so its
+/// swapped tuple is the partner's key. A partner that vanished (evicted,
+/// removed by hand) is recreated from this entry, so the flow's other
+/// direction keeps being translated.
 #[inline(always)]
-pub fn sync_partner(e: *mut CtEntry, pkt: &Packet, partner_dir: u8, new_bits: u16, now: u32) {
+pub fn sync_partner<C: Table>(
+    e: *mut CtEntry,
+    before: &CtKey,
+    pkt: &Packet,
+    partner_dir: u8,
+    new_bits: u16,
+    now: u32,
+) {
     // SAFETY: as in `observe`.
     unsafe {
         if new_bits == 0 && (*e).synced == now {
@@ -310,10 +502,21 @@ pub fn sync_partner(e: *mut CtEntry, pkt: &Packet, partner_dir: u8, new_bits: u1
             dir: partner_dir,
             _pad: [0; 2],
         };
-        if let Some(p) = CT.get_ptr_mut(partner) {
-            (*p).flags |= (*e).flags & CT_STATE_MASK;
-            (*p).last_seen = now;
-            (*p).synced = now;
+        match C::get(&partner) {
+            Some(p) => {
+                (*p).flags |= (*e).flags & CT_STATE_MASK;
+                (*p).last_seen = now;
+                (*p).synced = now;
+            }
+            None => {
+                let fresh = (*e).inverse(before);
+                if C::insert(&partner, &fresh, BPF_NOEXIST as u64).is_ok() {
+                    count::<C>(|s| {
+                        s.created += 1;
+                        s.recreated += 1;
+                    });
+                }
+            }
         }
     }
 }

@@ -22,7 +22,7 @@ use proxy_common::{
 use crate::{
     Verdict,
     access::{load16, load32, store16, store32},
-    maps::CT,
+    conntrack,
     nat::{add, delta16, delta32, updated},
     packet::{ETH_HLEN, FRAG_NONE, Packet},
 };
@@ -79,8 +79,7 @@ pub fn to_client(ctx: &TcContext, pkt: &Packet) -> Verdict {
         dir: CT_DIR_REPLY,
         _pad: [0; 2],
     };
-    // SAFETY: a plain map lookup; the value is copied out at once.
-    let Some(e) = (unsafe { CT.get(key) }).copied() else {
+    let Some(e) = conntrack::lookup_copy(&key) else {
         return pass;
     };
     if e.flags & (CT_F_REWRITE_SRC | CT_F_REWRITE_DST) != CT_F_REWRITE_SRC {

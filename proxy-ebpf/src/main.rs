@@ -36,9 +36,10 @@ use aya_ebpf::{
     macros::classifier,
     programs::TcContext,
 };
-use proxy_common::{CtEntry, reason};
+use proxy_common::{CtEntry, ct::CT_DIR_REPLY, reason};
 
 use crate::{
+    conntrack::Table,
     maps::{SvcDelta, count_reason, count_service},
     packet::{Packet, Parsed},
 };
@@ -156,28 +157,37 @@ fn redirect_back(ctx: &TcContext, reason: u32) -> Verdict {
 }
 
 /// Translates a reply of a tracked flow by its reply entry, refreshes the
-/// flow's other entry (`partner_dir`) and counts it under `ok`.
+/// flow's other entry (`partner_dir`) and counts it under `ok`. `None` when
+/// the entry is dead: it is removed, and the caller treats the packet as
+/// untracked.
 #[inline(always)]
-fn reverse(
+fn reverse<C: Table>(
     ctx: &TcContext,
     pkt: &mut Packet,
     entry: *mut CtEntry,
     partner_dir: u8,
     ok: u32,
-) -> Verdict {
-    if let Some(r) = service::untranslatable(pkt) {
-        return Verdict::drop(r);
-    }
+) -> Option<Verdict> {
     let now = conntrack::now();
+    let before = conntrack::key(pkt, CT_DIR_REPLY);
+    // SAFETY: pointer to a live map value, copied.
+    let current = unsafe { *entry };
+    if conntrack::reply_is_stale(&current, pkt, now) {
+        conntrack::retire::<C>(&before, &current);
+        return None;
+    }
+    if let Some(r) = service::untranslatable(pkt) {
+        return Some(Verdict::drop(r));
+    }
     let len = pkt.len;
     let new_bits = conntrack::observe(entry, pkt, now, false);
     // SAFETY: pointer to a live map value; copied before the rewrite.
     let e = unsafe { *entry };
     conntrack::remember_fragment(pkt);
     if nat::apply(ctx, pkt, &e).is_err() {
-        return Verdict::drop(reason::DROP_REWRITE);
+        return Some(Verdict::drop(reason::DROP_REWRITE));
     }
-    conntrack::sync_partner(entry, pkt, partner_dir, new_bits, now);
+    conntrack::sync_partner::<C>(entry, &before, pkt, partner_dir, new_bits, now);
     count_service(
         e.svc_id,
         SvcDelta {
@@ -186,7 +196,7 @@ fn reverse(
             refused: false,
         },
     );
-    service::forward(ctx, pkt, &e, ok)
+    Some(service::forward(ctx, pkt, &e, ok))
 }
 
 #[cfg(not(test))]

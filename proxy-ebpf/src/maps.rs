@@ -8,9 +8,12 @@ use aya_ebpf::{
     maps::{Array, HashMap, LpmTrie, LruHashMap, PerCpuArray},
 };
 use proxy_common::{
-    AffinityKey, AffinityValue, Backend, CtEntry, CtKey, FragKey, FragPorts, NodeConfig,
+    AffinityKey, AffinityValue, Backend, CtEntry, CtKey, CtStats, FragKey, FragPorts, NodeConfig,
     ReasonCounter, ServiceCounter, ServiceKey, ServiceValue, SourceRangeKey,
-    ct::{DEFAULT_MAX_CT_ENTRIES, DEFAULT_MAX_FRAG_ENTRIES},
+    ct::{
+        CT_STATS_ROWS, DEFAULT_MAX_CT_ANY_ENTRIES, DEFAULT_MAX_CT_TCP_ENTRIES,
+        DEFAULT_MAX_FRAG_ENTRIES,
+    },
     reason,
     service::{
         DEFAULT_MAX_AFFINITY_ENTRIES, DEFAULT_MAX_BACKENDS, DEFAULT_MAX_MAGLEV_TABLES,
@@ -26,8 +29,18 @@ pub static SERVICES: HashMap<ServiceKey, ServiceValue> =
 #[map(name = "sluice_be4_v1")]
 pub static BACKENDS: HashMap<u32, Backend> = HashMap::pinned(DEFAULT_MAX_BACKENDS, 0);
 
-#[map(name = "sluice_ct4_v1")]
-pub static CT: LruHashMap<CtKey, CtEntry> = LruHashMap::pinned(DEFAULT_MAX_CT_ENTRIES, 0);
+/// TCP flows. A plain (preallocated) hash: when it is full a new connection
+/// is refused, and no established connection is ever evicted for it.
+#[map(name = "sluice_ct4_tcp_v2")]
+pub static CT_TCP: HashMap<CtKey, CtEntry> = HashMap::pinned(DEFAULT_MAX_CT_TCP_ENTRIES, 0);
+
+/// UDP and ICMP echo flows: LRU, so a flood evicts only flows of its kind.
+#[map(name = "sluice_ct4_any_v2")]
+pub static CT_ANY: LruHashMap<CtKey, CtEntry> = LruHashMap::pinned(DEFAULT_MAX_CT_ANY_ENTRIES, 0);
+
+/// Counters of the CT maps (rows `CT_STATS_*`).
+#[map(name = "sluice_ctst_v1")]
+pub static CT_STATS: PerCpuArray<CtStats> = PerCpuArray::pinned(CT_STATS_ROWS, 0);
 
 #[map(name = "sluice_frag4_v1")]
 pub static FRAGS: LruHashMap<FragKey, FragPorts> = LruHashMap::pinned(DEFAULT_MAX_FRAG_ENTRIES, 0);

@@ -23,7 +23,7 @@ use proxy_common::{
 
 use crate::{
     access::{load16, store16, store32},
-    packet::{ETH_HLEN, Packet},
+    packet::{self, ETH_HLEN, Packet},
 };
 
 pub struct RewriteError;
@@ -62,11 +62,7 @@ pub fn delta16(old: u16, new: u16) -> u32 {
 /// The address of `len` bytes at `off`, if they are inside the packet.
 #[inline(always)]
 fn at(ctx: &TcContext, off: usize, len: usize) -> Result<usize, RewriteError> {
-    let p = ctx.data() + off;
-    if p + len > ctx.data_end() {
-        return Err(RewriteError);
-    }
-    Ok(p)
+    packet::at(ctx, off, len).ok_or(RewriteError)
 }
 
 /// Applies a CT entry's rewrite to the packet and updates `pkt` to match.

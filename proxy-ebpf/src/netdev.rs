@@ -20,15 +20,15 @@ use proxy_common::{
     NodeConfig,
     config::NODE_CONFIG_VERSION,
     ct::{CT_DIR_EGRESS, CT_DIR_REPLY, CT_DIR_SERVICE},
-    reason,
+    proto, reason,
     service::SVC_F_NODE_ADDR,
 };
 
 use crate::{
     Verdict, conntrack,
-    conntrack::Snat,
+    conntrack::{Any, CreateError, Snat, Table, Tcp},
     lb,
-    maps::{CONFIG, CT},
+    maps::CONFIG,
     nat,
     packet::{FRAG_LATER, Packet},
     reverse,
@@ -77,20 +77,41 @@ pub fn to_netdev(ctx: &TcContext, pkt: &mut Packet) -> Verdict {
     if pkt.frag == FRAG_LATER && !conntrack::fragment_ports(pkt) {
         return Verdict::drop(reason::DROP_FRAG_NO_STATE);
     }
-    // A local backend answering an outside client (no SNAT on the way in).
-    if let Some(entry) = CT.get_ptr_mut(conntrack::key(pkt, CT_DIR_REPLY)) {
-        return reverse(ctx, pkt, entry, CT_DIR_SERVICE, reason::NODEPORT_REPLY);
+    if pkt.proto == proto::TCP {
+        leaving::<Tcp>(ctx, pkt, &c)
+    } else {
+        leaving::<Any>(ctx, pkt, &c)
     }
-    masquerade(ctx, pkt, &c)
+}
+
+/// A pod's packet leaving the cluster, with the CT table of its protocol.
+#[inline(always)]
+fn leaving<C: Table>(ctx: &TcContext, pkt: &mut Packet, c: &NodeConfig) -> Verdict {
+    // A local backend answering an outside client (no SNAT on the way in).
+    if let Some(entry) = C::get(&conntrack::key(pkt, CT_DIR_REPLY))
+        && let Some(v) = reverse::<C>(ctx, pkt, entry, CT_DIR_SERVICE, reason::NODEPORT_REPLY)
+    {
+        return v;
+    }
+    masquerade::<C>(ctx, pkt, c)
 }
 
 #[inline(always)]
-fn masquerade(ctx: &TcContext, pkt: &mut Packet, c: &NodeConfig) -> Verdict {
+fn masquerade<C: Table>(ctx: &TcContext, pkt: &mut Packet, c: &NodeConfig) -> Verdict {
     let now = conntrack::now();
-    let entry = match CT.get_ptr_mut(conntrack::key(pkt, CT_DIR_EGRESS)) {
-        // SAFETY: pointer to a live map value.
-        Some(e) if !conntrack::is_stale(unsafe { &*e }, pkt, now) => Some(e),
-        _ => None,
+    let fwd_key = conntrack::key(pkt, CT_DIR_EGRESS);
+    let entry = match C::get(&fwd_key) {
+        Some(e) => {
+            // SAFETY: pointer to a live map value, copied.
+            let current = unsafe { *e };
+            if conntrack::is_stale(&current, pkt, now) {
+                conntrack::retire::<C>(&fwd_key, &current);
+                None
+            } else {
+                Some(e)
+            }
+        }
+        None => None,
     };
     let (e, observed) = match entry {
         Some(entry) => {
@@ -107,9 +128,13 @@ fn masquerade(ctx: &TcContext, pkt: &mut Packet, c: &NodeConfig) -> Verdict {
                 port_min: c.snat_port_min,
                 port_max: c.snat_port_max,
             };
-            match conntrack::create_masquerade_flow(pkt, snat, now) {
+            match conntrack::create_masquerade_flow::<C>(pkt, snat, now) {
                 Ok(e) => (e, None),
-                Err(()) => return Verdict::drop(reason::DROP_SNAT_PORTS_EXHAUSTED),
+                Err(CreateError::Full) => return Verdict::drop(reason::DROP_CT_FULL),
+                Err(CreateError::PortsExhausted) => {
+                    return Verdict::drop(reason::DROP_SNAT_PORTS_EXHAUSTED);
+                }
+                Err(CreateError::Other) => return Verdict::drop(reason::DROP_CT_CREATE),
             }
         }
     };
@@ -118,7 +143,7 @@ fn masquerade(ctx: &TcContext, pkt: &mut Packet, c: &NodeConfig) -> Verdict {
         return Verdict::drop(reason::DROP_REWRITE);
     }
     if let Some((entry, bits)) = observed {
-        conntrack::sync_partner(entry, pkt, CT_DIR_REPLY, bits, now);
+        conntrack::sync_partner::<C>(entry, &fwd_key, pkt, CT_DIR_REPLY, bits, now);
     }
     Verdict::pass(reason::MASQUERADE)
 }
@@ -134,30 +159,46 @@ pub fn from_netdev(ctx: &TcContext, pkt: &mut Packet) -> Verdict {
     if pkt.frag == FRAG_LATER && !conntrack::fragment_ports(pkt) {
         return Verdict::pass(reason::PASS_UPLINK);
     }
+    if pkt.proto == proto::TCP {
+        arriving::<Tcp>(ctx, pkt, &c)
+    } else {
+        arriving::<Any>(ctx, pkt, &c)
+    }
+}
+
+/// A packet arriving from outside, with the CT table of its protocol.
+#[inline(always)]
+fn arriving<C: Table>(ctx: &TcContext, pkt: &mut Packet, c: &NodeConfig) -> Verdict {
     let now = conntrack::now();
-    if pkt.has_ports()
-        && let Some(entry) = CT.get_ptr_mut(conntrack::key(pkt, CT_DIR_SERVICE))
-        // SAFETY: pointer to a live map value.
-        && !conntrack::is_stale(unsafe { &*entry }, pkt, now)
-    {
-        if let Some(r) = untranslatable(pkt) {
-            return Verdict::drop(r);
+    if pkt.has_ports() {
+        let fwd_key = conntrack::key(pkt, CT_DIR_SERVICE);
+        if let Some(entry) = C::get(&fwd_key) {
+            // SAFETY: pointer to a live map value, copied.
+            let current = unsafe { *entry };
+            if !conntrack::is_stale(&current, pkt, now) {
+                if let Some(r) = untranslatable(pkt) {
+                    return Verdict::drop(r);
+                }
+                return service::established::<C>(ctx, pkt, entry, now);
+            }
+            conntrack::retire::<C>(&fwd_key, &current);
         }
-        return service::established(ctx, pkt, entry, now);
     }
     if pkt.daddr == c.node_addr
-        && let Some(entry) = CT.get_ptr_mut(conntrack::key(pkt, CT_DIR_REPLY))
+        && let Some(entry) = C::get(&conntrack::key(pkt, CT_DIR_REPLY))
+        && let Some(v) = reverse::<C>(ctx, pkt, entry, CT_DIR_EGRESS, reason::MASQUERADE_REPLY)
     {
-        return reverse(ctx, pkt, entry, CT_DIR_EGRESS, reason::MASQUERADE_REPLY);
+        return v;
     }
     // Replies of external flows SNATed to a remote backend: over the
     // overlay they meet from_overlay, but when another network routes pod
     // CIDRs between nodes (--overlay none) they arrive here.
     if pkt.daddr == c.pod_cidr
         && pkt.has_ports()
-        && let Some(entry) = CT.get_ptr_mut(conntrack::key(pkt, CT_DIR_REPLY))
+        && let Some(entry) = C::get(&conntrack::key(pkt, CT_DIR_REPLY))
+        && let Some(v) = reverse::<C>(ctx, pkt, entry, CT_DIR_SERVICE, reason::NODEPORT_REPLY)
     {
-        return reverse(ctx, pkt, entry, CT_DIR_SERVICE, reason::NODEPORT_REPLY);
+        return v;
     }
     if !pkt.has_ports() {
         return Verdict::pass(reason::PASS_UPLINK);
@@ -173,7 +214,7 @@ pub fn from_netdev(ctx: &TcContext, pkt: &mut Packet) -> Verdict {
             if pkt.frag == FRAG_LATER {
                 return Verdict::drop(reason::DROP_FRAG_NO_STATE);
             }
-            service::new_connection(ctx, pkt, &key, &fe, Origin::External { node: &c }, now)
+            service::new_connection::<C>(ctx, pkt, &key, &fe, Origin::External { node: c }, now)
         }
         None if flags & SVC_F_NODE_ADDR != 0 => Verdict::pass(reason::PASS_UPLINK),
         None => match untranslatable(pkt) {
@@ -195,8 +236,18 @@ pub fn from_overlay(ctx: &TcContext, pkt: &mut Packet) -> Verdict {
     if pkt.frag == FRAG_LATER && !conntrack::fragment_ports(pkt) {
         return Verdict::pass(reason::PASS_OVERLAY);
     }
-    let Some(entry) = CT.get_ptr_mut(conntrack::key(pkt, CT_DIR_REPLY)) else {
+    if pkt.proto == proto::TCP {
+        overlay_reply::<Tcp>(ctx, pkt)
+    } else {
+        overlay_reply::<Any>(ctx, pkt)
+    }
+}
+
+#[inline(always)]
+fn overlay_reply<C: Table>(ctx: &TcContext, pkt: &mut Packet) -> Verdict {
+    let Some(entry) = C::get(&conntrack::key(pkt, CT_DIR_REPLY)) else {
         return Verdict::pass(reason::PASS_OVERLAY);
     };
-    reverse(ctx, pkt, entry, CT_DIR_SERVICE, reason::NODEPORT_REPLY)
+    reverse::<C>(ctx, pkt, entry, CT_DIR_SERVICE, reason::NODEPORT_REPLY)
+        .unwrap_or(Verdict::pass(reason::PASS_CT_STALE))
 }

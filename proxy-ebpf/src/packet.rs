@@ -31,6 +31,11 @@ pub const FRAG_FIRST: u8 = 1;
 /// Later fragment: no L4 header; ports come from the fragment map.
 pub const FRAG_LATER: u8 = 2;
 
+/// The largest offset into a frame the datapath reads or writes at: far
+/// beyond the last header field it touches (Ethernet, IPv4 with options,
+/// an ICMP error's quote).
+const MAX_OFFSET: usize = 511;
+
 /// Headers the datapath reads in one pass: Ethernet, IPv4 with up to 40
 /// bytes of options, and a TCP header without options.
 const MAX_HEADERS: u32 = (ETH_HLEN + 60 + 20) as u32;
@@ -129,7 +134,14 @@ pub enum Parsed {
 }
 
 #[inline(always)]
-fn in_bounds(ctx: &TcContext, off: usize, len: usize) -> Option<usize> {
+pub fn at(ctx: &TcContext, off: usize, len: usize) -> Option<usize> {
+    // An explicit bound on the offset: the verifier may have lost track of
+    // a header offset that went through the stack, and rejects a packet
+    // pointer whose variable part could exceed 64 KiB however the end is
+    // checked afterwards.
+    if off > MAX_OFFSET {
+        return None;
+    }
     let p = ctx.data() + off;
     if p + len > ctx.data_end() {
         return None;
@@ -148,14 +160,14 @@ pub fn parse(ctx: &TcContext) -> Parsed {
         unsafe { bpf_skb_pull_data(ctx.skb.skb as *mut _, want) };
     }
 
-    let Some(eth) = in_bounds(ctx, 0, ETH_HLEN) else {
+    let Some(eth) = at(ctx, 0, ETH_HLEN) else {
         return Parsed::NotIpv4;
     };
     // SAFETY (all loads below): each address was bounds-checked just before.
     if unsafe { load16(eth + 12) } != ETH_P_IP.to_be() {
         return Parsed::NotIpv4;
     }
-    let Some(ip) = in_bounds(ctx, ETH_HLEN, IP_MIN_HLEN) else {
+    let Some(ip) = at(ctx, ETH_HLEN, IP_MIN_HLEN) else {
         return Parsed::Malformed;
     };
     // Little-endian words of the fixed header: byte 0 is the low byte.
@@ -216,19 +228,19 @@ pub fn parse(ctx: &TcContext) -> Parsed {
         proto::ICMP => return Parsed::Ipv4(parse_echo(ctx, pkt, l4_off, l4_avail)),
         _ => return Parsed::Ipv4(pkt),
     };
-    if let Some(l4) = in_bounds(ctx, l4_off, 4) {
+    if let Some(l4) = at(ctx, l4_off, 4) {
         let ports = unsafe { load32(l4) };
         pkt.sport = ports as u16;
         pkt.dport = (ports >> 16) as u16;
     }
     if l4proto == proto::TCP
-        && let Some(l4) = in_bounds(ctx, l4_off, 14)
+        && let Some(l4) = at(ctx, l4_off, 14)
     {
         // Bytes 12-13: data offset, flags.
         pkt.tcp_flags = (unsafe { load16(l4 + 12) } >> 8) as u8;
     }
     // Complete means both inside the datagram and inside the linear data.
-    pkt.l4_complete = l4_avail >= need && in_bounds(ctx, l4_off, need as usize).is_some();
+    pkt.l4_complete = l4_avail >= need && at(ctx, l4_off, need as usize).is_some();
     Parsed::Ipv4(pkt)
 }
 
@@ -238,7 +250,7 @@ fn parse_echo(ctx: &TcContext, mut pkt: Packet, l4_off: usize, l4_avail: u32) ->
     if l4_avail < 8 {
         return pkt;
     }
-    let Some(l4) = in_bounds(ctx, l4_off, 8) else {
+    let Some(l4) = at(ctx, l4_off, 8) else {
         return pkt;
     };
     // SAFETY: the eight bytes are inside the packet (checked above).
@@ -261,7 +273,7 @@ fn parse_echo(ctx: &TcContext, mut pkt: Packet, l4_off: usize, l4_avail: u32) ->
 /// Swaps the Ethernet source and destination addresses.
 #[inline(always)]
 pub fn swap_macs(ctx: &TcContext) -> Result<(), ()> {
-    let Some(p) = in_bounds(ctx, 0, 12) else {
+    let Some(p) = at(ctx, 0, 12) else {
         return Err(());
     };
     // SAFETY: the 12 bytes are inside the packet (checked above).

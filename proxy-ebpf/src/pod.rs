@@ -10,9 +10,8 @@ use proxy_common::{
 
 use crate::{
     Verdict, conntrack,
-    conntrack::HAIRPIN_ADDR,
+    conntrack::{Any, HAIRPIN_ADDR, Table, Tcp},
     icmp_error, ifindex, lb,
-    maps::CT,
     packet::{ECHO_NONE, FRAG_LATER, Packet},
     pass_reason, reverse,
     service::{self, Origin, untranslatable},
@@ -53,17 +52,33 @@ fn to_service(ctx: &TcContext, pkt: &mut Packet) -> Verdict {
             Verdict::pass(reason::PASS_FRAGMENT)
         };
     }
+    if pkt.proto == proto::TCP {
+        tracked_to_service::<Tcp>(ctx, pkt)
+    } else {
+        tracked_to_service::<Any>(ctx, pkt)
+    }
+}
+
+/// [`to_service`] for a TCP or UDP packet, with the CT table of its protocol.
+#[inline(always)]
+fn tracked_to_service<C: Table>(ctx: &TcContext, pkt: &mut Packet) -> Verdict {
     let now = conntrack::now();
-    if let Some(entry) = CT.get_ptr_mut(conntrack::key(pkt, CT_DIR_SERVICE))
-        // SAFETY: pointer to a live map value.
-        && !conntrack::is_stale(unsafe { &*entry }, pkt, now)
-    {
-        if let Some(r) = untranslatable(pkt) {
-            return Verdict::drop(r);
+    let fwd_key = conntrack::key(pkt, CT_DIR_SERVICE);
+    if let Some(entry) = C::get(&fwd_key) {
+        // SAFETY: pointer to a live map value, copied.
+        let current = unsafe { *entry };
+        if !conntrack::is_stale(&current, pkt, now) {
+            if let Some(r) = untranslatable(pkt) {
+                return Verdict::drop(r);
+            }
+            return service::established::<C>(ctx, pkt, entry, now);
         }
-        return service::established(ctx, pkt, entry, now);
+        // A dead flow, or a new connection reusing its ports: its state
+        // goes, and the packet is judged afresh.
+        conntrack::retire::<C>(&fwd_key, &current);
     }
     let Some(flags) = lb::address_flags(pkt.daddr) else {
+        conntrack::clear_port_reuse(pkt, now);
         return Verdict::pass(pass_reason(pkt));
     };
     match lb::frontend_internal(pkt) {
@@ -77,10 +92,13 @@ fn to_service(ctx: &TcContext, pkt: &mut Packet) -> Verdict {
             let origin = Origin::Pod {
                 ifindex: ifindex(ctx),
             };
-            service::new_connection(ctx, pkt, &key, &fe, origin, now)
+            service::new_connection::<C>(ctx, pkt, &key, &fe, origin, now)
         }
         // Other ports of the node's own addresses are the node's.
-        None if flags & SVC_F_NODE_ADDR != 0 => Verdict::pass(pass_reason(pkt)),
+        None if flags & SVC_F_NODE_ADDR != 0 => {
+            conntrack::clear_port_reuse(pkt, now);
+            Verdict::pass(pass_reason(pkt))
+        }
         None => match untranslatable(pkt) {
             Some(r) => Verdict::drop(r),
             None => service::refuse(ctx, pkt, reason::REJECT_UNKNOWN_PORT),
@@ -99,11 +117,21 @@ fn hairpin_reply(ctx: &TcContext, pkt: &mut Packet) -> Verdict {
     if pkt.frag == FRAG_LATER && !conntrack::fragment_ports(pkt) {
         return Verdict::drop(reason::DROP_FRAG_NO_STATE);
     }
-    let Some(entry) = CT.get_ptr_mut(conntrack::key(pkt, CT_DIR_REPLY)) else {
+    if pkt.proto == proto::TCP {
+        hairpin_reply_in::<Tcp>(ctx, pkt)
+    } else {
+        hairpin_reply_in::<Any>(ctx, pkt)
+    }
+}
+
+#[inline(always)]
+fn hairpin_reply_in<C: Table>(ctx: &TcContext, pkt: &mut Packet) -> Verdict {
+    let Some(entry) = C::get(&conntrack::key(pkt, CT_DIR_REPLY)) else {
         return Verdict::drop(reason::DROP_HAIRPIN_NO_STATE);
     };
     // The reply entry of a hairpinned flow says to turn it around.
-    reverse(ctx, pkt, entry, CT_DIR_SERVICE, reason::HAIRPIN_REPLY)
+    reverse::<C>(ctx, pkt, entry, CT_DIR_SERVICE, reason::HAIRPIN_REPLY)
+        .unwrap_or(Verdict::drop(reason::DROP_HAIRPIN_NO_STATE))
 }
 
 /// Traffic about to enter a pod: replies of translated flows get the
@@ -119,8 +147,18 @@ pub fn to_pod(ctx: &TcContext, pkt: &mut Packet) -> Verdict {
     if pkt.frag == FRAG_LATER && !conntrack::fragment_ports(pkt) {
         return Verdict::pass(reason::PASS_REPLY_FRAGMENT);
     }
-    let Some(entry) = CT.get_ptr_mut(conntrack::key(pkt, CT_DIR_REPLY)) else {
+    if pkt.proto == proto::TCP {
+        reply_to_pod::<Tcp>(ctx, pkt)
+    } else {
+        reply_to_pod::<Any>(ctx, pkt)
+    }
+}
+
+#[inline(always)]
+fn reply_to_pod<C: Table>(ctx: &TcContext, pkt: &mut Packet) -> Verdict {
+    let Some(entry) = C::get(&conntrack::key(pkt, CT_DIR_REPLY)) else {
         return Verdict::pass(pass_reason(pkt));
     };
-    reverse(ctx, pkt, entry, CT_DIR_SERVICE, reason::REV_NAT)
+    reverse::<C>(ctx, pkt, entry, CT_DIR_SERVICE, reason::REV_NAT)
+        .unwrap_or(Verdict::pass(reason::PASS_CT_STALE))
 }

@@ -31,8 +31,7 @@ const AF_INET: u8 = 2;
 
 #[inline(always)]
 fn at(ctx: &TcContext, off: usize, len: usize) -> Option<usize> {
-    let p = ctx.data() + off;
-    (p + len <= ctx.data_end()).then_some(p)
+    crate::packet::at(ctx, off, len)
 }
 
 /// Decrements the TTL and patches the header checksum (RFC 1624).

@@ -5,14 +5,14 @@
 use aya_ebpf::programs::TcContext;
 use proxy_common::{
     CtEntry, NodeConfig, ServiceKey, ServiceValue,
-    ct::{CT_DIR_REPLY, CT_F_FIB_ROUTE, CT_F_REDIRECT_BACK},
+    ct::{CT_DIR_REPLY, CT_DIR_SERVICE, CT_F_FIB_ROUTE, CT_F_REDIRECT_BACK},
     reason,
     service::{BE_F_LOCAL, SVC_F_DROP_EMPTY, SVC_F_SNAT_REMOTE, SVC_F_SOURCE_RANGES},
 };
 
 use crate::{
     Verdict, conntrack,
-    conntrack::Snat,
+    conntrack::{CreateError, Snat, Table},
     lb,
     maps::{SvcDelta, count_service},
     nat, packet,
@@ -41,7 +41,13 @@ pub fn refuse(ctx: &TcContext, pkt: &Packet, why: u32) -> Verdict {
 
 /// A packet of a flow that has its backend.
 #[inline(always)]
-pub fn established(ctx: &TcContext, pkt: &mut Packet, entry: *mut CtEntry, now: u32) -> Verdict {
+pub fn established<C: Table>(
+    ctx: &TcContext,
+    pkt: &mut Packet,
+    entry: *mut CtEntry,
+    now: u32,
+) -> Verdict {
+    let before = conntrack::key(pkt, CT_DIR_SERVICE);
     let len = pkt.len;
     let new_bits = conntrack::observe(entry, pkt, now, true);
     // SAFETY: pointer to a live map value; copied so later map updates
@@ -51,7 +57,7 @@ pub fn established(ctx: &TcContext, pkt: &mut Packet, entry: *mut CtEntry, now: 
     if nat::apply(ctx, pkt, &e).is_err() {
         return Verdict::drop(reason::DROP_REWRITE);
     }
-    conntrack::sync_partner(entry, pkt, CT_DIR_REPLY, new_bits, now);
+    conntrack::sync_partner::<C>(entry, &before, pkt, CT_DIR_REPLY, new_bits, now);
     count_service(
         e.svc_id,
         SvcDelta {
@@ -66,7 +72,7 @@ pub fn established(ctx: &TcContext, pkt: &mut Packet, entry: *mut CtEntry, now: 
 /// The first packet of a flow to `fe`: choose a backend, create both CT
 /// entries, translate.
 #[inline(always)]
-pub fn new_connection(
+pub fn new_connection<C: Table>(
     ctx: &TcContext,
     pkt: &mut Packet,
     fe_key: &ServiceKey,
@@ -104,7 +110,7 @@ pub fn new_connection(
     };
     let created = match origin {
         Origin::Pod { ifindex } => {
-            conntrack::create_service_flow(pkt, fe.svc_id, backend_id, &be, ifindex, now)
+            conntrack::create_service_flow::<C>(pkt, fe.svc_id, backend_id, &be, ifindex, now)
         }
         Origin::External { node } => {
             // A remote backend answers to where the packet came from; with
@@ -117,11 +123,16 @@ pub fn new_connection(
                     port_min: node.snat_port_min,
                     port_max: node.snat_port_max,
                 });
-            conntrack::create_external_flow(pkt, fe.svc_id, backend_id, &be, snat, now)
+            conntrack::create_external_flow::<C>(pkt, fe.svc_id, backend_id, &be, snat, now)
         }
     };
-    let Ok(e) = created else {
-        return Verdict::drop(reason::DROP_CT_CREATE);
+    let e = match created {
+        Ok(e) => e,
+        Err(CreateError::Full) => return Verdict::drop(reason::DROP_CT_FULL),
+        Err(CreateError::PortsExhausted) => {
+            return Verdict::drop(reason::DROP_SNAT_PORTS_EXHAUSTED);
+        }
+        Err(CreateError::Other) => return Verdict::drop(reason::DROP_CT_CREATE),
     };
     conntrack::remember_fragment(pkt);
     if nat::apply(ctx, pkt, &e).is_err() {

@@ -100,6 +100,129 @@ fn answer_tcp(conn: TcpStream, name: &str) {
     }
 }
 
+/// Speaks first: writes `<name> push N` to each connection every
+/// `interval`, unasked. Its segments reach a client that sends nothing only
+/// while the flow's reply state lives (no client packet would recreate it).
+pub fn serve_push(ns: &NetNs, name: &str, port: u16, interval: Duration) -> Result<Server> {
+    let name = name.to_string();
+    let listener = ns
+        .run(move || TcpListener::bind((Ipv4Addr::UNSPECIFIED, port)))?
+        .with_context(|| format!("binding TCP port {port}"))?;
+    let fd = listener.as_raw_fd();
+    let stop = Arc::new(AtomicBool::new(false));
+    let stopped = stop.clone();
+    let thread = std::thread::spawn(move || {
+        for conn in listener.incoming() {
+            if stopped.load(Ordering::SeqCst) {
+                break;
+            }
+            let Ok(mut conn) = conn else { continue };
+            let (name, stopped) = (name.clone(), stopped.clone());
+            std::thread::spawn(move || {
+                for n in 0u64.. {
+                    if stopped.load(Ordering::SeqCst)
+                        || conn
+                            .write_all(format!("{name} push {n}\n").as_bytes())
+                            .is_err()
+                    {
+                        return;
+                    }
+                    std::thread::sleep(interval);
+                }
+            });
+        }
+    });
+    Ok(Server {
+        stop,
+        fd,
+        thread: Some(thread),
+    })
+}
+
+/// A client that only listens to a [`serve_push`] server, checking that
+/// the pushes keep coming, in order.
+pub struct PushListener {
+    stop: Arc<AtomicBool>,
+    pub received: Arc<AtomicU64>,
+    thread: Option<JoinHandle<StreamReport>>,
+}
+
+impl PushListener {
+    pub fn start(ns: &NetNs, target: SocketAddr, patience: Duration) -> Result<Self> {
+        let stop = Arc::new(AtomicBool::new(false));
+        let received = Arc::new(AtomicU64::new(0));
+        let (s, r) = (stop.clone(), received.clone());
+        let thread = ns.spawn(move || {
+            let mut report = StreamReport {
+                server: String::new(),
+                exchanged: 0,
+                error: None,
+            };
+            let conn = match TcpStream::connect_timeout(&target, IO_TIMEOUT) {
+                Ok(c) => c,
+                Err(e) => {
+                    report.error = Some(format!("connect: {e}"));
+                    return report;
+                }
+            };
+            let _ = conn.set_read_timeout(Some(patience));
+            let mut lines = BufReader::new(conn);
+            let mut expected = None;
+            while !s.load(Ordering::SeqCst) {
+                let mut line = String::new();
+                match lines.read_line(&mut line) {
+                    Ok(n) if n > 0 => {
+                        let mut words = line.split_whitespace();
+                        report.server = words.next().unwrap_or("").to_string();
+                        let seq: Option<u64> = words.nth(1).and_then(|w| w.parse().ok());
+                        if expected.is_some_and(|e| seq != Some(e)) {
+                            report.error =
+                                Some(format!("expected push {expected:?}, got {line:?}"));
+                            break;
+                        }
+                        expected = seq.map(|n| n + 1);
+                        report.exchanged += 1;
+                        r.store(report.exchanged, Ordering::SeqCst);
+                    }
+                    Ok(_) => {
+                        report.error = Some("the server closed the connection".into());
+                        break;
+                    }
+                    Err(e) => {
+                        report.error = Some(format!("after {} pushes: {e}", report.exchanged));
+                        break;
+                    }
+                }
+            }
+            report
+        })?;
+        Ok(Self {
+            stop,
+            received,
+            thread: Some(thread),
+        })
+    }
+
+    pub fn stop(mut self) -> StreamReport {
+        self.stop.store(true, Ordering::SeqCst);
+        self.thread
+            .take()
+            .expect("stopped once")
+            .join()
+            .unwrap_or(StreamReport {
+                server: String::new(),
+                exchanged: 0,
+                error: Some("listener thread panicked".into()),
+            })
+    }
+}
+
+impl Drop for PushListener {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::SeqCst);
+    }
+}
+
 /// Answers each TCP connection with the address it came from, then closes:
 /// shows what source address arrived (masquerade checks).
 pub fn serve_peer_address(ns: &NetNs, port: u16) -> Result<Server> {

@@ -170,13 +170,19 @@ impl Datapath {
         Ok(())
     }
 
+    /// Inserts into the CT map of the key's protocol.
     pub fn ct_insert(&mut self, key: CtKey, entry: CtEntry) -> Result<()> {
-        self.maps.ct.insert(key, entry, 0)?;
+        self.maps.ct_for_mut(key.proto).insert(key, entry, 0)?;
         Ok(())
     }
 
     pub fn ct_get(&self, key: &CtKey) -> Option<CtEntry> {
-        self.maps.ct.get(key, 0).ok()
+        self.maps.ct_for(key.proto).get(key, 0).ok()
+    }
+
+    pub fn ct_remove(&mut self, key: &CtKey) -> Result<()> {
+        self.maps.ct_for_mut(key.proto).remove(key)?;
+        Ok(())
     }
 }
 

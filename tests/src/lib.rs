@@ -15,5 +15,6 @@ pub mod floor;
 pub mod manifests;
 pub mod netns;
 pub mod packet;
+pub mod podman;
 pub mod privileges;
 pub mod sim;

@@ -162,3 +162,21 @@ pub fn node(name: &str, internal_ip: Ipv4Addr, pod_cidr: &str) -> String {
         "apiVersion: v1\nkind: Node\nmetadata:\n  name: {name}\n  labels:\n    kubernetes.io/hostname: {name}\nspec:\n  podCIDR: {pod_cidr}\n  podCIDRs:\n  - {pod_cidr}\nstatus:\n  addresses:\n  - type: InternalIP\n    address: {internal_ip}\n  - type: Hostname\n    address: {name}\n"
     )
 }
+
+/// `n` ClusterIP Services `<prefix>-<i>` (10.<net>.<i/250>.<i%250>, port
+/// 80 -> 8080) as one `kind: List`, the way `kubectl get svc -A -o yaml`
+/// prints a cluster: metadata with labels, annotations, managedFields,
+/// status, IPv4 families.
+pub fn service_list(n: usize, prefix: &str, net: u8) -> String {
+    let mut y = String::from("apiVersion: v1\nitems:\n");
+    for i in 0..n {
+        let (a, b) = (i / 250, i % 250);
+        let _ = write!(
+            y,
+            "- apiVersion: v1\n  kind: Service\n  metadata:\n    annotations:\n      kubectl.kubernetes.io/last-applied-configuration: |\n        {{\"apiVersion\":\"v1\",\"kind\":\"Service\",\"metadata\":{{\"name\":\"{prefix}-{i}\"}}}}\n    creationTimestamp: \"2026-11-01T00:00:00Z\"\n    labels:\n      app: {prefix}-{i}\n    managedFields:\n    - apiVersion: v1\n      fieldsType: FieldsV1\n      fieldsV1:\n        f:spec:\n          f:ports:\n            .: {{}}\n          f:selector: {{}}\n      manager: kubectl-client-side-apply\n      operation: Update\n      time: \"2026-11-01T00:00:00Z\"\n    name: {prefix}-{i}\n    namespace: default\n    resourceVersion: \"{rv}\"\n    uid: 5c1c0000-0000-4000-8000-{i:012}\n  spec:\n    clusterIP: 10.{net}.{a}.{b}\n    clusterIPs:\n    - 10.{net}.{a}.{b}\n    internalTrafficPolicy: Cluster\n    ipFamilies:\n    - IPv4\n    ipFamilyPolicy: SingleStack\n    ports:\n    - name: http\n      port: 80\n      protocol: TCP\n      targetPort: 8080\n    selector:\n      app: {prefix}-{i}\n    sessionAffinity: None\n    type: ClusterIP\n  status:\n    loadBalancer: {{}}\n",
+            rv = 10_000 + i,
+        );
+    }
+    y.push_str("kind: List\nmetadata:\n  resourceVersion: \"\"\n");
+    y
+}

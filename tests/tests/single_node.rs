@@ -457,7 +457,22 @@ fn i_metrics_and_health_endpoints_report_the_datapath() {
             &["reason=\"fwd-new-connection\""]
         ) >= n as f64
     );
-    assert!(sample(&after, "sluice_map_capacity", &["map=\"sluice_ct4_v1\""]) > 0.0);
+    assert!(
+        sample(
+            &after,
+            "sluice_map_capacity",
+            &["map=\"sluice_ct4_tcp_v2\""]
+        ) > 0.0
+    );
+    // The TCP map counts its entries exactly (nothing evicts from it).
+    assert!(sample(&after, "sluice_map_entries", &["map=\"sluice_ct4_tcp_v2\""]) >= 2.0);
+    assert!(
+        sample(
+            &after,
+            "sluice_conntrack_created_total",
+            &["map=\"sluice_ct4_tcp_v2\""]
+        ) >= 2.0
+    );
 
     // A refused connection (Service without endpoints) shows up as a drop
     // reason and a refusal of that Service.
@@ -642,4 +657,97 @@ fn l_a_closed_backend_port_reaches_the_udp_client_as_connection_refused() {
     for i in 1..=10 {
         assert_eq!(outcome(i), Err(ErrorKind::ConnectionRefused), "attempt {i}");
     }
+}
+
+#[test]
+fn m_a_cluster_dump_loads_and_unusable_files_and_orphan_slices_are_counted() {
+    let s = setup();
+    let node = &s.cluster.nodes[0];
+    // `kubectl get svc -A -o yaml` of a 5000-Service cluster: one List.
+    let dump = manifests::service_list(5000, "dumped", 97);
+    assert!(dump.len() > 3_000_000, "{}", dump.len());
+    s.cluster.apply("cluster-dump.yaml", &dump).unwrap();
+    // One of them gets an endpoint, to prove the dump is programmed.
+    let svc = manifests::service(
+        "dumped-42",
+        Ipv4Addr::new(10, 97, 0, 42),
+        vec![tcp_port("http", 80, 8080)],
+    );
+    s.cluster
+        .apply(
+            "dumped-42-slice.yaml",
+            &manifests::endpoint_slice(
+                &svc,
+                &[("http", 8080, "TCP")],
+                &endpoints(&[&s.backends[0]]),
+            ),
+        )
+        .unwrap();
+    // A link loop, a dangling link, and a slice whose Service is misspelt.
+    let dir = &s.cluster.manifests;
+    std::os::unix::fs::symlink("loop-b.yaml", dir.join("loop-a.yaml")).unwrap();
+    std::os::unix::fs::symlink("loop-a.yaml", dir.join("loop-b.yaml")).unwrap();
+    std::os::unix::fs::symlink("nowhere.yaml", dir.join("dangling.yaml")).unwrap();
+    let typo = manifests::service("wbe", VIP, vec![tcp_port("http", 80, 8080)]);
+    s.cluster
+        .apply(
+            "typo-slice.yaml",
+            &manifests::endpoint_slice(
+                &typo,
+                &[("http", 8080, "TCP")],
+                &endpoints(&[&s.backends[1]]),
+            ),
+        )
+        .unwrap();
+
+    let target = SocketAddr::from((Ipv4Addr::new(10, 97, 0, 42), 80));
+    let served = wait_until(Duration::from_secs(30), || {
+        s.client
+            .ns
+            .run(move || apps::tcp_ask(target).is_ok())
+            .unwrap_or(false)
+    });
+    assert!(
+        served,
+        "a Service of the dump never answered: {}",
+        node.log_tail()
+    );
+    let metrics = SocketAddr::from((Ipv4Addr::LOCALHOST, 10249));
+    let scrape = || {
+        node.ns
+            .run(move || apps::http_get(metrics, "/metrics"))
+            .unwrap()
+            .unwrap()
+            .1
+    };
+    let counted = wait_until(Duration::from_secs(10), || {
+        let m = scrape();
+        sample(&m, "sluice_objects_skipped", &["reason=\"manifest\""]) == 3.0
+            && sample(&m, "sluice_objects_skipped", &["reason=\"no-service\""]) == 1.0
+    });
+    let m = scrape();
+    assert!(
+        counted,
+        "{}",
+        m.lines()
+            .filter(|l| l.contains("skipped"))
+            .collect::<Vec<_>>()
+            .join("\n")
+    );
+    assert!(sample(&m, "sluice_frontends_programmed", &[]) >= 5000.0);
+    let log = std::fs::read_to_string(&node.log).unwrap();
+    assert!(
+        log.contains("symbolic link loop") && log.contains("dangling symbolic link"),
+        "{}",
+        node.log_tail()
+    );
+    // The orphan slice is reported at debug level, not as a warning.
+    assert!(
+        !log.lines().any(|l| l.contains("WARN") && l.contains("wbe")),
+        "{}",
+        node.log_tail()
+    );
+    // The existing Service still works.
+    let seen = tcp_spread(&s.client, SocketAddr::from((VIP, 80)), 10);
+    assert_eq!(seen.values().sum::<usize>(), 10);
 }

@@ -332,7 +332,7 @@ fn views_match_the_traffic_and_trace_names_the_next_backend() {
             .as_array()
             .unwrap()
             .iter()
-            .any(|m| m["name"] == "sluice_ct4_v1" && counter(m, "entries") >= 2)
+            .any(|m| m["name"] == "sluice_ct4_tcp_v2" && counter(m, "entries") >= 2)
     );
 }
 

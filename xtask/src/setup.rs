@@ -20,6 +20,11 @@ const PACKAGES: &[&str] = &[
     "iperf3",
     "bpftool",
     "containernetworking-plugins",
+    // A real runtime driving sluice-cni (tests/tests/runtime.rs): podman's
+    // CNI backend, crun, and a static busybox for the test image.
+    "podman",
+    "crun",
+    "busybox-static",
 ];
 
 const BPF_LINKER_VERSION: &str = "0.13.0";

@@ -161,7 +161,7 @@ fn run(cli: Cli) -> Result<()> {
             if flush {
                 let mut maps = sluice::datapath::PinnedMaps::open(&cli.bpffs)?;
                 let set = ids.map(|v| v.into_iter().collect());
-                let n = sluice::conntrack::flush(&mut maps.ct, set.as_ref())
+                let n = sluice::conntrack::flush(&mut maps, set.as_ref())
                     .context("flushing connection tracking")?;
                 if json {
                     print_json(&serde_json::json!({ "flushed_entries": n }))?;
@@ -242,6 +242,7 @@ fn run(cli: Cli) -> Result<()> {
                 print_json(&serde_json::json!({
                     "reasons": views::reasons(&s),
                     "maps": s.fill,
+                    "conntrack": s.conntrack,
                 }))?;
             } else {
                 let (reasons, maps) = views::stats_tables(&s);

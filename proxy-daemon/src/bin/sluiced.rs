@@ -13,7 +13,7 @@ use clap::{Parser, ValueEnum};
 use ipnet::Ipv4Net;
 use proxy_common::{ct, service};
 use sluice::{
-    conntrack,
+    conntrack::{self, Policy},
     daemon::{
         DaemonConfig, DaemonError, Reconciler, install_binary, lock_state_dir, pod_mtu,
         start_datapath, write_cni_config,
@@ -23,7 +23,7 @@ use sluice::{
     overlay,
     source::{Update, kube as kube_source, manifests},
     telemetry::{
-        Programmed, Telemetry,
+        CtSweepGauge, Programmed, Telemetry,
         server::{self as telemetry_server, Endpoints},
     },
 };
@@ -67,6 +67,14 @@ struct Args {
     #[arg(long, default_value = "/etc/cni/net.d")]
     cni_conf_dir: PathBuf,
 
+    /// The conflist's cniVersion: what runtimes on libcni before 1.2 use
+    /// (containerd 1.6/1.7, podman 4, CRI-O before 1.31; they cannot read
+    /// a 1.1.0 result). Its cniVersions list adds every newer version up
+    /// to 1.1.0, of which newer runtimes take the highest (1.1.0 brings
+    /// STATUS and GC).
+    #[arg(long, default_value = "1.0.0", value_parser = parse_cni_version)]
+    cni_version: sluice_cni::CniVersion,
+
     /// The cluster's pod CIDR (all nodes' pod CIDRs), e.g. 10.244.0.0/16.
     #[arg(long)]
     cluster_cidr: Option<Ipv4Net>,
@@ -75,9 +83,18 @@ struct Args {
     #[arg(long, default_value_t = 30)]
     ct_gc_interval: u64,
 
-    /// Connection-tracking capacity in entries (a connection uses two).
-    #[arg(long, default_value_t = ct::DEFAULT_MAX_CT_ENTRIES)]
+    /// Capacity of TCP connection tracking, in entries (a connection uses
+    /// two). Nothing is ever evicted from it: when it is full, new TCP
+    /// connections are dropped (reason drop-ct-full) until the sweep frees
+    /// room, and established connections keep working.
+    #[arg(long, default_value_t = ct::DEFAULT_MAX_CT_TCP_ENTRIES)]
     ct_max: u32,
+
+    /// Capacity of UDP and ICMP connection tracking, in entries (a flow uses
+    /// two). An LRU map: when it is full the least recently used non-TCP
+    /// flows are evicted, never a TCP connection.
+    #[arg(long, default_value_t = ct::DEFAULT_MAX_CT_ANY_ENTRIES)]
+    ct_any_max: u32,
 
     /// Capacity of the service map: frontends plus one entry per backend slot.
     #[arg(long, default_value_t = service::DEFAULT_MAX_SERVICE_ENTRIES)]
@@ -230,7 +247,16 @@ async fn apply(reconciler: &mut Reconciler, telemetry: &Telemetry, update: &Upda
     telemetry.change_seen(update.seen);
     match reconciler.reconcile(update.state.clone()).await {
         Ok(r) => {
-            let (writer, skipped) = (reconciler.writer_ref(), reconciler.skipped);
+            let writer = reconciler.writer_ref();
+            let mut skipped: std::collections::BTreeMap<&'static str, usize> = reconciler
+                .skipped
+                .iter()
+                .map(|(kind, n)| (kind.label(), *n))
+                .collect();
+            if update.problems > 0 {
+                skipped.insert("manifest", update.problems);
+            }
+            let skipped_total: usize = skipped.values().sum();
             telemetry.programmed(
                 update.seen,
                 r.written_at.unwrap_or_else(Instant::now),
@@ -250,7 +276,7 @@ async fn apply(reconciler: &mut Reconciler, telemetry: &Telemetry, update: &Upda
                 backends = r.backends,
                 map_writes = r.ops,
                 flushed_udp_flows = r.flushed_flows,
-                skipped,
+                skipped = skipped_total,
                 micros = update.seen.elapsed().as_micros() as u64,
                 "datapath programmed"
             )
@@ -321,7 +347,8 @@ fn daemon_config(args: &Args) -> DaemonConfig {
             service_entries: args.max_service_entries,
             backends: args.max_backends,
             service_ids: args.max_service_ids,
-            ct_entries: args.ct_max,
+            ct_tcp_entries: args.ct_max,
+            ct_any_entries: args.ct_any_max,
             maglev_tables: args.max_maglev_tables,
             ..Capacities::default()
         },
@@ -329,6 +356,7 @@ fn daemon_config(args: &Args) -> DaemonConfig {
         maglev_size: args.maglev_table_size,
         maglev_by_default: args.lb_algorithm == LbAlgorithm::Maglev,
         overlay: (args.overlay == OverlayMode::Vxlan).then_some((args.vxlan_vni, args.vxlan_port)),
+        cni_version: args.cni_version,
     }
 }
 
@@ -394,6 +422,10 @@ async fn run_daemon(args: Args, cfg: DaemonConfig) -> Result<()> {
     let mut sigterm = signal(SignalKind::terminate())?;
     let mut sigint = signal(SignalKind::interrupt())?;
     let mut gc = tokio::time::interval(Duration::from_secs(args.ct_gc_interval.max(1)));
+    // The TCP map's fill, from its counters (a few bytes per poll): a map
+    // near full, or refusing connections, is swept at once.
+    let mut pressure = tokio::time::interval(Duration::from_secs(1));
+    let mut ct_pressure = CtPressure::new(args.ct_max);
     // Setting the VXLAN device down drops its routes and neighbours; this
     // puts them back even when no object changes.
     let mut repair = tokio::time::interval(Duration::from_secs(10));
@@ -409,16 +441,10 @@ async fn run_daemon(args: Args, cfg: DaemonConfig) -> Result<()> {
                 }
             }
             _ = repair.tick() => reconciler.repair_overlay().await,
-            _ = gc.tick() => {
-                let now = conntrack::monotonic_secs();
-                match conntrack::collect_expired(&mut reconciler.writer().maps().ct, now) {
-                    Ok(sweep) => {
-                        telemetry.set_ct_entries(sweep.remaining);
-                        if sweep.removed > 0 {
-                            info!(entries = sweep.removed, remaining = sweep.remaining, "expired connection-tracking entries removed");
-                        }
-                    }
-                    Err(e) => warn!(error = %e, "conntrack sweep failed"),
+            _ = gc.tick() => sweep_conntrack(&mut reconciler, &telemetry, Policy::Expired),
+            _ = pressure.tick() => {
+                if ct_pressure.check(reconciler.writer().maps()) {
+                    sweep_conntrack(&mut reconciler, &telemetry, Policy::Pressure);
                 }
             }
             _ = sigterm.recv() => break,
@@ -427,6 +453,81 @@ async fn run_daemon(args: Args, cfg: DaemonConfig) -> Result<()> {
     }
     info!("stopping; pinned maps and attached programs stay in place");
     Ok(())
+}
+
+/// One conntrack sweep of both maps, reported.
+fn sweep_conntrack(reconciler: &mut Reconciler, telemetry: &Telemetry, policy: Policy) {
+    let maps = reconciler.writer().maps();
+    match conntrack::collect(maps, policy) {
+        Ok(sweeps) => {
+            for (class, sweep) in sweeps {
+                let evicted = conntrack::class_stats(maps, class)
+                    .map_or(0, |s| s.evicted(sweep.remaining as u64));
+                telemetry.set_ct_sweep(
+                    class.map_name(),
+                    CtSweepGauge {
+                        entries: sweep.remaining as u64,
+                        evicted,
+                    },
+                );
+                if sweep.removed > 0 {
+                    info!(
+                        map = class.map_name(),
+                        entries = sweep.removed,
+                        remaining = sweep.remaining,
+                        ?policy,
+                        "connection-tracking entries removed"
+                    );
+                }
+            }
+        }
+        Err(e) => warn!(error = %e, "conntrack sweep failed"),
+    }
+}
+
+/// Decides when the TCP map needs a pressure sweep: at once when it refused
+/// an entry since the last check; while it is 90% full, every 10 s (a
+/// sweep walks the whole map).
+struct CtPressure {
+    capacity: u32,
+    full_seen: Option<u64>,
+    last_sweep: Option<Instant>,
+}
+
+impl CtPressure {
+    const THRESHOLD: f64 = 0.9;
+    const NEAR_FULL_EVERY: Duration = Duration::from_secs(10);
+
+    fn new(capacity: u32) -> Self {
+        Self {
+            capacity,
+            full_seen: None,
+            last_sweep: None,
+        }
+    }
+
+    fn check(&mut self, maps: &sluice::datapath::PinnedMaps) -> bool {
+        let Ok((fill, stats)) = conntrack::tcp_fill(maps, self.capacity) else {
+            return false;
+        };
+        let refused = self.full_seen.is_some_and(|n| stats.full > n);
+        self.full_seen = Some(stats.full);
+        if refused {
+            warn!(
+                map = proxy_common::names::MAP_CT_TCP,
+                fill = format!("{:.0}%", fill * 100.0),
+                "TCP connection tracking is full: new connections are dropped until entries expire"
+            );
+        }
+        let due = self
+            .last_sweep
+            .is_none_or(|t| t.elapsed() >= Self::NEAR_FULL_EVERY);
+        let sweep = refused || (fill >= Self::THRESHOLD && due);
+        if sweep {
+            self.last_sweep = Some(Instant::now());
+        }
+        sweep
+    }
 }
 
 fn parse_maglev_size(s: &str) -> Result<u32, String> {
@@ -457,6 +558,19 @@ async fn spawn_source(args: &Args) -> Result<tokio::sync::watch::Receiver<Option
             info!("source: Kubernetes API (in-cluster configuration)");
             kube_source::spawn(client, cfg)
         }
+    })
+}
+
+fn parse_cni_version(s: &str) -> Result<sluice_cni::CniVersion, String> {
+    sluice_cni::CniVersion::parse(s).ok_or_else(|| {
+        let known: Vec<&str> = sluice_cni::version::SUPPORTED
+            .iter()
+            .map(|v| v.as_str())
+            .collect();
+        format!(
+            "{s:?} is not a CNI version sluice-cni speaks ({})",
+            known.join(", ")
+        )
     })
 }
 

@@ -10,7 +10,7 @@ use proxy_common::{
 };
 
 use crate::{
-    conntrack::monotonic_secs,
+    conntrack::{CtClass, class_stats, monotonic_secs},
     datapath::{Capacities, DatapathError, PinnedMaps},
     writer::meta::{self, DatapathMeta},
 };
@@ -37,6 +37,21 @@ pub struct Snapshot {
     /// Monotonic seconds when the snapshot was taken (the CT clock).
     pub now: u32,
     pub fill: Vec<MapFill>,
+    /// The CT maps' counters.
+    pub conntrack: Vec<CtMapStats>,
+}
+
+/// A CT map's counters beside its fill.
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize)]
+pub struct CtMapStats {
+    pub name: &'static str,
+    pub entries: u64,
+    /// Entries the kernel evicted to make room (LRU map only).
+    pub evicted: u64,
+    /// New entries refused because the map was full.
+    pub full: u64,
+    /// Partner entries recreated by the datapath.
+    pub recreated: u64,
 }
 
 fn map_err(name: &'static str) -> impl Fn(aya::maps::MapError) -> DatapathError {
@@ -76,13 +91,32 @@ impl Snapshot {
                 s.reasons.insert(code, sum);
             }
         }
-        let mut ct_entries = 0u64;
-        for item in maps.ct.iter() {
-            let (k, v) = item.map_err(map_err(names::MAP_CT))?;
-            ct_entries += 1;
-            if with_ct {
-                s.ct.insert(k, v);
+        let mut ct_entries = [0u64; 2];
+        for (i, (map, name)) in [
+            (&maps.ct_tcp, names::MAP_CT_TCP),
+            (&maps.ct_any, names::MAP_CT_ANY),
+        ]
+        .into_iter()
+        .enumerate()
+        {
+            for item in map.iter() {
+                let (k, v) = item.map_err(map_err(name))?;
+                ct_entries[i] += 1;
+                if with_ct {
+                    s.ct.insert(k, v);
+                }
             }
+        }
+        for class in CtClass::ALL {
+            let stats = class_stats(&maps, class)?;
+            let entries = ct_entries[usize::from(class == CtClass::Any)];
+            s.conntrack.push(CtMapStats {
+                name: class.map_name(),
+                entries,
+                evicted: stats.evicted(entries),
+                full: stats.full,
+                recreated: stats.recreated,
+            });
         }
         let frag_entries = maps.frags.keys().filter(Result::is_ok).count() as u64;
         for item in maps.affinity.iter() {
@@ -106,9 +140,14 @@ impl Snapshot {
                 capacity: caps(names::MAP_BACKENDS),
             },
             MapFill {
-                name: names::MAP_CT,
-                entries: ct_entries,
-                capacity: caps(names::MAP_CT),
+                name: names::MAP_CT_TCP,
+                entries: ct_entries[0],
+                capacity: caps(names::MAP_CT_TCP),
+            },
+            MapFill {
+                name: names::MAP_CT_ANY,
+                entries: ct_entries[1],
+                capacity: caps(names::MAP_CT_ANY),
             },
             MapFill {
                 name: names::MAP_FRAG,

@@ -301,12 +301,13 @@ fn seed(
         used.get_or_insert((master, has_affinity));
     }
     let key = ct_key(req);
-    let established = match live.ct.get(&key, 0) {
+    let ct_name = crate::conntrack::CtClass::of(req.proto).map_name();
+    let established = match live.ct_for(req.proto).get(&key, 0) {
         Ok(e) => {
             private
-                .ct
+                .ct_for_mut(req.proto)
                 .insert(key, e, 0)
-                .map_err(map_err(names::MAP_CT))?;
+                .map_err(map_err(ct_name))?;
             !e.expired(req.proto, monotonic_secs())
         }
         Err(_) => false,
@@ -348,7 +349,8 @@ pub fn trace(bpffs: &Path, req: &Request) -> Result<Outcome, DatapathError> {
         service_entries: 1024,
         backends: 1024,
         service_ids: Capacities::default().service_ids,
-        ct_entries: 64,
+        ct_tcp_entries: 64,
+        ct_any_entries: 64,
         frag_entries: 16,
         affinity_entries: 64,
         source_ranges: 64,
@@ -386,7 +388,7 @@ pub fn trace(bpffs: &Path, req: &Request) -> Result<Outcome, DatapathError> {
             .get(c, 0)
             .is_ok_and(|v| v.iter().any(|x| x.packets > 0))
     });
-    let flow = private.ct.get(&ct_key(req), 0).ok();
+    let flow = private.ct_for(req.proto).get(&ct_key(req), 0).ok();
     Ok(Outcome {
         entry,
         packet: describe(&input),

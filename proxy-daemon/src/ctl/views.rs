@@ -294,24 +294,20 @@ pub fn conntrack(s: &Snapshot, only: Option<&[u32]>) -> Vec<ConnRow> {
         if k.dir != CT_DIR_SERVICE || only.is_some_and(|ids| !ids.contains(&e.svc_id)) {
             continue;
         }
-        let rewritten_src = if e.flags & ct::CT_F_REWRITE_SRC != 0 {
-            (e.new_saddr, e.new_sport)
-        } else {
-            (k.saddr, k.sport)
-        };
-        let reply_key = CtKey {
-            saddr: e.new_daddr,
-            daddr: rewritten_src.0,
-            sport: e.new_dport,
-            dport: rewritten_src.1,
-            proto: k.proto,
-            dir: CT_DIR_REPLY,
-            _pad: [0; 2],
-        };
-        let reply = s.ct.get(&reply_key);
-        let last = reply.map_or(e.last_seen, |r| r.last_seen.max(e.last_seen));
+        let reply = s.ct.get(&k.partner(e, CT_DIR_REPLY));
+        let last = reply.map_or(e.last_seen, |r| {
+            if ct::age(r.last_seen, e.last_seen) > 0 {
+                r.last_seen
+            } else {
+                e.last_seen
+            }
+        });
         let flags = e.flags | reply.map_or(0, |r| r.flags & ct::CT_STATE_MASK);
-        let idle = s.now.saturating_sub(last);
+        let merged = CtEntry {
+            flags,
+            last_seen: last,
+            ..*e
+        };
         rows.push(ConnRow {
             protocol: proto_name(k.proto),
             client: endpoint(k.saddr, k.sport),
@@ -320,9 +316,9 @@ pub fn conntrack(s: &Snapshot, only: Option<&[u32]>) -> Vec<ConnRow> {
             backend_id: e.backend_id,
             service_id: e.svc_id,
             service: service_name(names.get(&e.svc_id)),
-            state: state_name(k, &CtEntry { flags, ..*e }),
+            state: state_name(k, &merged),
             age_seconds: s.now.saturating_sub(e.created),
-            expires_in_seconds: ct::lifetime(k.proto, flags).saturating_sub(idle),
+            expires_in_seconds: merged.expires_in(k.proto, s.now),
             packets_to_backend: e.packets,
             bytes_to_backend: e.bytes,
             packets_to_client: reply.map_or(0, |r| r.packets),
@@ -399,8 +395,9 @@ pub fn stats_tables(s: &Snapshot) -> (Table, Table) {
             row.bytes.to_string(),
         ]);
     }
-    let mut m = Table::new(&["MAP", "ENTRIES", "CAPACITY", "FILL"]);
+    let mut m = Table::new(&["MAP", "ENTRIES", "CAPACITY", "FILL", "EVICTED", "FULL"]);
     for f in &s.fill {
+        let ct = s.conntrack.iter().find(|c| c.name == f.name);
         m.row(vec![
             f.name.to_string(),
             f.entries.to_string(),
@@ -409,6 +406,8 @@ pub fn stats_tables(s: &Snapshot) -> (Table, Table) {
                 "{:.1}%",
                 100.0 * f.entries as f64 / f.capacity.max(1) as f64
             ),
+            ct.map_or_else(|| "-".into(), |c| c.evicted.to_string()),
+            ct.map_or_else(|| "-".into(), |c| c.full.to_string()),
         ]);
     }
     (r, m)
@@ -484,7 +483,7 @@ mod tests {
     use proxy_common::{
         AffinityKey, AffinityValue, Backend, CtEntry, CtKey, ReasonCounter, ServiceCounter,
         ServiceKey, ServiceValue,
-        ct::{CT_DIR_REPLY, CT_DIR_SERVICE, CT_F_REPLY_SEEN, CT_F_REWRITE_DST},
+        ct::{CT_DIR_REPLY, CT_DIR_SERVICE, CT_F_ASSURED, CT_F_REPLY_SEEN, CT_F_REWRITE_DST},
         proto, reason,
         service::{
             BE_F_LOCAL, BE_F_TERMINATING, KIND_CLUSTER_IP, KIND_NODE_PORT, SCOPE_EXTERNAL,
@@ -654,7 +653,7 @@ mod tests {
                 ..client
             },
             CtEntry {
-                flags: CT_F_REPLY_SEEN,
+                flags: CT_F_REPLY_SEEN | CT_F_ASSURED,
                 svc_id: 1,
                 backend_id: 8,
                 created: 990,
@@ -699,10 +698,24 @@ mod tests {
                 bytes: 60,
             },
         );
-        s.fill = vec![MapFill {
-            name: "sluice_ct4_v1",
+        s.fill = vec![
+            MapFill {
+                name: "sluice_ct4_any_v2",
+                entries: 2,
+                capacity: 8,
+            },
+            MapFill {
+                name: "sluice_be4_v1",
+                entries: 3,
+                capacity: 16,
+            },
+        ];
+        s.conntrack = vec![crate::ctl::snapshot::CtMapStats {
+            name: "sluice_ct4_any_v2",
             entries: 2,
-            capacity: 8,
+            evicted: 5,
+            full: 0,
+            recreated: 1,
         }];
         s.meta = DatapathMeta {
             node: "node-1".into(),
@@ -794,7 +807,9 @@ mod tests {
         );
         assert_eq!(
             m.to_string(),
-            "MAP            ENTRIES  CAPACITY  FILL\nsluice_ct4_v1  2        8         25.0%\n"
+            "MAP                ENTRIES  CAPACITY  FILL   EVICTED  FULL\n\
+             sluice_ct4_any_v2  2        8         25.0%  5        0\n\
+             sluice_be4_v1      3        16        18.8%  -        -\n"
         );
     }
 

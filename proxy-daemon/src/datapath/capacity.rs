@@ -12,7 +12,10 @@ pub struct Capacities {
     pub backends: u32,
     /// Distinct frontend ids (also the size of the per-service counters).
     pub service_ids: u32,
-    pub ct_entries: u32,
+    /// TCP connection tracking (two entries per connection).
+    pub ct_tcp_entries: u32,
+    /// UDP and ICMP connection tracking (two entries per flow).
+    pub ct_any_entries: u32,
     pub frag_entries: u32,
     pub affinity_entries: u32,
     pub source_ranges: u32,
@@ -25,7 +28,8 @@ impl Default for Capacities {
             service_entries: service::DEFAULT_MAX_SERVICE_ENTRIES,
             backends: service::DEFAULT_MAX_BACKENDS,
             service_ids: service::DEFAULT_MAX_SERVICE_IDS,
-            ct_entries: ct::DEFAULT_MAX_CT_ENTRIES,
+            ct_tcp_entries: ct::DEFAULT_MAX_CT_TCP_ENTRIES,
+            ct_any_entries: ct::DEFAULT_MAX_CT_ANY_ENTRIES,
             frag_entries: ct::DEFAULT_MAX_FRAG_ENTRIES,
             affinity_entries: service::DEFAULT_MAX_AFFINITY_ENTRIES,
             source_ranges: service::DEFAULT_MAX_SOURCE_RANGES,
@@ -41,7 +45,9 @@ impl Capacities {
             names::MAP_SERVICES => self.service_entries,
             names::MAP_BACKENDS => self.backends,
             names::MAP_SVC_STATS => self.service_ids,
-            names::MAP_CT => self.ct_entries,
+            names::MAP_CT_TCP => self.ct_tcp_entries,
+            names::MAP_CT_ANY => self.ct_any_entries,
+            names::MAP_CT_STATS => ct::CT_STATS_ROWS,
             names::MAP_FRAG => self.frag_entries,
             names::MAP_REASONS => reason::MAX,
             names::MAP_CONFIG => 1,

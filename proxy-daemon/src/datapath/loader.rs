@@ -9,7 +9,7 @@ use aya::{
     programs::{Program, SchedClassifier},
 };
 use proxy_common::{
-    AffinityKey, AffinityValue, Backend, CtEntry, CtKey, FragKey, FragPorts, NodeConfig,
+    AffinityKey, AffinityValue, Backend, CtEntry, CtKey, CtStats, FragKey, FragPorts, NodeConfig,
     ReasonCounter, ServiceCounter, ServiceKey, ServiceValue, SourceRangeKey, names,
 };
 use tracing::{debug, info};
@@ -58,10 +58,12 @@ const fn layout<K, V>(name: &'static str, kind: MapType) -> Layout {
     }
 }
 
-const LAYOUTS: [Layout; 10] = [
+const LAYOUTS: [Layout; 12] = [
     layout::<ServiceKey, ServiceValue>(names::MAP_SERVICES, MapType::Hash),
     layout::<u32, Backend>(names::MAP_BACKENDS, MapType::Hash),
-    layout::<CtKey, CtEntry>(names::MAP_CT, MapType::LruHash),
+    layout::<CtKey, CtEntry>(names::MAP_CT_TCP, MapType::Hash),
+    layout::<CtKey, CtEntry>(names::MAP_CT_ANY, MapType::LruHash),
+    layout::<u32, CtStats>(names::MAP_CT_STATS, MapType::PerCpuArray),
     layout::<FragKey, FragPorts>(names::MAP_FRAG, MapType::LruHash),
     layout::<u32, ReasonCounter>(names::MAP_REASONS, MapType::PerCpuArray),
     layout::<u32, ServiceCounter>(names::MAP_SVC_STATS, MapType::PerCpuArray),
@@ -86,16 +88,31 @@ const PROGRAMS: [(&str, &str); 5] = [
 /// Loads Sluice's programs against the maps pinned under `<bpffs>/sluice`,
 /// creating the maps on first start and reusing them afterwards, so that
 /// connection tracking and service state survive a restart or an upgrade.
-pub struct Loader {
+pub struct Loader<'a> {
     bpffs: PathBuf,
     capacities: Capacities,
+    object: &'a [u8],
 }
 
-impl Loader {
+impl Loader<'static> {
+    /// A loader for this build's programs.
     pub fn new(bpffs: impl Into<PathBuf>, capacities: Capacities) -> Self {
         Self {
             bpffs: bpffs.into(),
             capacities,
+            object: OBJECT,
+        }
+    }
+}
+
+impl<'a> Loader<'a> {
+    /// Loads another build of the programs instead (an earlier release's
+    /// object, for upgrade tests). Its maps are pinned by their own names.
+    pub fn with_object<'b>(self, object: &'b [u8]) -> Loader<'b> {
+        Loader {
+            bpffs: self.bpffs,
+            capacities: self.capacities,
+            object,
         }
     }
 
@@ -149,7 +166,7 @@ impl Loader {
     }
 
     pub fn load(&self) -> Result<LoadedPrograms, DatapathError> {
-        if OBJECT.is_empty() {
+        if self.object.is_empty() {
             return Err(DatapathError::NoObject);
         }
         check_bpffs(&self.bpffs)?;
@@ -165,7 +182,7 @@ impl Loader {
         // BTF-defined maps carry no pinning attribute: pin them by name.
         let maglev_pin = super::map_path(&self.bpffs, names::MAP_MAGLEV);
         loader.map_pin_path(names::MAP_MAGLEV, maglev_pin.as_path());
-        let mut ebpf = loader.load(OBJECT)?;
+        let mut ebpf = loader.load(self.object)?;
         for (name, _) in PROGRAMS {
             let prog = classifier(&mut ebpf, name)?;
             prog.load()

@@ -2,8 +2,8 @@ use std::path::{Path, PathBuf};
 
 use aya::maps::{Array, HashMap, HashOfMaps, LpmTrie, Map, MapData, PerCpuArray};
 use proxy_common::{
-    AffinityKey, AffinityValue, Backend, CtEntry, CtKey, FragKey, FragPorts, NodeConfig,
-    ReasonCounter, ServiceCounter, ServiceKey, ServiceValue, SourceRangeKey, names,
+    AffinityKey, AffinityValue, Backend, CtEntry, CtKey, CtStats, FragKey, FragPorts, NodeConfig,
+    ReasonCounter, ServiceCounter, ServiceKey, ServiceValue, SourceRangeKey, names, proto,
 };
 
 use super::DatapathError;
@@ -18,37 +18,76 @@ pub fn map_path(bpffs: &Path, map: &str) -> PathBuf {
     pin_dir(bpffs).join(map)
 }
 
-/// Unpins the maps an earlier release pinned under names this one does not
-/// use (a layout change bumps a map's version suffix, so the old map is
-/// left behind under its old name). A program still attached from that
-/// release keeps its map alive until it is replaced; the pin alone would
-/// keep it, and everything it holds, forever. Returns the names removed.
-pub fn retire_stale_pins(bpffs: &Path) -> Result<Vec<String>, DatapathError> {
+/// What [`retire_stale_pins`] did with pins this release does not use.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct RetiredPins {
+    /// Earlier releases' maps, unpinned.
+    pub removed: Vec<String>,
+    /// `sluice_*_vN` pins of a layout this release does not know (a newer
+    /// release's, after a downgrade): left alone.
+    pub unknown: Vec<String>,
+}
+
+/// Unpins the maps earlier releases pinned under names this one replaced
+/// ([`names::RETIRED_MAPS`]; a layout change bumps a map's version suffix,
+/// so the old map is left behind under its old name). A program still
+/// attached from that release keeps its map alive until it is replaced;
+/// the pin alone would keep it, and everything it holds, forever. Callers
+/// migrate what must survive first. Versioned pins of unknown layouts are
+/// reported and kept: their state may matter to the release that made them.
+pub fn retire_stale_pins(bpffs: &Path, keep: &[&str]) -> Result<RetiredPins, DatapathError> {
     let dir = pin_dir(bpffs);
     let entries =
         std::fs::read_dir(&dir).map_err(|e| DatapathError::from_pin_io(dir.clone(), e))?;
-    let mut removed = Vec::new();
+    let mut out = RetiredPins::default();
     for entry in entries.flatten() {
         let name = entry.file_name().to_string_lossy().into_owned();
-        if !is_stale_map_pin(&name) {
-            continue;
+        match classify_pin(&name) {
+            PinKind::Current | PinKind::Other => {}
+            PinKind::Retired if keep.contains(&name.as_str()) => {}
+            PinKind::Retired => {
+                std::fs::remove_file(entry.path())
+                    .map_err(|e| DatapathError::from_pin_io(entry.path(), e))?;
+                out.removed.push(name);
+            }
+            PinKind::Unknown => out.unknown.push(name),
         }
-        std::fs::remove_file(entry.path())
-            .map_err(|e| DatapathError::from_pin_io(entry.path(), e))?;
-        removed.push(name);
     }
-    Ok(removed)
+    out.removed.sort();
+    out.unknown.sort();
+    Ok(out)
 }
 
-/// A map pin of ours (`sluice_<map>_v<N>`) that this release does not use.
-fn is_stale_map_pin(name: &str) -> bool {
+#[derive(Debug, PartialEq, Eq)]
+enum PinKind {
+    /// A map of this release.
+    Current,
+    /// An earlier release's map this one replaced.
+    Retired,
+    /// A versioned map name of ours this release does not know.
+    Unknown,
+    /// Not a versioned map pin (programs, anything else).
+    Other,
+}
+
+fn classify_pin(name: &str) -> PinKind {
+    if names::ALL_MAPS.contains(&name) {
+        return PinKind::Current;
+    }
+    if names::RETIRED_MAPS.contains(&name) {
+        return PinKind::Retired;
+    }
     let versioned = name
         .strip_prefix("sluice_")
         .and_then(|rest| rest.rsplit_once("_v"))
         .is_some_and(|(map, v)| {
             !map.is_empty() && !v.is_empty() && v.bytes().all(|b| b.is_ascii_digit())
         });
-    versioned && !names::ALL_MAPS.contains(&name)
+    if versioned {
+        PinKind::Unknown
+    } else {
+        PinKind::Other
+    }
 }
 
 /// Opens a pinned map, turning a missing pin or missing privileges into an
@@ -89,7 +128,11 @@ fn typed<T: TryFrom<Map, Error = aya::maps::MapError>>(
 pub struct PinnedMaps {
     pub services: HashMap<MapData, ServiceKey, ServiceValue>,
     pub backends: HashMap<MapData, u32, Backend>,
-    pub ct: HashMap<MapData, CtKey, CtEntry>,
+    /// TCP connection tracking (plain hash).
+    pub ct_tcp: HashMap<MapData, CtKey, CtEntry>,
+    /// UDP and ICMP connection tracking (LRU).
+    pub ct_any: HashMap<MapData, CtKey, CtEntry>,
+    pub ct_stats: PerCpuArray<MapData, CtStats>,
     pub frags: HashMap<MapData, FragKey, FragPorts>,
     pub reasons: PerCpuArray<MapData, ReasonCounter>,
     pub svc_stats: PerCpuArray<MapData, ServiceCounter>,
@@ -105,7 +148,9 @@ impl PinnedMaps {
         Ok(Self {
             services: typed(bpffs, names::MAP_SERVICES)?,
             backends: typed(bpffs, names::MAP_BACKENDS)?,
-            ct: typed(bpffs, names::MAP_CT)?,
+            ct_tcp: typed(bpffs, names::MAP_CT_TCP)?,
+            ct_any: typed(bpffs, names::MAP_CT_ANY)?,
+            ct_stats: typed(bpffs, names::MAP_CT_STATS)?,
             frags: typed(bpffs, names::MAP_FRAG)?,
             reasons: typed(bpffs, names::MAP_REASONS)?,
             svc_stats: typed(bpffs, names::MAP_SVC_STATS)?,
@@ -124,6 +169,29 @@ impl PinnedMaps {
     /// A frontend's counters summed over CPUs.
     pub fn service_total(&self, svc_id: u32) -> Result<ServiceCounter, DatapathError> {
         cpu_sum(&self.svc_stats, names::MAP_SVC_STATS, svc_id)
+    }
+
+    /// A row of the CT counters summed over CPUs.
+    pub fn ct_stats_total(&self, row: u32) -> Result<CtStats, DatapathError> {
+        cpu_sum(&self.ct_stats, names::MAP_CT_STATS, row)
+    }
+
+    /// The CT map a protocol's flows live in.
+    pub fn ct_for(&self, protocol: u8) -> &HashMap<MapData, CtKey, CtEntry> {
+        if protocol == proto::TCP {
+            &self.ct_tcp
+        } else {
+            &self.ct_any
+        }
+    }
+
+    /// The CT map a protocol's flows live in, for writing.
+    pub fn ct_for_mut(&mut self, protocol: u8) -> &mut HashMap<MapData, CtKey, CtEntry> {
+        if protocol == proto::TCP {
+            &mut self.ct_tcp
+        } else {
+            &mut self.ct_any
+        }
     }
 }
 
@@ -147,11 +215,16 @@ mod tests {
     use super::*;
 
     #[test]
-    fn only_our_versioned_map_names_that_are_unused_are_stale() {
-        assert!(is_stale_map_pin("sluice_mglv4_v1"));
-        assert!(is_stale_map_pin("sluice_ct4_v0"));
+    fn pins_are_classified_by_name() {
         for name in names::ALL_MAPS {
-            assert!(!is_stale_map_pin(name), "{name}");
+            assert_eq!(classify_pin(name), PinKind::Current, "{name}");
+        }
+        for name in names::RETIRED_MAPS {
+            assert_eq!(classify_pin(name), PinKind::Retired, "{name}");
+        }
+        // Versioned names of ours this release never used: kept.
+        for name in ["sluice_ct4_tcp_v3", "sluice_ct4_v0", "sluice_newmap_v1"] {
+            assert_eq!(classify_pin(name), PinKind::Unknown, "{name}");
         }
         for other in [
             names::PIN_PROG_FROM_POD,
@@ -161,7 +234,7 @@ mod tests {
             "sluice_ct4_vx",
             "cilium_ct4_global",
         ] {
-            assert!(!is_stale_map_pin(other), "{other}");
+            assert_eq!(classify_pin(other), PinKind::Other, "{other}");
         }
     }
 }

@@ -17,6 +17,7 @@ use super::{
 pub fn desired_state(cluster: &ClusterState, node: &NodeContext) -> DesiredState {
     let mut skipped = Vec::new();
     let slices = SliceIndex::new(cluster, &mut skipped);
+    slices.report_orphans(cluster, &mut skipped);
     let zone = node.zone.as_deref().filter(|z| !z.is_empty());
 
     let mut candidates = Vec::new();

@@ -1140,3 +1140,36 @@ fn the_same_objects_always_give_the_same_state() {
         ["10.1.0.1:8080 local", "10.1.0.2:8080 local"]
     );
 }
+
+#[test]
+fn a_slice_of_no_service_is_reported_as_such() {
+    let s = state(vec![
+        svc(
+            "web",
+            json!({"clusterIP": "10.96.0.10", "ports": [{"name": "http", "port": 80}]}),
+        ),
+        web_slice(),
+        // A label typo: the slice names "wbe".
+        slice(
+            "wbe-xyz",
+            "wbe",
+            json!([{"name": "http", "port": 8080, "protocol": "TCP"}]),
+            json!([ep("10.1.0.9", Some(NODE))]),
+        ),
+    ]);
+    let orphans: Vec<&Skip> = s
+        .skipped
+        .iter()
+        .filter(|k| k.kind == SkipKind::NoService)
+        .collect();
+    assert_eq!(orphans.len(), 1, "{:?}", skips(&s));
+    assert_eq!(orphans[0].object, "EndpointSlice default/wbe-xyz");
+    assert!(
+        orphans[0].reason.contains("default/wbe"),
+        "{}",
+        orphans[0].reason
+    );
+    assert_eq!(SkipKind::NoService.label(), "no-service");
+    // The Service that exists is untouched by it.
+    assert_eq!(backends(fe(&s, "10.96.0.10:80/TCP")).len(), 2);
+}

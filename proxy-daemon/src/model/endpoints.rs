@@ -19,7 +19,7 @@ use k8s_openapi::api::{
 };
 
 use super::{
-    ClusterState, ObjectKey, Protocol, Skip,
+    ClusterState, ObjectKey, Protocol, Skip, SkipKind,
     node::is_ipv6,
     service_plan::{
         HEADLESS_LABEL, SERVICE_PROXY_NAME_LABEL, parse_ipv4, parse_protocol, port_number,
@@ -109,12 +109,31 @@ impl<'a> SliceIndex<'a> {
     fn slices(&self, service: &ObjectKey) -> &[(&'a ObjectKey, &'a EndpointSlice)] {
         self.by_service.get(service).map_or(&[], Vec::as_slice)
     }
+
+    /// Reports every slice that names a Service the cluster does not have.
+    pub fn report_orphans(&self, cluster: &ClusterState, skips: &mut Vec<Skip>) {
+        for (service, slices) in &self.by_service {
+            if cluster.services.contains_key(service) {
+                continue;
+            }
+            for (key, _) in slices {
+                skips.push(Skip {
+                    object: format!("EndpointSlice {key}"),
+                    reason: format!(
+                        "its {SERVICE_NAME_LABEL} label names Service {service}, which does not exist"
+                    ),
+                    kind: SkipKind::NoService,
+                });
+            }
+        }
+    }
 }
 
 fn slice_skip(key: &ObjectKey, reason: impl Into<String>) -> Skip {
     Skip {
         object: format!("EndpointSlice {key}"),
         reason: reason.into(),
+        kind: SkipKind::Invalid,
     }
 }
 
@@ -122,6 +141,7 @@ fn endpoints_skip(key: &ObjectKey, reason: impl Into<String>) -> Skip {
     Skip {
         object: format!("Endpoints {key}"),
         reason: reason.into(),
+        kind: SkipKind::Invalid,
     }
 }
 

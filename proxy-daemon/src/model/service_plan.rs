@@ -11,7 +11,9 @@ use std::net::{IpAddr, Ipv4Addr};
 use ipnet::{IpNet, Ipv4Net};
 use k8s_openapi::{api::core::v1::Service, apimachinery::pkg::apis::meta::v1::Time};
 
-use super::{LB_ALGORITHM_ANNOTATION, LbAlgorithm, ObjectKey, Protocol, Skip, node::is_ipv6};
+use super::{
+    LB_ALGORITHM_ANNOTATION, LbAlgorithm, ObjectKey, Protocol, Skip, SkipKind, node::is_ipv6,
+};
 
 /// Services with this label belong to another service proxy; kube-proxy's
 /// informers filter them out (and so their EndpointSlices too).
@@ -82,6 +84,7 @@ pub(crate) fn service_skip(key: &ObjectKey, reason: impl Into<String>) -> Skip {
     Skip {
         object: format!("Service {key}"),
         reason: reason.into(),
+        kind: SkipKind::Invalid,
     }
 }
 

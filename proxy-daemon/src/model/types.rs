@@ -170,6 +170,29 @@ pub struct Skip {
     /// `Kind namespace/name`, e.g. `Service default/web`.
     pub object: String,
     pub reason: String,
+    pub kind: SkipKind,
+}
+
+/// What kind of problem a [`Skip`] is, for logs and metrics.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum SkipKind {
+    /// Invalid or unsupported: a warning.
+    #[default]
+    Invalid,
+    /// An EndpointSlice naming a Service that does not exist (a label typo,
+    /// or a slice that outlived its Service): normal while objects come
+    /// and go, so reported at debug level.
+    NoService,
+}
+
+impl SkipKind {
+    /// The `reason` label of `sluice_objects_skipped`.
+    pub fn label(self) -> &'static str {
+        match self {
+            Self::Invalid => "invalid",
+            Self::NoService => "no-service",
+        }
+    }
 }
 
 /// The whole desired state of one node's datapath.

@@ -6,7 +6,7 @@ use std::{fmt, net::Ipv4Addr};
 use ipnet::Ipv4Net;
 use k8s_openapi::api::core::v1::Node;
 
-use crate::model::{ClusterState, Skip, node_info};
+use crate::model::{ClusterState, Skip, SkipKind, node_info};
 
 /// First two octets of every VTEP MAC: `02` sets the locally administered
 /// bit and keeps the multicast bit clear, so the address can never collide
@@ -124,6 +124,7 @@ pub fn peers(cluster: &ClusterState, own_node: &str) -> (Vec<Peer>, Vec<Skip>) {
         let skip = |reason: String| Skip {
             object: format!("Node {name}"),
             reason: format!("not in the overlay: {reason}"),
+            kind: SkipKind::Invalid,
         };
         let info = match node_info(node) {
             Ok(info) => info,

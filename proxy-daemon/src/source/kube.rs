@@ -633,6 +633,7 @@ async fn publish(
         let update = Update {
             state: mirror.view(),
             seen: since.into_std(),
+            problems: 0,
         };
         debug!(
             services = update.state.services.len(),

@@ -37,6 +37,7 @@ fn scan(dir: &mut ManifestDir, seen: Instant, tx: &watch::Sender<Option<Update>>
         let update = Update {
             state: Arc::new(dir.state()),
             seen,
+            problems: dir.problems(),
         };
         if tx.send(Some(update)).is_err() {
             return false;
@@ -76,6 +77,7 @@ pub fn spawn(dir: PathBuf) -> Result<watch::Receiver<Option<Update>>, ManifestSo
     tx.send_replace(Some(Update {
         state: Arc::new(files.state()),
         seen: Instant::now(),
+        problems: files.problems(),
     }));
     tokio::spawn(async move {
         // Dropping the watcher would stop the events.

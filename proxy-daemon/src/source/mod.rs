@@ -19,4 +19,7 @@ pub struct Update {
     /// When the change behind this view was first seen (for the
     /// change-to-programmed latency).
     pub seen: Instant,
+    /// Files or documents of the source that cannot be used right now
+    /// (the manifests source; always 0 for the API).
+    pub problems: usize,
 }

@@ -199,7 +199,9 @@ fn yaml_documents(text: &str) -> Vec<Document> {
         // Pad with the lines before the chunk so the parser's line numbers
         // are the file's.
         let padded = "\n".repeat(chunk.first_line - 1) + &chunk.text;
-        let value = serde_saphyr::from_str::<Value>(&padded)
+        let mut options = serde_saphyr::Options::default();
+        options.budget = Some(yaml_budget(chunk.text.len()));
+        let value = serde_saphyr::from_str_with_options::<Value>(&padded, options)
             .map_err(|e| format!("invalid YAML: {}", e.without_snippet()));
         if matches!(value, Ok(Value::Null)) {
             continue;
@@ -211,6 +213,22 @@ fn yaml_documents(text: &str) -> Vec<Document> {
         });
     }
     docs
+}
+
+/// The parser's limits for a YAML document of `len` bytes. Without aliases
+/// every node costs at least a byte of input and every event at most two
+/// per node, so limits proportional to the size admit any real document,
+/// however large (a `kubectl get svc -A -o yaml` List of a 100k-Service
+/// cluster), while an alias bomb, whose expansion is charged against the
+/// same limits, is stopped at a few times its own size. Nesting keeps the
+/// parser's fixed depth limit; anchors and aliases keep its defaults
+/// (kubectl never writes them).
+fn yaml_budget(len: usize) -> serde_saphyr::Budget {
+    let mut b = serde_saphyr::Budget::default();
+    b.max_nodes = b.max_nodes.max(len);
+    b.max_events = b.max_events.max(2 * len);
+    b.max_total_scalar_bytes = b.max_total_scalar_bytes.max(len);
+    b
 }
 
 struct Chunk {
@@ -520,6 +538,59 @@ mod tests {
 
     fn errors(m: &ParsedManifest) -> Vec<String> {
         m.errors.iter().map(ToString::to_string).collect()
+    }
+
+    /// A `kind: List` of `n` Services as `kubectl get svc -A -o yaml`
+    /// prints them (metadata with labels, annotations, managedFields).
+    fn big_list(n: usize) -> String {
+        let mut y = String::from("apiVersion: v1\nitems:\n");
+        for i in 0..n {
+            y.push_str(&format!(
+                "- apiVersion: v1\n  kind: Service\n  metadata:\n    annotations:\n      note: \"service {i}\"\n    creationTimestamp: \"2026-01-01T00:00:00Z\"\n    labels:\n      app: app-{i}\n      tier: web\n    managedFields:\n    - apiVersion: v1\n      fieldsType: FieldsV1\n      fieldsV1:\n        f:spec:\n          f:ports:\n            .: {{}}\n          f:selector: {{}}\n      manager: kubectl\n      operation: Update\n    name: svc-{i}\n    namespace: ns-{}\n    resourceVersion: \"{}\"\n    uid: 00000000-0000-0000-0000-{i:012}\n  spec:\n    clusterIP: 10.96.{}.{}\n    clusterIPs:\n    - 10.96.{}.{}\n    internalTrafficPolicy: Cluster\n    ipFamilies:\n    - IPv4\n    ipFamilyPolicy: SingleStack\n    ports:\n    - name: http\n      port: 80\n      protocol: TCP\n      targetPort: 8080\n    selector:\n      app: app-{i}\n    sessionAffinity: None\n    type: ClusterIP\n  status:\n    loadBalancer: {{}}\n",
+                i % 50,
+                1000 + i,
+                i / 250,
+                i % 250,
+                i / 250,
+                i % 250
+            ));
+        }
+        y.push_str("kind: List\nmetadata:\n  resourceVersion: \"\"\n");
+        y
+    }
+
+    #[test]
+    fn a_cluster_sized_list_parses_whole() {
+        // 5000 Services, ~5 MB: 40x the parser's default node budget.
+        let text = big_list(5000);
+        assert!(text.len() > 4_000_000, "{}", text.len());
+        let m = parse(&text);
+        assert!(errors(&m).is_empty(), "{:?}", &errors(&m)[..1]);
+        assert_eq!(m.objects.len(), 5000);
+        assert_eq!(summary(&m)[4999], "Service ns-49/svc-4999");
+    }
+
+    #[test]
+    fn alias_bombs_and_absurd_nesting_are_refused() {
+        // Billion laughs: nine levels of ten aliases each.
+        let mut bomb = String::from("apiVersion: v1\nkind: ConfigMap\na: &a [\"lol\"]\n");
+        let mut prev = 'a';
+        for c in "bcdefghij".chars() {
+            let refs = vec![format!("*{prev}"); 10].join(",");
+            bomb.push_str(&format!("{c}: &{c} [{refs}]\n"));
+            prev = c;
+        }
+        let m = parse(&bomb);
+        assert_eq!(m.objects.len(), 0);
+        let e = errors(&m);
+        assert!(e.len() == 1 && e[0].contains("budget"), "{e:?}");
+        let deep = format!(
+            "apiVersion: v1\nkind: Service\nspec: {}1{}\n",
+            "[".repeat(300),
+            "]".repeat(300)
+        );
+        let e = errors(&parse(&deep));
+        assert_eq!(e.len(), 1, "{e:?}");
     }
 
     /// A Service as `kubectl get svc kubernetes -o yaml` prints it.

@@ -37,6 +37,8 @@ fn stamp(meta: &std::fs::Metadata) -> Stamp {
 struct FileState {
     stamp: Stamp,
     objects: Vec<KubeObject>,
+    /// Documents (or the whole file) that could not be used.
+    problems: usize,
 }
 
 /// One problem found while reading the directory.
@@ -58,6 +60,10 @@ pub struct Scan {
 pub struct ManifestDir {
     dir: PathBuf,
     files: BTreeMap<PathBuf, FileState>,
+    /// Entries that look like manifests but cannot be read at all (a
+    /// dangling symbolic link, a link loop, a directory), with the reason
+    /// last reported.
+    unusable: BTreeMap<PathBuf, String>,
 }
 
 fn is_manifest(path: &Path) -> bool {
@@ -69,11 +75,25 @@ fn is_manifest(path: &Path) -> bool {
     !hidden && matches!(ext, "yaml" | "yml" | "json")
 }
 
+/// Why a directory entry named like a manifest cannot be opened.
+fn unreadable_reason(path: &Path, e: &std::io::Error) -> String {
+    let is_link = std::fs::symlink_metadata(path).is_ok_and(|m| m.file_type().is_symlink());
+    match (is_link, e.raw_os_error()) {
+        (true, Some(libc::ELOOP)) => "symbolic link loop".to_string(),
+        (true, Some(libc::ENOENT)) => {
+            "dangling symbolic link (its target does not exist)".to_string()
+        }
+        (true, _) => format!("cannot follow symbolic link: {e}"),
+        (false, _) => format!("cannot stat: {e}"),
+    }
+}
+
 impl ManifestDir {
     pub fn new(dir: impl Into<PathBuf>) -> Self {
         Self {
             dir: dir.into(),
             files: BTreeMap::new(),
+            unusable: BTreeMap::new(),
         }
     }
 
@@ -84,6 +104,7 @@ impl ManifestDir {
     /// Re-reads the files that changed since the last scan.
     pub fn rescan(&mut self) -> Scan {
         let mut scan = Scan::default();
+        let problems_before = self.problems();
         let entries = match std::fs::read_dir(&self.dir) {
             Ok(e) => e,
             Err(e) => {
@@ -95,17 +116,23 @@ impl ManifestDir {
             }
         };
         let mut present = Vec::new();
+        let mut unusable = BTreeMap::new();
         for entry in entries.filter_map(Result::ok) {
             let path = entry.path();
             if !is_manifest(&path) {
                 continue;
             }
-            let Ok(meta) = std::fs::metadata(&path) else {
-                continue;
+            let meta = match std::fs::metadata(&path) {
+                Ok(m) if m.is_file() => m,
+                Ok(_) => {
+                    unusable.insert(path, "not a regular file".to_string());
+                    continue;
+                }
+                Err(e) => {
+                    unusable.insert(path.clone(), unreadable_reason(&path, &e));
+                    continue;
+                }
             };
-            if !meta.is_file() {
-                continue;
-            }
             present.push(path.clone());
             let st = stamp(&meta);
             if self.files.get(&path).is_some_and(|f| f.stamp == st) {
@@ -116,9 +143,22 @@ impl ManifestDir {
                 Ok(b) => b,
                 Err(e) => {
                     scan.problems.push(SourceProblem {
-                        file: path,
-                        reason: format!("cannot read: {e}"),
+                        file: path.clone(),
+                        reason: format!("cannot read: {e} (keeping what the file held before)"),
                     });
+                    let objects = self
+                        .files
+                        .remove(&path)
+                        .map(|f| f.objects)
+                        .unwrap_or_default();
+                    self.files.insert(
+                        path,
+                        FileState {
+                            stamp: st,
+                            objects,
+                            problems: 1,
+                        },
+                    );
                     continue;
                 }
             };
@@ -131,13 +171,21 @@ impl ManifestDir {
                             ParsedObject::Ignored { .. } => {}
                         }
                     }
+                    let problems = parsed.errors.len();
                     for problem in parsed.errors {
                         scan.problems.push(SourceProblem {
                             file: path.clone(),
                             reason: problem.to_string(),
                         });
                     }
-                    self.files.insert(path, FileState { stamp: st, objects });
+                    self.files.insert(
+                        path,
+                        FileState {
+                            stamp: st,
+                            objects,
+                            problems,
+                        },
+                    );
                 }
                 Err(e) => {
                     scan.problems.push(SourceProblem {
@@ -151,18 +199,121 @@ impl ManifestDir {
                         .remove(&path)
                         .map(|f| f.objects)
                         .unwrap_or_default();
-                    self.files.insert(path, FileState { stamp: st, objects });
+                    self.files.insert(
+                        path,
+                        FileState {
+                            stamp: st,
+                            objects,
+                            problems: 1,
+                        },
+                    );
                 }
             }
         }
         let before = self.files.len();
         self.files.retain(|p, _| present.contains(p));
         scan.changed |= self.files.len() != before;
+        // Reported when they appear or their reason changes, not every scan.
+        for (path, reason) in &unusable {
+            if self.unusable.get(path) != Some(reason) {
+                scan.problems.push(SourceProblem {
+                    file: path.clone(),
+                    reason: reason.clone(),
+                });
+            }
+        }
+        self.unusable = unusable;
+        // A new problem changes what the daemon reports, if not the objects.
+        scan.changed |= self.problems() != problems_before;
         scan
+    }
+
+    /// Files and documents that cannot be used right now.
+    pub fn problems(&self) -> usize {
+        self.unusable.len() + self.files.values().map(|f| f.problems).sum::<usize>()
     }
 
     /// Every object from every file (a later file wins for the same object).
     pub fn state(&self) -> ClusterState {
         ClusterState::from_objects(self.files.values().flat_map(|f| f.objects.iter().cloned()))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A fresh directory under the system's temporary directory.
+    fn scratch(tag: &str) -> PathBuf {
+        let dir = std::env::temp_dir().join(format!("sluice-watch-{tag}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        dir
+    }
+
+    const SERVICE: &str = "apiVersion: v1\nkind: Service\nmetadata:\n  name: web\nspec:\n  clusterIP: 10.96.0.10\n  ports:\n  - port: 80\n";
+
+    #[test]
+    fn link_loops_and_dangling_links_are_reported_once_and_counted() {
+        let dir = scratch("links");
+        std::fs::write(dir.join("web.yaml"), SERVICE).unwrap();
+        std::os::unix::fs::symlink("loop-b.yaml", dir.join("loop-a.yaml")).unwrap();
+        std::os::unix::fs::symlink("loop-a.yaml", dir.join("loop-b.yaml")).unwrap();
+        std::os::unix::fs::symlink("gone.yaml", dir.join("dangling.yaml")).unwrap();
+        let mut m = ManifestDir::new(&dir);
+        let scan = m.rescan();
+        let mut reasons: Vec<String> = scan
+            .problems
+            .iter()
+            .map(|p| {
+                format!(
+                    "{} {}",
+                    p.file.file_name().unwrap().to_string_lossy(),
+                    p.reason
+                )
+            })
+            .collect();
+        reasons.sort();
+        assert_eq!(
+            reasons,
+            [
+                "dangling.yaml dangling symbolic link (its target does not exist)",
+                "loop-a.yaml symbolic link loop",
+                "loop-b.yaml symbolic link loop",
+            ]
+        );
+        assert_eq!(m.problems(), 3);
+        assert_eq!(m.state().services.len(), 1, "the good file still counts");
+        // Not reported again while nothing changes; still counted.
+        let again = m.rescan();
+        assert!(
+            again.problems.is_empty() && !again.changed,
+            "{:?}",
+            again.problems
+        );
+        assert_eq!(m.problems(), 3);
+        // Fixed: the count drops and the change is published.
+        std::fs::remove_file(dir.join("dangling.yaml")).unwrap();
+        std::fs::remove_file(dir.join("loop-a.yaml")).unwrap();
+        std::fs::remove_file(dir.join("loop-b.yaml")).unwrap();
+        let fixed = m.rescan();
+        assert!(fixed.changed);
+        assert_eq!(m.problems(), 0);
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn broken_documents_count_until_the_file_is_fixed() {
+        let dir = scratch("docs");
+        std::fs::write(dir.join("two.yaml"), format!("{SERVICE}---\nkind: [oops\n")).unwrap();
+        let mut m = ManifestDir::new(&dir);
+        let scan = m.rescan();
+        assert_eq!(scan.problems.len(), 1);
+        assert_eq!(m.problems(), 1);
+        assert_eq!(m.state().services.len(), 1);
+        std::fs::write(dir.join("two.yaml"), SERVICE).unwrap();
+        m.rescan();
+        assert_eq!(m.problems(), 0);
+        std::fs::remove_dir_all(&dir).unwrap();
     }
 }

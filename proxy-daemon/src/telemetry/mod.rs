@@ -40,11 +40,12 @@ pub struct State {
     pub frontends: usize,
     pub backends: usize,
     pub service_entries: usize,
-    pub skipped_objects: usize,
+    /// Objects or parts skipped, by reason label.
+    pub skipped_objects: BTreeMap<&'static str, usize>,
     /// Frontend id -> names, for per-service labels.
     pub frontend_names: BTreeMap<u32, FrontendMeta>,
-    /// Entries counted by the last conntrack sweep.
-    pub ct_entries: Option<usize>,
+    /// Per CT map: what the last sweep found.
+    pub ct_sweeps: BTreeMap<&'static str, CtSweepGauge>,
     pub last_programmed: Option<SystemTime>,
     /// A change waiting to be programmed, since when.
     pub pending_since: Option<Instant>,
@@ -61,14 +62,24 @@ impl Default for State {
             frontends: 0,
             backends: 0,
             service_entries: 0,
-            skipped_objects: 0,
+            skipped_objects: BTreeMap::new(),
             frontend_names: BTreeMap::new(),
-            ct_entries: None,
+            ct_sweeps: BTreeMap::new(),
             last_programmed: None,
             pending_since: None,
             ready: false,
         }
     }
+}
+
+/// One CT map as the last sweep found it.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct CtSweepGauge {
+    /// Entries walked and kept.
+    pub entries: u64,
+    /// Entries the kernel evicted (LRU) since the map was created, as the
+    /// counters and the walk tell.
+    pub evicted: u64,
 }
 
 /// What one successful apply programmed.
@@ -77,7 +88,8 @@ pub struct Programmed {
     pub frontends: usize,
     pub backends: usize,
     pub service_entries: usize,
-    pub skipped_objects: usize,
+    /// Skipped objects by reason label (`invalid`, `no-service`, `manifest`).
+    pub skipped_objects: BTreeMap<&'static str, usize>,
     /// Failures inside the apply (a full map, ...): the view is not whole.
     pub partial: bool,
 }
@@ -111,7 +123,7 @@ impl Telemetry {
             s.frontends = p.frontends;
             s.backends = p.backends;
             s.service_entries = p.service_entries;
-            s.skipped_objects = p.skipped_objects;
+            s.skipped_objects = p.skipped_objects.clone();
             s.last_programmed = Some(SystemTime::now());
             s.pending_since = None;
             if p.partial {
@@ -133,8 +145,11 @@ impl Telemetry {
         });
     }
 
-    pub fn set_ct_entries(&self, n: usize) {
-        self.with(|s| s.ct_entries = Some(n));
+    /// What a conntrack sweep of `map` found.
+    pub fn set_ct_sweep(&self, map: &'static str, gauge: CtSweepGauge) {
+        self.with(|s| {
+            s.ct_sweeps.insert(map, gauge);
+        });
     }
 
     /// Runs `f` on a consistent view of the state.

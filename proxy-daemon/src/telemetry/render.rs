@@ -5,6 +5,7 @@ use std::fmt::Write as _;
 use proxy_common::{ReasonCounter, ServiceCounter, reason};
 
 use super::State;
+use crate::conntrack::ClassStats;
 
 /// Counters read from the datapath's maps at scrape time.
 #[derive(Clone, Debug, Default)]
@@ -15,6 +16,8 @@ pub struct DatapathCounters {
     pub services: Vec<(u32, ServiceCounter)>,
     /// (map, entries, capacity); entries may be unknown.
     pub maps: Vec<(&'static str, Option<u64>, u64)>,
+    /// The CT maps' counters, by map.
+    pub conntrack: Vec<(&'static str, ClassStats)>,
 }
 
 pub const CONTENT_TYPE: &str = "text/plain; version=0.0.4; charset=utf-8";
@@ -118,12 +121,15 @@ pub fn render(s: &State, d: &DatapathCounters) -> String {
         "Backends (endpoint address, port, protocol) in the datapath.",
         s.backends,
     );
-    o.single(
+    o.header(
         "sluice_objects_skipped",
         "gauge",
-        "Objects or parts of objects skipped as invalid or unsupported (reasons in the log).",
-        s.skipped_objects,
+        "Objects or parts of objects not programmed, by reason: invalid or unsupported, an EndpointSlice of no Service, an unreadable manifest (details in the log).",
     );
+    for reason in ["invalid", "no-service", "manifest"] {
+        let n = s.skipped_objects.get(reason).copied().unwrap_or(0);
+        o.sample("sluice_objects_skipped", &[("reason", reason)], n);
+    }
     o.single(
         "sluice_ready",
         "gauge",
@@ -141,13 +147,58 @@ pub fn render(s: &State, d: &DatapathCounters) -> String {
             float(secs),
         );
     }
-    if let Some(n) = s.ct_entries {
-        o.single(
-            "sluice_conntrack_entries",
-            "gauge",
-            "Connection-tracking entries at the last sweep (two per connection).",
-            n,
+    o.header(
+        "sluice_conntrack_entries",
+        "gauge",
+        "Connection-tracking entries per map at the last sweep (two per connection).",
+    );
+    for (map, g) in &s.ct_sweeps {
+        o.sample("sluice_conntrack_entries", &[("map", map)], g.entries);
+    }
+    o.header(
+        "sluice_conntrack_evictions_total",
+        "counter",
+        "Entries the kernel evicted from an LRU connection-tracking map to make room, as of the last sweep (always 0 for the TCP map, which evicts nothing).",
+    );
+    for (map, g) in &s.ct_sweeps {
+        o.sample(
+            "sluice_conntrack_evictions_total",
+            &[("map", map)],
+            g.evicted,
         );
+    }
+    for (metric, help, field) in [
+        (
+            "sluice_conntrack_created_total",
+            "Connection-tracking entries created (datapath and migrations).",
+            0,
+        ),
+        (
+            "sluice_conntrack_removed_total",
+            "Connection-tracking entries removed (sweeps, flushes, dead state the datapath retired).",
+            1,
+        ),
+        (
+            "sluice_conntrack_full_total",
+            "Entries that could not be created because the map was full (new connections dropped as drop-ct-full).",
+            2,
+        ),
+        (
+            "sluice_conntrack_recreated_total",
+            "Partner entries the datapath recreated after they vanished.",
+            3,
+        ),
+    ] {
+        o.header(metric, "counter", help);
+        for (map, c) in &d.conntrack {
+            let v = match field {
+                0 => c.created,
+                1 => c.removed,
+                2 => c.full,
+                _ => c.recreated,
+            };
+            o.sample(metric, &[("map", map)], v);
+        }
     }
 
     o.header(
@@ -268,7 +319,13 @@ mod tests {
         s.frontends = 1;
         s.backends = 3;
         s.ready = true;
-        s.ct_entries = Some(4);
+        s.ct_sweeps.insert(
+            "sluice_ct4_any_v2",
+            crate::telemetry::CtSweepGauge {
+                entries: 4,
+                evicted: 2,
+            },
+        );
         s.frontend_names.insert(
             7,
             FrontendMeta {
@@ -322,9 +379,18 @@ mod tests {
                 (8, ServiceCounter::default()),
             ],
             maps: vec![
-                ("sluice_ct4_v1", Some(4), 1024),
+                ("sluice_ct4_any_v2", Some(4), 1024),
                 ("sluice_aff4_v1", None, 64),
             ],
+            conntrack: vec![(
+                "sluice_ct4_tcp_v2",
+                ClassStats {
+                    created: 9,
+                    removed: 3,
+                    full: 1,
+                    recreated: 2,
+                },
+            )],
         }
     }
 
@@ -369,8 +435,11 @@ mod tests {
             "sluice_frontends_programmed 1",
             "sluice_services_programmed 1",
             "sluice_backends_programmed 3",
-            "sluice_conntrack_entries 4",
-            "sluice_map_entries{map=\"sluice_ct4_v1\"} 4",
+            "sluice_conntrack_entries{map=\"sluice_ct4_any_v2\"} 4",
+            "sluice_conntrack_evictions_total{map=\"sluice_ct4_any_v2\"} 2",
+            "sluice_conntrack_full_total{map=\"sluice_ct4_tcp_v2\"} 1",
+            "sluice_conntrack_recreated_total{map=\"sluice_ct4_tcp_v2\"} 2",
+            "sluice_map_entries{map=\"sluice_ct4_any_v2\"} 4",
             "sluice_map_capacity{map=\"sluice_aff4_v1\"} 64",
             "sluice_datapath_packets_total{reason=\"fwd-new-connection\",verdict=\"pass\"} 5",
             "sluice_drops_total{reason=\"drop-malformed-ipv4\"} 2",

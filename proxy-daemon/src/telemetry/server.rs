@@ -21,7 +21,10 @@ use super::{
     Telemetry, healthy, healthz_body,
     render::{CONTENT_TYPE, DatapathCounters, render},
 };
-use crate::datapath::{Capacities, PinnedMaps};
+use crate::{
+    conntrack::{CtClass, class_stats},
+    datapath::{Capacities, PinnedMaps},
+};
 
 /// Which endpoints a listener serves.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -173,12 +176,27 @@ fn read_counters(
         .iter()
         .filter_map(|id| Some((*id, maps.service_total(*id).ok()?)))
         .collect();
-    let (svc_entries, backends, ct) =
-        telemetry.read(|s| (s.service_entries as u64, s.backends as u64, s.ct_entries));
+    let (svc_entries, backends, any_entries) = telemetry.read(|s| {
+        (
+            s.service_entries as u64,
+            s.backends as u64,
+            s.ct_sweeps.get(names::MAP_CT_ANY).map(|g| g.entries),
+        )
+    });
     let cap = |name| u64::from(caps.of(name));
+    let conntrack: Vec<_> = CtClass::ALL
+        .iter()
+        .filter_map(|c| Some((c.map_name(), class_stats(&maps, *c).ok()?)))
+        .collect();
+    // Nothing evicts from the TCP map: its counters are its size.
+    let tcp_entries = conntrack
+        .iter()
+        .find(|(m, _)| *m == names::MAP_CT_TCP)
+        .map(|(_, c)| c.accounted());
     DatapathCounters {
         reasons,
         services,
+        conntrack,
         maps: vec![
             (
                 names::MAP_SERVICES,
@@ -195,7 +213,8 @@ fn read_counters(
                 Some(ids.len() as u64),
                 cap(names::MAP_SVC_STATS),
             ),
-            (names::MAP_CT, ct.map(|n| n as u64), cap(names::MAP_CT)),
+            (names::MAP_CT_TCP, tcp_entries, cap(names::MAP_CT_TCP)),
+            (names::MAP_CT_ANY, any_entries, cap(names::MAP_CT_ANY)),
             (names::MAP_AFFINITY, None, cap(names::MAP_AFFINITY)),
             (
                 names::MAP_SOURCE_RANGES,

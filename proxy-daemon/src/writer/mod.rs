@@ -199,7 +199,7 @@ impl Writer {
         }
         if !plan.removed_backends.is_empty() {
             report.flushed_flows =
-                conntrack::flush_udp_backends(&mut self.maps.ct, &plan.removed_backends)
+                conntrack::flush_udp_backends(&mut self.maps, &plan.removed_backends)
                     .unwrap_or_else(|e| {
                         report.failures.push(format!("flushing UDP flows: {e}"));
                         0

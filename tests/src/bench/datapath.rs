@@ -284,8 +284,8 @@ fn measure(n: u32) -> Result<(Row, Memory)> {
                 dir: CT_DIR_REPLY,
                 _pad: [0; 2],
             };
-            dp.maps.ct.remove(&fwd_key)?;
-            dp.maps.ct.remove(&rev_key)?;
+            dp.ct_remove(&fwd_key)?;
+            dp.ct_remove(&rev_key)?;
             floor_singles.push(floor.run(&syn, 1)?);
             // Calibration: the established path timed the same way (one
             // run per call), to tell what single runs cost on their own.
@@ -321,7 +321,7 @@ fn measure(n: u32) -> Result<(Row, Memory)> {
         per_service: svc_entry * f64::from(BACKENDS_PER_SERVICE + 2)
             + per_entry(names::MAP_SVC_STATS, caps.service_ids)?,
         per_backend: per_entry(names::MAP_BACKENDS, caps.backends)?,
-        per_ct_entry: per_entry(names::MAP_CT, caps.ct_entries)?,
+        per_ct_entry: per_entry(names::MAP_CT_TCP, caps.ct_tcp_entries)?,
         ncpus,
     };
     Ok((row, mem))
