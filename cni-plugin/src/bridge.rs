@@ -3,7 +3,7 @@
 use std::io;
 use std::net::Ipv4Addr;
 
-use ipnet::Ipv4Net;
+use ipnetwork::Ipv4Network;
 use netlink_packet_route::link::InfoKind;
 use proxy_common::names::VETH_PREFIX;
 use sha2::{Digest, Sha256};
@@ -45,7 +45,7 @@ pub fn is_host_veth_name(name: &str) -> bool {
 /// Setting it explicitly stops the kernel from re-deriving the bridge MAC
 /// from its lowest-numbered port as pods come and go, which would leave
 /// every pod's ARP entry for the gateway stale.
-pub fn bridge_mac(bridge: &str, pod_cidr: Ipv4Net) -> [u8; 6] {
+pub fn bridge_mac(bridge: &str, pod_cidr: Ipv4Network) -> [u8; 6] {
     let mut h = Sha256::new();
     h.update(bridge.as_bytes());
     h.update([0u8]);
@@ -63,7 +63,7 @@ pub fn ensure_bridge(
     nl: &Netlink,
     name: &str,
     mtu: u32,
-    pod_cidr: Ipv4Net,
+    pod_cidr: Ipv4Network,
     gateway: Ipv4Addr,
 ) -> Result<LinkSummary, NetlinkError> {
     if nl.link(name)?.is_none() {
@@ -84,7 +84,7 @@ pub fn ensure_bridge(
     if !br.up {
         nl.set_up(br.index)?;
     }
-    nl.add_address(br.index, gateway, pod_cidr.prefix_len())?;
+    nl.add_address(br.index, gateway, pod_cidr.prefix())?;
     nl.link_by_index(br.index)?
         .ok_or_else(|| NetlinkError::Unexpected(format!("bridge {name} vanished")))
 }
@@ -167,7 +167,7 @@ mod tests {
 
     #[test]
     fn bridge_mac_is_local_unicast_and_stable() {
-        let cidr: Ipv4Net = "10.244.1.0/24".parse().unwrap();
+        let cidr: Ipv4Network = "10.244.1.0/24".parse().unwrap();
         let m = bridge_mac("sluice0", cidr);
         assert_eq!(m, bridge_mac("sluice0", cidr));
         assert_eq!(m[0] & 0x03, 0x02);

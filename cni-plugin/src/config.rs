@@ -10,7 +10,7 @@
 use std::net::Ipv4Addr;
 use std::path::{Path, PathBuf};
 
-use ipnet::Ipv4Net;
+use ipnetwork::Ipv4Network;
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value, json};
 
@@ -51,7 +51,7 @@ pub struct NetConf {
     pub bridge: String,
     /// This node's pod CIDR; the first host address is the gateway.
     #[serde(rename = "podCIDR")]
-    pub pod_cidr: Ipv4Net,
+    pub pod_cidr: Ipv4Network,
     /// The cluster-wide pod CIDR. Carried for the daemon (masquerade lives
     /// in the datapath); the plugin only checks it contains `podCIDR`.
     #[serde(
@@ -59,7 +59,7 @@ pub struct NetConf {
         default,
         skip_serializing_if = "Option::is_none"
     )]
-    pub cluster_cidr: Option<Ipv4Net>,
+    pub cluster_cidr: Option<Ipv4Network>,
     /// MTU of the bridge and of both ends of every pod veth.
     #[serde(default = "default_mtu")]
     pub mtu: u32,
@@ -93,7 +93,7 @@ fn default_bpffs() -> PathBuf {
 
 impl NetConf {
     /// A configuration with every default, for the given pod CIDR.
-    pub fn new(pod_cidr: Ipv4Net) -> Self {
+    pub fn new(pod_cidr: Ipv4Network) -> Self {
         Self {
             cni_version: DEFAULT_CNI_VERSION.as_str().to_owned(),
             name: NETWORK_NAME.to_owned(),
@@ -143,30 +143,31 @@ impl NetConf {
         if let Err(why) = check_ifname(&self.bridge) {
             return invalid(format!("invalid bridge name {:?}: {why}", self.bridge));
         }
-        if self.pod_cidr.trunc() != self.pod_cidr {
+        if self.pod_cidr.network() != self.pod_cidr.ip() {
             return invalid(format!(
-                "podCIDR {} has host bits set (did you mean {}?)",
+                "podCIDR {} has host bits set (did you mean {}/{}?)",
                 self.pod_cidr,
-                self.pod_cidr.trunc()
+                self.pod_cidr.network(),
+                self.pod_cidr.prefix()
             ));
         }
-        if self.pod_cidr.prefix_len() < 8 {
+        if self.pod_cidr.prefix() < 8 {
             return invalid(format!(
                 "podCIDR {} is larger than a /8: not a node's pod range",
                 self.pod_cidr
             ));
         }
-        if self.pod_cidr.prefix_len() > 30 {
+        if self.pod_cidr.prefix() > 30 {
             return invalid(format!(
                 "podCIDR {} is too small: a /30 is the smallest with a gateway and a pod",
                 self.pod_cidr
             ));
         }
         if let Some(cluster) = self.cluster_cidr {
-            if cluster.trunc() != cluster {
+            if cluster.network() != cluster.ip() {
                 return invalid(format!("clusterCIDR {cluster} has host bits set"));
             }
-            if !cluster.contains(&self.pod_cidr) {
+            if !self.pod_cidr.is_subnet_of(cluster) {
                 return invalid(format!(
                     "podCIDR {} is not inside clusterCIDR {cluster}",
                     self.pod_cidr

@@ -35,7 +35,7 @@ use std::net::Ipv4Addr;
 use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 
-use ipnet::Ipv4Net;
+use ipnetwork::Ipv4Network;
 use serde::{Deserialize, Serialize};
 
 use crate::error::{CniError, code};
@@ -75,9 +75,9 @@ pub struct Allocation {
 #[derive(Debug, thiserror::Error)]
 pub enum IpamError {
     #[error("no free address left in {cidr}")]
-    Exhausted { cidr: Ipv4Net },
+    Exhausted { cidr: Ipv4Network },
     #[error("pod CIDR {cidr} has no usable addresses (a /30 is the smallest)")]
-    PoolTooSmall { cidr: Ipv4Net },
+    PoolTooSmall { cidr: Ipv4Network },
     #[error("{op} {}: {source}", path.display())]
     Io {
         op: &'static str,
@@ -104,14 +104,13 @@ impl From<IpamError> for CniError {
 /// gateway (first host) and the broadcast address.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Pool {
-    cidr: Ipv4Net,
+    cidr: Ipv4Network,
     first: u32,
     last: u32,
 }
 
 impl Pool {
-    pub fn new(cidr: Ipv4Net) -> Result<Self, IpamError> {
-        let cidr = cidr.trunc();
+    pub fn new(cidr: Ipv4Network) -> Result<Self, IpamError> {
         let network = u32::from(cidr.network());
         let broadcast = u32::from(cidr.broadcast());
         // network, gateway, ≥1 pod, broadcast: at least 4 addresses.
@@ -125,7 +124,7 @@ impl Pool {
         })
     }
 
-    pub fn cidr(&self) -> Ipv4Net {
+    pub fn cidr(&self) -> Ipv4Network {
         self.cidr
     }
 

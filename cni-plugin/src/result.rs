@@ -3,7 +3,7 @@
 
 use std::net::Ipv4Addr;
 
-use ipnet::Ipv4Net;
+use ipnetwork::Ipv4Network;
 use serde_json::{Map, Value, json};
 
 use crate::error::{CniError, code};
@@ -21,7 +21,7 @@ pub struct Interface {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct IpConfig {
     /// Address with the prefix length of its subnet.
-    pub address: Ipv4Net,
+    pub address: Ipv4Network,
     pub gateway: Option<Ipv4Addr>,
     /// Index into the result's `interfaces` (not a kernel ifindex).
     pub interface: Option<usize>,
@@ -29,7 +29,7 @@ pub struct IpConfig {
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Route {
-    pub dst: Ipv4Net,
+    pub dst: Ipv4Network,
     pub gw: Option<Ipv4Addr>,
 }
 
@@ -153,7 +153,7 @@ impl CniResult {
         for ip in list("ips")? {
             let addr = opt_str(ip, "address")?.ok_or_else(|| bad("ip without an address"))?;
             // Not IPv4 (or not ours to understand): skip it.
-            let Ok(address) = addr.parse::<Ipv4Net>() else {
+            let Ok(address) = addr.parse::<Ipv4Network>() else {
                 continue;
             };
             let gateway = opt_str(ip, "gateway")?.and_then(|g| g.parse().ok());
@@ -176,7 +176,7 @@ impl CniResult {
         }
         for r in list("routes")? {
             let dst = opt_str(r, "dst")?.ok_or_else(|| bad("route without dst"))?;
-            let Ok(dst) = dst.parse::<Ipv4Net>() else {
+            let Ok(dst) = dst.parse::<Ipv4Network>() else {
                 continue;
             };
             let gw = opt_str(r, "gw")?.and_then(|g| g.parse().ok());

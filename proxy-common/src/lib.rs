@@ -7,6 +7,8 @@
 #![no_std]
 
 pub mod civil;
+#[cfg(feature = "user")]
+pub mod codec;
 pub mod config;
 pub mod ct;
 pub mod names;

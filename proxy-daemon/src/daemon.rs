@@ -11,8 +11,8 @@ use std::{
 };
 
 use aya::programs::TcAttachType;
-use ipnet::Ipv4Net;
-use proxy_common::{NodeConfig, config::NODE_CONFIG_VERSION, names};
+use ipnetwork::Ipv4Network;
+use proxy_common::{NodeConfig, codec::nbo, config::NODE_CONFIG_VERSION, names};
 use tracing::{debug, info, warn};
 
 use crate::{
@@ -29,7 +29,6 @@ use crate::{
     writer::{
         ApplyReport, PlanOptions, Writer,
         meta::{self, NodeMeta, OverlayMeta},
-        plan::nbo,
     },
 };
 
@@ -42,7 +41,7 @@ pub struct DaemonConfig {
     pub bpffs: PathBuf,
     pub state_dir: PathBuf,
     pub cni_conf_dir: PathBuf,
-    pub cluster_cidr: Option<Ipv4Net>,
+    pub cluster_cidr: Option<Ipv4Network>,
     pub capacities: Capacities,
     /// Masquerade source ports (inclusive).
     pub snat_ports: (u16, u16),
@@ -503,11 +502,11 @@ impl Reconciler {
     fn write_node_config(&mut self, info: &NodeInfo) {
         let (pod_cidr, pod_mask) = info
             .pod_cidr
-            .map_or((0, 0), |c| (nbo(c.network()), nbo(c.netmask())));
+            .map_or((0, 0), |c| (nbo(c.network()), nbo(c.mask())));
         let (cluster_cidr, cluster_mask) = self
             .cfg
             .cluster_cidr
-            .map_or((0, 0), |c| (nbo(c.network()), nbo(c.netmask())));
+            .map_or((0, 0), |c| (nbo(c.network()), nbo(c.mask())));
         let cfg = NodeConfig {
             version: NODE_CONFIG_VERSION,
             flags: 0,
@@ -526,7 +525,7 @@ impl Reconciler {
         }
     }
 
-    fn write_conflist(&self, pod_cidr: Ipv4Net, mtu: u32) -> Result<(), DaemonError> {
+    fn write_conflist(&self, pod_cidr: Ipv4Network, mtu: u32) -> Result<(), DaemonError> {
         write_cni_config(&self.cfg, pod_cidr, mtu)
     }
 }
@@ -539,7 +538,7 @@ pub const VXLAN_OVERHEAD: u32 = 14 + 20 + 8 + 8;
 /// temporary and a rename; untouched when the content is the same).
 pub fn write_cni_config(
     cfg: &DaemonConfig,
-    pod_cidr: Ipv4Net,
+    pod_cidr: Ipv4Network,
     mtu: u32,
 ) -> Result<(), DaemonError> {
     let mut conf = sluice_cni::NetConf::new(pod_cidr);

@@ -316,6 +316,6 @@ fn config_map_keys_referenced_by_the_daemonset_exist() {
         }
     }
     data["cluster-cidr"]
-        .parse::<ipnet::Ipv4Net>()
+        .parse::<ipnetwork::Ipv4Network>()
         .expect("cluster-cidr is a CIDR");
 }

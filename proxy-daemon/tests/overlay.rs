@@ -22,7 +22,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use ipnet::Ipv4Net;
+use ipnetwork::Ipv4Network;
 use k8s_openapi::api::core::v1::Node;
 use sluice::{
     model::ClusterState,
@@ -187,13 +187,13 @@ impl Drop for Ns {
 struct SimNode {
     name: String,
     addr: Ipv4Addr,
-    pod_cidr: Ipv4Net,
+    pod_cidr: Ipv4Network,
     ns: Ns,
 }
 
 impl SimNode {
     fn gateway(&self) -> Ipv4Addr {
-        self.pod_cidr.hosts().next().expect("a pod CIDR has hosts")
+        self.pod_cidr.nth(1).expect("a pod CIDR has hosts")
     }
 
     fn config(&self) -> OverlayConfig {
@@ -281,7 +281,7 @@ impl Sim {
             let addr = Ipv4Addr::new(10, 77, 1, i);
             ns.ip(&["addr", "add", &format!("{addr}/24"), "dev", "eth0"]);
             ns.ip(&["link", "set", "eth0", "up"]);
-            let pod_cidr: Ipv4Net = format!("10.244.{i}.0/24").parse().unwrap();
+            let pod_cidr: Ipv4Network = format!("10.244.{i}.0/24").parse().unwrap();
             ns.ip(&["link", "add", "sluice0", "type", "bridge"]);
             ns.ip(&["addr", "add", &format!("10.244.{i}.1/24"), "dev", "sluice0"]);
             ns.ip(&["link", "set", "sluice0", "up"]);
@@ -333,7 +333,7 @@ impl Drop for Sim {
     }
 }
 
-fn node_object(name: &str, addr: Ipv4Addr, pod_cidr: Ipv4Net) -> Node {
+fn node_object(name: &str, addr: Ipv4Addr, pod_cidr: Ipv4Network) -> Node {
     serde_json::from_value(serde_json::json!({
         "metadata": {"name": name},
         "spec": {"podCIDR": pod_cidr.to_string()},

@@ -18,10 +18,7 @@ pub const TC_ACT_OK: u32 = 0;
 pub const TC_ACT_SHOT: u32 = 2;
 pub const TC_ACT_REDIRECT: u32 = 7;
 
-/// NBO u32 of an address, as the maps store it.
-pub fn nbo(a: Ipv4Addr) -> u32 {
-    u32::from_ne_bytes(a.octets())
-}
+pub use proxy_common::codec::nbo;
 
 /// CLOCK_MONOTONIC seconds: the datapath's clock.
 pub fn monotonic_secs() -> u32 {
@@ -207,7 +204,7 @@ pub fn frontend_backends(maps: &PinnedMaps, vip: Ipv4Addr, port: u16) -> Option<
             continue;
         };
         if let Ok(b) = maps.backends.get(&v.backend_id, 0) {
-            out.push(Ipv4Addr::from(b.addr.to_ne_bytes()));
+            out.push(b.ip());
         }
     }
     Some(out)

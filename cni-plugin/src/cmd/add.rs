@@ -12,7 +12,7 @@
 
 use std::net::Ipv4Addr;
 
-use ipnet::Ipv4Net;
+use ipnetwork::Ipv4Network;
 use serde_json::Value;
 
 use super::Ctx;
@@ -77,7 +77,7 @@ fn setup(
 ) -> Result<CniResult, CniError> {
     let conf = &ctx.conf;
     let gateway = pool.gateway();
-    let prefix = conf.pod_cidr.prefix_len();
+    let prefix = conf.pod_cidr.prefix();
 
     enable_ip_forward()?;
     let nl = Netlink::new()?;
@@ -130,13 +130,13 @@ fn setup(
             },
         ],
         ips: vec![IpConfig {
-            address: Ipv4Net::new(ip, prefix)
+            address: Ipv4Network::new(ip, prefix)
                 .map_err(|e| CniError::new(code::IO, e.to_string()))?,
             gateway: Some(gateway),
             interface: Some(2),
         }],
         routes: vec![Route {
-            dst: Ipv4Net::default(),
+            dst: Ipv4Network::new(std::net::Ipv4Addr::UNSPECIFIED, 0).expect("0.0.0.0/0"),
             gw: Some(gateway),
         }],
     })

@@ -46,12 +46,12 @@ pub(crate) fn run(ctx: &Ctx<'_>) -> Result<(), CniError> {
     let ipc = prev
         .ips
         .iter()
-        .filter(|ip| conf.pod_cidr.contains(&ip.address.addr()))
+        .filter(|ip| conf.pod_cidr.contains(ip.address.ip()))
         .find(|ip| pod_if.is_some() && ip.interface == pod_if)
         .or_else(|| {
             prev.ips
                 .iter()
-                .find(|ip| conf.pod_cidr.contains(&ip.address.addr()))
+                .find(|ip| conf.pod_cidr.contains(ip.address.ip()))
         })
         .ok_or_else(|| {
             failed(format!(
@@ -59,9 +59,9 @@ pub(crate) fn run(ctx: &Ctx<'_>) -> Result<(), CniError> {
                 conf.pod_cidr
             ))
         })?;
-    let ip = ipc.address.addr();
-    let prefix = ipc.address.prefix_len();
-    if prefix != conf.pod_cidr.prefix_len() {
+    let ip = ipc.address.ip();
+    let prefix = ipc.address.prefix();
+    if prefix != conf.pod_cidr.prefix() {
         return Err(failed(format!(
             "prevResult address {} does not have the prefix of {}",
             ipc.address, conf.pod_cidr

@@ -10,7 +10,7 @@ use std::{
 
 use anyhow::{Context, Result};
 use clap::{Parser, ValueEnum};
-use ipnet::Ipv4Net;
+use ipnetwork::Ipv4Network;
 use proxy_common::{ct, service};
 use sluice::{
     conntrack::{self, Policy},
@@ -76,8 +76,8 @@ struct Args {
     cni_version: sluice_cni::CniVersion,
 
     /// The cluster's pod CIDR (all nodes' pod CIDRs), e.g. 10.244.0.0/16.
-    #[arg(long)]
-    cluster_cidr: Option<Ipv4Net>,
+    #[arg(long, value_parser = parse_cluster_cidr)]
+    cluster_cidr: Option<Ipv4Network>,
 
     /// Seconds between sweeps of expired connection-tracking entries.
     #[arg(long, default_value_t = 30)]
@@ -559,6 +559,21 @@ async fn spawn_source(args: &Args) -> Result<tokio::sync::watch::Receiver<Option
             kube_source::spawn(client, cfg)
         }
     })
+}
+
+fn parse_cluster_cidr(s: &str) -> Result<Ipv4Network, String> {
+    let (addr, _) = s
+        .split_once('/')
+        .ok_or_else(|| format!("{s:?} is not a CIDR (address/prefix)"))?;
+    let net: Ipv4Network = s.parse().map_err(|e| format!("{s:?}: {e}"))?;
+    if net.network().to_string() != addr {
+        return Err(format!(
+            "{s:?} has host bits set (did you mean {}/{}?)",
+            net.network(),
+            net.prefix()
+        ));
+    }
+    Ok(net)
 }
 
 fn parse_cni_version(s: &str) -> Result<sluice_cni::CniVersion, String> {

@@ -20,7 +20,9 @@ use aya::{
     programs::{TestRun, TestRunOptions},
 };
 use proxy_common::{
-    AffinityKey, CtKey, ServiceKey, ServiceValue, SourceRangeKey, names, proto, reason,
+    AffinityKey, CtKey, ServiceKey, ServiceValue, SourceRangeKey,
+    codec::{Proto, from_nbo, nbo},
+    names, proto, reason,
     service::{SCOPE_EXTERNAL, SCOPE_INTERNAL, SVC_F_ADDR_ONLY, SVC_F_AFFINITY, SVC_F_MAGLEV},
 };
 use serde::Serialize;
@@ -28,7 +30,6 @@ use serde::Serialize;
 use crate::{
     conntrack::monotonic_secs,
     datapath::{Capacities, DatapathError, Loader, PinnedMaps, pin_dir, raw},
-    writer::plan::{from_nbo, nbo},
 };
 
 /// Which hook the packet enters through.
@@ -128,12 +129,7 @@ fn describe(frame: &[u8]) -> String {
     }
     let a = |o: usize| Ipv4Addr::new(frame[o], frame[o + 1], frame[o + 2], frame[o + 3]);
     let p = |o: usize| u16::from_be_bytes([frame[o], frame[o + 1]]);
-    let proto = match frame[23] {
-        proto::TCP => "TCP",
-        proto::UDP => "UDP",
-        proto::ICMP => "ICMP",
-        _ => "IP",
-    };
+    let proto = Proto(frame[23]);
     let ihl = usize::from(frame[14] & 0x0f) * 4;
     if frame[23] == proto::ICMP {
         return format!("{proto} {} -> {} type {}", a(26), a(30), frame[14 + ihl]);

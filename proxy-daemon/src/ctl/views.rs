@@ -5,36 +5,19 @@
 use std::{collections::BTreeMap, net::Ipv4Addr};
 
 use proxy_common::{
-    CtEntry, CtKey,
+    Backend, CtEntry,
+    codec::{Proto, endpoint, from_nbo},
     ct::{self, CT_DIR_REPLY, CT_DIR_SERVICE, CT_F_HAIRPIN},
-    proto, reason,
-    service::{
-        BE_F_LOCAL, BE_F_TERMINATING, KIND_CLUSTER_IP, SCOPE_INTERNAL, SVC_F_ADDR_ONLY,
-        SVC_F_AFFINITY, SVC_F_DROP_EMPTY, SVC_F_LOCAL, SVC_F_MAGLEV, SVC_F_SNAT_REMOTE,
-        SVC_F_SOURCE_RANGES, kind_name,
-    },
+    reason,
+    service::{SCOPE_INTERNAL, SVC_F_ADDR_ONLY, SVC_F_AFFINITY, kind_name},
 };
 use serde::Serialize;
 
 use super::{snapshot::Snapshot, table::Table};
 use crate::writer::meta::FrontendMeta;
 
-fn addr(a: u32) -> Ipv4Addr {
-    Ipv4Addr::from(a.to_ne_bytes())
-}
-
-fn endpoint(a: u32, port_nbo: u16) -> String {
-    format!("{}:{}", addr(a), u16::from_be(port_nbo))
-}
-
-pub fn proto_name(p: u8) -> String {
-    match p {
-        proto::TCP => "TCP".into(),
-        proto::UDP => "UDP".into(),
-        proto::SCTP => "SCTP".into(),
-        proto::ICMP => "ICMP".into(),
-        other => other.to_string(),
-    }
+fn proto_name(p: u8) -> String {
+    Proto(p).to_string()
 }
 
 fn names_by_id(s: &Snapshot) -> BTreeMap<u32, &FrontendMeta> {
@@ -73,49 +56,6 @@ pub struct ServiceRow {
     pub refused: u64,
 }
 
-fn backend_state(flags: u8) -> Vec<&'static str> {
-    let mut v = vec![if flags & BE_F_TERMINATING != 0 {
-        "terminating"
-    } else {
-        "active"
-    }];
-    if flags & BE_F_LOCAL != 0 {
-        v.push("local");
-    }
-    v
-}
-
-/// The frontend's behaviour in words an operator knows from the Service
-/// spec: traffic policies, affinity, source ranges, the selection table.
-fn frontend_flags(scope: u8, v: &proxy_common::ServiceValue) -> Vec<String> {
-    let mut flags = Vec::new();
-    if v.flags & SVC_F_LOCAL != 0 {
-        // A ClusterIP, or the in-cluster scope of an external frontend,
-        // only ever sees cluster traffic: its Local is the internal policy.
-        flags.push(if scope == SCOPE_INTERNAL || v.kind == KIND_CLUSTER_IP {
-            "internal-policy=Local".to_string()
-        } else {
-            "external-policy=Local".to_string()
-        });
-    }
-    if v.flags & SVC_F_AFFINITY != 0 {
-        flags.push(format!("affinity=ClientIP/{}s", v.affinity_timeout));
-    }
-    if v.flags & SVC_F_SOURCE_RANGES != 0 {
-        flags.push("source-ranges".to_string());
-    }
-    if v.flags & SVC_F_MAGLEV != 0 {
-        flags.push("maglev".to_string());
-    }
-    if v.flags & SVC_F_SNAT_REMOTE != 0 {
-        flags.push("snat-remote".to_string());
-    }
-    if v.flags & SVC_F_DROP_EMPTY != 0 {
-        flags.push("drop-when-empty".to_string());
-    }
-    flags
-}
-
 pub fn services(s: &Snapshot) -> Vec<ServiceRow> {
     let names = names_by_id(s);
     let mut rows = Vec::new();
@@ -123,7 +63,7 @@ pub fn services(s: &Snapshot) -> Vec<ServiceRow> {
         if k.slot != 0 || v.flags & SVC_F_ADDR_ONLY != 0 {
             continue;
         }
-        let flags = frontend_flags(k.scope, v);
+        let flags = v.describe_flags(k.scope);
         let backends = (1..=v.count)
             .filter_map(|slot| s.services.get(&k.with_slot(slot)))
             .map(|slot| {
@@ -132,7 +72,7 @@ pub fn services(s: &Snapshot) -> Vec<ServiceRow> {
                     id: slot.backend_id,
                     address: b.map_or("missing".into(), |b| endpoint(b.addr, b.port)),
                     protocol: b.map_or(String::new(), |b| proto_name(b.proto)),
-                    state: b.map_or(vec!["missing"], |b| backend_state(b.flags)),
+                    state: b.map_or(vec!["missing"], Backend::state_names),
                 }
             })
             .collect();
@@ -233,7 +173,7 @@ pub fn backends(s: &Snapshot) -> Vec<BackendUse> {
             id: *id,
             address: endpoint(b.addr, b.port),
             protocol: proto_name(b.proto),
-            state: backend_state(b.flags),
+            state: b.state_names(),
             used_by: users.remove(id).unwrap_or_default(),
         })
         .collect()
@@ -276,16 +216,6 @@ pub struct ConnRow {
     pub hairpin: bool,
 }
 
-fn state_name(k: &CtKey, e: &CtEntry) -> &'static str {
-    if k.proto == proto::TCP {
-        ct::tcp_state_name(e.flags)
-    } else if e.flags & ct::CT_F_REPLY_SEEN != 0 {
-        "REPLIED"
-    } else {
-        "UNREPLIED"
-    }
-}
-
 /// One row per connection: the service entry joined with its reply entry.
 pub fn conntrack(s: &Snapshot, only: Option<&[u32]>) -> Vec<ConnRow> {
     let names = names_by_id(s);
@@ -316,7 +246,7 @@ pub fn conntrack(s: &Snapshot, only: Option<&[u32]>) -> Vec<ConnRow> {
             backend_id: e.backend_id,
             service_id: e.svc_id,
             service: service_name(names.get(&e.svc_id)),
-            state: state_name(k, &merged),
+            state: merged.state_name(k.proto),
             age_seconds: s.now.saturating_sub(e.created),
             expires_in_seconds: merged.expires_in(k.proto, s.now),
             packets_to_backend: e.packets,
@@ -440,7 +370,7 @@ pub fn affinity(s: &Snapshot) -> Vec<AffinityRow> {
             let timeout = *timeouts.get(&k.svc_id)?;
             let idle = s.now.saturating_sub(v.last_used);
             (idle <= timeout).then(|| AffinityRow {
-                client: addr(k.client),
+                client: from_nbo(k.client),
                 service_id: k.svc_id,
                 service: service_name(names.get(&k.svc_id)),
                 backend: s

@@ -658,7 +658,7 @@ fn load_balancer_source_ranges_apply_to_load_balancer_ips_only() {
             json!({"status": {"loadBalancer": {"ingress": [{"ip": "198.51.100.1"}, {"ip": "198.51.100.2"}]}}}),
         )
     };
-    let net = |s: &str| s.parse::<ipnet::Ipv4Net>().unwrap();
+    let net = |s: &str| s.parse::<ipnetwork::Ipv4Network>().unwrap();
 
     let s = state(vec![
         lb(json!([

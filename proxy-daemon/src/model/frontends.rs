@@ -3,7 +3,7 @@
 //! its externalIPs, each with the endpoints its traffic policy allows
 //! (as kube-proxy's nftables/iptables proxiers route them).
 
-use ipnet::Ipv4Net;
+use ipnetwork::Ipv4Network;
 
 use super::{
     BackendAddr, Frontend, FrontendKey, FrontendKind, NodeContext, Scope, ServiceRef,
@@ -145,7 +145,7 @@ fn backends(usable: Option<&Usable<'_>>) -> Vec<BackendAddr> {
 /// balancer often puts the VIP on the node itself, so a request from the
 /// node loops back with the VIP as source; when the ranges admit the node,
 /// kube-proxy admits the VIPs too.
-fn source_ranges(service: &ServicePlan, node: &NodeContext) -> Vec<Ipv4Net> {
+fn source_ranges(service: &ServicePlan, node: &NodeContext) -> Vec<Ipv4Network> {
     let mut ranges = service.source_ranges.clone();
     if ranges.is_empty() {
         return ranges;
@@ -153,10 +153,10 @@ fn source_ranges(service: &ServicePlan, node: &NodeContext) -> Vec<Ipv4Net> {
     let admits_node = node
         .addresses
         .first()
-        .is_some_and(|ip| ranges.iter().any(|r| r.contains(ip)));
+        .is_some_and(|ip| ranges.iter().any(|r| r.contains(*ip)));
     if admits_node {
         for &vip in &service.load_balancer_ips {
-            let host = Ipv4Net::from(vip);
+            let host = Ipv4Network::from(vip);
             if !ranges.contains(&host) {
                 ranges.push(host);
             }

@@ -22,3 +22,15 @@ pub use node::{NodeInfo, ZONE_LABEL, node_info};
 pub use objects::{DEFAULT_NAMESPACE, KubeObject};
 pub use service_plan::{DEFAULT_AFFINITY_TIMEOUT, HEADLESS_LABEL, SERVICE_PROXY_NAME_LABEL};
 pub use types::*;
+
+/// A CIDR as Kubernetes writes it (`address/prefix`, surrounding blanks
+/// tolerated as kube-proxy does), truncated to its network: a bare address
+/// is not a CIDR.
+pub(crate) fn parse_cidr(s: &str) -> Result<ipnetwork::IpNetwork, String> {
+    let s = s.trim();
+    if !s.contains('/') {
+        return Err(format!("{s:?} is not a CIDR (address/prefix)"));
+    }
+    let net: ipnetwork::IpNetwork = s.parse().map_err(|e| format!("{s:?}: {e}"))?;
+    ipnetwork::IpNetwork::new(net.network(), net.prefix()).map_err(|e| format!("{s:?}: {e}"))
+}

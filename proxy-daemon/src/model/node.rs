@@ -2,7 +2,7 @@
 
 use std::net::{IpAddr, Ipv4Addr};
 
-use ipnet::{IpNet, Ipv4Net};
+use ipnetwork::{IpNetwork, Ipv4Network};
 use k8s_openapi::api::core::v1::Node;
 
 use super::NodeContext;
@@ -21,7 +21,7 @@ pub struct NodeInfo {
     pub addresses: Vec<Ipv4Addr>,
     /// `spec.podCIDR`, or the first IPv4 entry of `spec.podCIDRs` (a node
     /// whose primary family is IPv6 lists its IPv4 range second).
-    pub pod_cidr: Option<Ipv4Net>,
+    pub pod_cidr: Option<Ipv4Network>,
     /// `topology.kubernetes.io/zone`; an empty label counts as none.
     pub zone: Option<String>,
 }
@@ -88,7 +88,7 @@ pub fn node_info(node: &Node) -> Result<NodeInfo, String> {
     })
 }
 
-fn pod_cidr(node: &Node) -> Result<Option<Ipv4Net>, String> {
+fn pod_cidr(node: &Node) -> Result<Option<Ipv4Network>, String> {
     let Some(spec) = node.spec.as_ref() else {
         return Ok(None);
     };
@@ -96,9 +96,9 @@ fn pod_cidr(node: &Node) -> Result<Option<Ipv4Net>, String> {
     // objects written by hand with only one of them.
     let candidates = spec.pod_cidr.iter().chain(spec.pod_cidrs.iter().flatten());
     for cidr in candidates.filter(|c| !c.is_empty()) {
-        match cidr.trim().parse::<IpNet>() {
-            Ok(IpNet::V4(net)) => return Ok(Some(net.trunc())),
-            Ok(IpNet::V6(_)) => continue,
+        match super::parse_cidr(cidr) {
+            Ok(IpNetwork::V4(net)) => return Ok(Some(net)),
+            Ok(IpNetwork::V6(_)) => continue,
             Err(_) => return Err(format!("invalid pod CIDR {cidr:?}")),
         }
     }

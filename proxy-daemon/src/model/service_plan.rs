@@ -8,7 +8,7 @@
 
 use std::net::{IpAddr, Ipv4Addr};
 
-use ipnet::{IpNet, Ipv4Net};
+use ipnetwork::{IpNetwork, Ipv4Network};
 use k8s_openapi::{api::core::v1::Service, apimachinery::pkg::apis::meta::v1::Time};
 
 use super::{
@@ -37,7 +37,7 @@ pub(crate) struct ServicePlan {
     pub external_ips: Vec<Ipv4Addr>,
     /// status.loadBalancer.ingress IPs in VIP mode.
     pub load_balancer_ips: Vec<Ipv4Addr>,
-    pub source_ranges: Vec<Ipv4Net>,
+    pub source_ranges: Vec<Ipv4Network>,
     /// externalTrafficPolicy Local on a Service reachable from outside.
     pub external_local: bool,
     pub internal_local: bool,
@@ -200,14 +200,15 @@ pub(crate) fn plan_service(
         // API validation has long let whitespace padding through; kube-proxy
         // trims it, so do we.
         let trimmed = range.trim();
-        match trimmed.parse::<IpNet>() {
-            Ok(IpNet::V4(net)) => {
-                let net = net.trunc();
+        match super::parse_cidr(trimmed) {
+            Ok(IpNetwork::V4(net)) => {
                 if !source_ranges.contains(&net) {
                     source_ranges.push(net);
                 }
             }
-            Ok(IpNet::V6(_)) => skip(format!("loadBalancerSourceRange {trimmed}: {IPV6_REASON}")),
+            Ok(IpNetwork::V6(_)) => {
+                skip(format!("loadBalancerSourceRange {trimmed}: {IPV6_REASON}"))
+            }
             Err(_) => skip(format!("invalid loadBalancerSourceRange {range:?} ignored")),
         }
     }
@@ -614,7 +615,7 @@ mod tests {
         assert_eq!(
             plan.source_ranges,
             vec![
-                "198.51.100.0/24".parse::<Ipv4Net>().unwrap(),
+                "198.51.100.0/24".parse::<Ipv4Network>().unwrap(),
                 "10.0.0.0/8".parse().unwrap()
             ]
         );

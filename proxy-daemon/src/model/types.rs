@@ -11,7 +11,14 @@ use std::{
     net::Ipv4Addr,
 };
 
-use ipnet::Ipv4Net;
+use ipnetwork::Ipv4Network;
+use proxy_common::{
+    ServiceKey,
+    service::{
+        KIND_CLUSTER_IP, KIND_EXTERNAL_IP, KIND_LOAD_BALANCER, KIND_NODE_PORT, SCOPE_EXTERNAL,
+        SCOPE_INTERNAL,
+    },
+};
 
 /// Transport protocol of a frontend.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
@@ -23,7 +30,7 @@ pub enum Protocol {
 
 impl Protocol {
     /// IANA protocol number.
-    pub fn number(self) -> u8 {
+    pub const fn number(self) -> u8 {
         match self {
             Protocol::Tcp => proxy_common::proto::TCP,
             Protocol::Udp => proxy_common::proto::UDP,
@@ -86,6 +93,59 @@ pub struct FrontendKey {
     pub port: u16,
     pub protocol: Protocol,
     pub scope: Scope,
+}
+
+impl Scope {
+    /// The scope byte of the frontend's map entries.
+    pub const fn wire(self) -> u8 {
+        match self {
+            Scope::External => SCOPE_EXTERNAL,
+            Scope::Internal => SCOPE_INTERNAL,
+        }
+    }
+}
+
+impl FrontendKind {
+    /// The `kind` byte of the frontend's master entry.
+    pub const fn wire(self) -> u8 {
+        match self {
+            FrontendKind::ClusterIp => KIND_CLUSTER_IP,
+            FrontendKind::NodePort => KIND_NODE_PORT,
+            FrontendKind::LoadBalancer => KIND_LOAD_BALANCER,
+            FrontendKind::ExternalIp => KIND_EXTERNAL_IP,
+        }
+    }
+
+    /// Kubernetes' name for it (`service::kind_name` of the wire byte).
+    pub const fn name(self) -> &'static str {
+        proxy_common::service::kind_name(self.wire())
+    }
+}
+
+impl FrontendKey {
+    /// The key of the frontend's master entry.
+    pub const fn service_key(&self) -> ServiceKey {
+        ServiceKey::for_frontend(
+            self.addr,
+            self.port,
+            self.protocol.number(),
+            self.scope.wire(),
+        )
+    }
+
+    /// The frontend a master entry read back from the map belongs to.
+    pub fn from_service_key(k: &ServiceKey) -> Option<Self> {
+        Some(Self {
+            addr: k.ip(),
+            port: k.host_port(),
+            protocol: Protocol::from_number(k.proto)?,
+            scope: if k.scope == SCOPE_INTERNAL {
+                Scope::Internal
+            } else {
+                Scope::External
+            },
+        })
+    }
 }
 
 impl fmt::Display for FrontendKey {
@@ -153,7 +213,7 @@ pub struct Frontend {
     /// (externalTrafficPolicy Cluster on NodePort/LoadBalancer/externalIP).
     pub snat_remote: bool,
     /// loadBalancerSourceRanges; empty admits every source.
-    pub source_ranges: Vec<Ipv4Net>,
+    pub source_ranges: Vec<Ipv4Network>,
     /// healthCheckNodePort of an externalTrafficPolicy=Local service.
     pub health_check_node_port: Option<u16>,
     /// The Service's own choice (annotation [`LB_ALGORITHM_ANNOTATION`]);

@@ -2,7 +2,7 @@
 
 use std::net::Ipv4Addr;
 
-use ipnet::Ipv4Net;
+use ipnetwork::Ipv4Network;
 use netlink_packet_route::link::InfoKind;
 use rtnetlink::{Handle, LinkVxlan};
 use tracing::{debug, info, warn};
@@ -50,7 +50,7 @@ pub(super) fn validate(cfg: &OverlayConfig) -> Result<(), OverlayError> {
             "UDP port 0 is not a port; set one with {PORT_FLAG}"
         )));
     }
-    if cfg.pod_cidr.contains(&cfg.node_addr) {
+    if cfg.pod_cidr.contains(cfg.node_addr) {
         return Err(OverlayError::Config(format!(
             "the node address {} lies inside the node's own pod CIDR {}",
             cfg.node_addr, cfg.pod_cidr
@@ -64,7 +64,7 @@ pub(super) fn validate(cfg: &OverlayConfig) -> Result<(), OverlayError> {
 /// pods then leaves with it as source, and replies come back through the
 /// overlay to an address of this node; a /32 adds no connected route that
 /// could shadow the pod bridge's.
-pub(super) fn device_address(pod_cidr: Ipv4Net) -> Ipv4Addr {
+pub(super) fn device_address(pod_cidr: Ipv4Network) -> Ipv4Addr {
     pod_cidr.network()
 }
 

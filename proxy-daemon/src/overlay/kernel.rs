@@ -4,7 +4,7 @@
 use std::net::{IpAddr, Ipv4Addr};
 
 use futures::TryStreamExt;
-use ipnet::Ipv4Net;
+use ipnetwork::Ipv4Network;
 use netlink_packet_route::{
     AddressFamily,
     address::{AddressAttribute, AddressMessage},
@@ -374,7 +374,7 @@ fn route_of(m: &RouteMessage) -> Option<Route> {
         }
     }
     Some(Route {
-        dst: Ipv4Net::new(dst, m.header.destination_prefix_length).ok()?,
+        dst: Ipv4Network::new(dst, m.header.destination_prefix_length).ok()?,
         gateway,
         onlink: m.header.flags.contains(RouteFlags::Onlink),
         metric,
@@ -383,7 +383,7 @@ fn route_of(m: &RouteMessage) -> Option<Route> {
 
 fn route_message(index: u32, r: &Route) -> RouteMessage {
     let mut b = RouteMessageBuilder::<Ipv4Addr>::new()
-        .destination_prefix(r.dst.network(), r.dst.prefix_len())
+        .destination_prefix(r.dst.network(), r.dst.prefix())
         .output_interface(index)
         .protocol(RouteProtocol::from(ROUTE_PROTOCOL));
     if let Some(gw) = r.gateway {

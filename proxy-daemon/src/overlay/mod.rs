@@ -26,7 +26,7 @@ mod plan;
 
 use std::{collections::BTreeSet, net::Ipv4Addr, time::Instant};
 
-use ipnet::Ipv4Net;
+use ipnetwork::Ipv4Network;
 use rtnetlink::Handle;
 use tokio::task::JoinHandle;
 use tracing::{info, warn};
@@ -56,7 +56,7 @@ pub struct OverlayConfig {
     /// uplink is the interface holding it; the device's MTU follows it.
     pub node_addr: Ipv4Addr,
     /// This node's pod CIDR.
-    pub pod_cidr: Ipv4Net,
+    pub pod_cidr: Ipv4Network,
 }
 
 /// What one [`Overlay::sync`] did.

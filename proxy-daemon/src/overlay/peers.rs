@@ -3,7 +3,7 @@
 
 use std::{fmt, net::Ipv4Addr};
 
-use ipnet::Ipv4Net;
+use ipnetwork::Ipv4Network;
 use k8s_openapi::api::core::v1::Node;
 
 use crate::model::{ClusterState, Skip, SkipKind, node_info};
@@ -56,7 +56,7 @@ pub struct Peer {
     /// Its first IPv4 InternalIP: the outer destination of tunnelled packets.
     pub node_addr: Ipv4Addr,
     /// Its IPv4 pod CIDR, routed through the tunnel.
-    pub pod_cidr: Ipv4Net,
+    pub pod_cidr: Ipv4Network,
 }
 
 impl Peer {
@@ -96,8 +96,8 @@ fn usable_unicast(addr: Ipv4Addr) -> bool {
         || addr.is_link_local())
 }
 
-fn overlaps(a: Ipv4Net, b: Ipv4Net) -> bool {
-    a.contains(&b.network()) || b.contains(&a.network())
+fn overlaps(a: Ipv4Network, b: Ipv4Network) -> bool {
+    a.overlaps(b)
 }
 
 /// The nodes the overlay of `own_node` tunnels to: every other Node with an

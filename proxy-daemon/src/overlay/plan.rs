@@ -4,7 +4,7 @@
 
 use std::{collections::BTreeSet, fmt, net::Ipv4Addr};
 
-use ipnet::Ipv4Net;
+use ipnetwork::Ipv4Network;
 
 use super::peers::{Mac, Peer};
 
@@ -27,7 +27,7 @@ pub struct FdbEntry {
 /// A route of ours (main table, our protocol) through the overlay device.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub struct Route {
-    pub dst: Ipv4Net,
+    pub dst: Ipv4Network,
     pub gateway: Option<Ipv4Addr>,
     pub onlink: bool,
     /// The route's metric; the kernel keys routes by (dst, metric), so a
@@ -142,7 +142,7 @@ pub fn plan(peers: &[Peer], current: &Entries) -> Vec<Change> {
     let mut sets = Vec::new();
     let mut want_neigh: BTreeSet<Ipv4Addr> = BTreeSet::new();
     let mut want_fdb: BTreeSet<FdbEntry> = BTreeSet::new();
-    let mut want_routes: BTreeSet<Ipv4Net> = BTreeSet::new();
+    let mut want_routes: BTreeSet<Ipv4Network> = BTreeSet::new();
 
     for p in peers {
         let neigh = Neighbour {

@@ -13,7 +13,7 @@ use std::{
 
 use serde::{Deserialize, Serialize};
 
-use crate::model::{Frontend, FrontendKind, Scope};
+use crate::model::{Frontend, Scope};
 
 pub const META_FILE: &str = "frontends.json";
 
@@ -41,13 +41,7 @@ impl FrontendMeta {
             namespace: fe.service.namespace.clone(),
             name: fe.service.name.clone(),
             port_name: fe.service.port_name.clone(),
-            kind: match fe.kind {
-                FrontendKind::ClusterIp => "ClusterIP",
-                FrontendKind::NodePort => "NodePort",
-                FrontendKind::LoadBalancer => "LoadBalancer",
-                FrontendKind::ExternalIp => "ExternalIP",
-            }
-            .to_string(),
+            kind: fe.kind.name().to_string(),
             addr: fe.key.addr,
             port: fe.key.port,
             protocol: fe.key.protocol.to_string(),
@@ -91,7 +85,7 @@ pub const NODES_FILE: &str = "nodes.json";
 pub struct NodeMeta {
     pub name: String,
     pub addr: Ipv4Addr,
-    pub pod_cidr: ipnet::Ipv4Net,
+    pub pod_cidr: ipnetwork::Ipv4Network,
 }
 
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]

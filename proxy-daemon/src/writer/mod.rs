@@ -9,7 +9,11 @@ pub mod plan;
 use std::path::{Path, PathBuf};
 
 use aya::maps::{MapData, MapError, PerCpuValues, lpm_trie::Key};
-use proxy_common::{AffinityKey, ServiceCounter, SourceRangeKey, names};
+use proxy_common::{
+    AffinityKey, ServiceCounter, SourceRangeKey,
+    codec::{from_nbo, nbo},
+    names,
+};
 use tracing::{debug, warn};
 
 pub use self::ids::IdAllocator;
@@ -26,12 +30,12 @@ use crate::{
 
 /// The LPM key of one source range of a frontend: the frontend id (all 32
 /// bits matched) then the range's prefix.
-fn range_key(svc_id: u32, net: &ipnet::Ipv4Net) -> Key<SourceRangeKey> {
+fn range_key(svc_id: u32, net: &ipnetwork::Ipv4Network) -> Key<SourceRangeKey> {
     Key::new(
-        32 + u32::from(net.prefix_len()),
+        32 + u32::from(net.prefix()),
         SourceRangeKey {
             svc_id,
-            addr: plan::nbo(net.network()),
+            addr: nbo(net.network()),
         },
     )
 }
@@ -120,7 +124,7 @@ impl Writer {
             })?;
             let data = key.data();
             let prefix = key.prefix_len().saturating_sub(32) as u8;
-            if let Ok(net) = ipnet::Ipv4Net::new(plan::from_nbo(data.addr), prefix) {
+            if let Ok(net) = ipnetwork::Ipv4Network::new(from_nbo(data.addr), prefix) {
                 current.source_ranges.insert((data.svc_id, net));
             }
         }
@@ -215,11 +219,7 @@ impl Writer {
             frontends: plan
                 .frontends_by_id
                 .iter()
-                .filter(|(_, fe)| {
-                    self.current
-                        .services
-                        .contains_key(&plan::master_key(&fe.key))
-                })
+                .filter(|(_, fe)| self.current.services.contains_key(&fe.key.service_key()))
                 .map(|(id, fe)| FrontendMeta::new(*id, fe))
                 .collect(),
         };

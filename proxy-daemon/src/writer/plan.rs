@@ -11,26 +11,22 @@
 
 use std::{
     collections::{BTreeMap, BTreeSet},
-    net::Ipv4Addr,
     sync::Arc,
 };
 
-use ipnet::Ipv4Net;
+use ipnetwork::Ipv4Network;
 
 use proxy_common::{
     Backend, ServiceKey, ServiceValue,
+    codec::nbo,
     service::{
-        BE_F_LOCAL, BE_F_TERMINATING, KIND_CLUSTER_IP, KIND_EXTERNAL_IP, KIND_LOAD_BALANCER,
-        KIND_NODE_PORT, SCOPE_EXTERNAL, SCOPE_INTERNAL, SVC_F_ADDR_ONLY, SVC_F_AFFINITY,
-        SVC_F_DROP_EMPTY, SVC_F_LOCAL, SVC_F_MAGLEV, SVC_F_NODE_ADDR, SVC_F_SNAT_REMOTE,
-        SVC_F_SOURCE_RANGES,
+        BE_F_LOCAL, BE_F_TERMINATING, SVC_F_ADDR_ONLY, SVC_F_AFFINITY, SVC_F_DROP_EMPTY,
+        SVC_F_LOCAL, SVC_F_MAGLEV, SVC_F_NODE_ADDR, SVC_F_SNAT_REMOTE, SVC_F_SOURCE_RANGES,
     },
 };
 
 use super::{ids::IdAllocator, maglev};
-use crate::model::{
-    DesiredState, Frontend, FrontendKey, FrontendKind, LbAlgorithm, Protocol, Scope,
-};
+use crate::model::{DesiredState, Frontend, FrontendKey, LbAlgorithm};
 
 /// What the writer knows is programmed.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
@@ -38,7 +34,7 @@ pub struct MapContents {
     pub services: BTreeMap<ServiceKey, ServiceValue>,
     pub backends: BTreeMap<u32, Backend>,
     /// loadBalancerSourceRanges by frontend id.
-    pub source_ranges: BTreeSet<(u32, Ipv4Net)>,
+    pub source_ranges: BTreeSet<(u32, Ipv4Network)>,
     /// Frontend id -> fingerprint of its Maglev table (0: unknown, so the
     /// next plan rewrites it; tables are not read back after a restart).
     pub maglev: BTreeMap<u32, u64>,
@@ -51,8 +47,8 @@ pub enum Op {
     PutService(ServiceKey, ServiceValue),
     DeleteService(ServiceKey),
     DeleteBackend(u32),
-    PutSourceRange(u32, Ipv4Net),
-    DeleteSourceRange(u32, Ipv4Net),
+    PutSourceRange(u32, Ipv4Network),
+    DeleteSourceRange(u32, Ipv4Network),
     /// A whole Maglev table, swapped in at once (with its fingerprint).
     PutMaglev(u32, Arc<[u32]>, u64),
     DeleteMaglev(u32),
@@ -133,53 +129,6 @@ impl Plan {
     }
 }
 
-pub fn nbo(a: Ipv4Addr) -> u32 {
-    u32::from_ne_bytes(a.octets())
-}
-
-pub fn from_nbo(a: u32) -> Ipv4Addr {
-    Ipv4Addr::from(a.to_ne_bytes())
-}
-
-fn scope_byte(s: Scope) -> u8 {
-    match s {
-        Scope::External => SCOPE_EXTERNAL,
-        Scope::Internal => SCOPE_INTERNAL,
-    }
-}
-
-pub fn kind_byte(k: FrontendKind) -> u8 {
-    match k {
-        FrontendKind::ClusterIp => KIND_CLUSTER_IP,
-        FrontendKind::NodePort => KIND_NODE_PORT,
-        FrontendKind::LoadBalancer => KIND_LOAD_BALANCER,
-        FrontendKind::ExternalIp => KIND_EXTERNAL_IP,
-    }
-}
-
-pub fn master_key(k: &FrontendKey) -> ServiceKey {
-    ServiceKey::frontend(
-        nbo(k.addr),
-        k.port.to_be(),
-        k.protocol.number(),
-        scope_byte(k.scope),
-    )
-}
-
-/// The frontend key of a master entry read back from the map.
-pub fn frontend_key(k: &ServiceKey) -> Option<FrontendKey> {
-    Some(FrontendKey {
-        addr: from_nbo(k.addr),
-        port: u16::from_be(k.port),
-        protocol: Protocol::from_number(k.proto)?,
-        scope: if k.scope == SCOPE_INTERNAL {
-            Scope::Internal
-        } else {
-            Scope::External
-        },
-    })
-}
-
 /// Backend identity: the same endpoint keeps one id across frontends.
 type BackendIdentity = (u32, u16, u8);
 
@@ -206,7 +155,7 @@ pub fn plan(
     for (k, v) in &current.services {
         if k.slot == 0
             && v.flags & SVC_F_ADDR_ONLY == 0
-            && let Some(fk) = frontend_key(k)
+            && let Some(fk) = FrontendKey::from_service_key(k)
         {
             current_svc.insert(fk, v.svc_id);
             svc_ids.mark_used(v.svc_id);
@@ -307,7 +256,7 @@ pub fn plan(
                 None => continue,
             },
         };
-        let mk = master_key(fk);
+        let mk = fk.service_key();
         let mut slot_keys = Vec::new();
         let mut needs = Vec::new();
         let mut members = Vec::new();
@@ -380,7 +329,7 @@ pub fn plan(
                 svc_id,
                 count: slot_keys.len() as u16,
                 flags,
-                kind: kind_byte(fe.kind),
+                kind: fe.kind.wire(),
                 affinity_timeout: fe.affinity_timeout.unwrap_or(0),
             },
         );
@@ -415,9 +364,14 @@ pub fn plan(
             .filter(|k| current.services.get(k) != target.services.get(k))
             .map(|k| Op::PutService(*k, target.services[k]))
             .collect();
-        let ranges = |m: &MapContents| -> BTreeSet<Ipv4Net> {
+        let ranges = |m: &MapContents| -> BTreeSet<Ipv4Network> {
             m.source_ranges
-                .range((fp.svc_id, Ipv4Net::default())..)
+                .range(
+                    (
+                        fp.svc_id,
+                        Ipv4Network::new(std::net::Ipv4Addr::UNSPECIFIED, 0).expect("0.0.0.0/0"),
+                    )..,
+                )
                 .take_while(|(id, _)| *id == fp.svc_id)
                 .map(|(_, r)| *r)
                 .collect()
@@ -542,7 +496,12 @@ pub fn plan(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::net::Ipv4Addr;
+
+    use proxy_common::service::KIND_NODE_PORT;
+
     use crate::model::{BackendAddr, ServiceRef};
+    use crate::model::{FrontendKind, Protocol, Scope};
 
     fn ip(s: &str) -> Ipv4Addr {
         s.parse().unwrap()
@@ -816,7 +775,7 @@ mod tests {
         f.local_only = true;
         f.affinity_timeout = Some(300);
         f.snat_remote = true;
-        let key = master_key(&f.key);
+        let key = f.key.service_key();
         let p = plan(
             &MapContents::default(),
             &desired(vec![f]),
@@ -828,7 +787,7 @@ mod tests {
         assert_eq!(v.kind, KIND_NODE_PORT);
         assert_eq!(v.flags, SVC_F_LOCAL | SVC_F_AFFINITY | SVC_F_SNAT_REMOTE);
         assert_eq!(v.affinity_timeout, 300);
-        assert_eq!(frontend_key(&key).unwrap().port, 80);
+        assert_eq!(FrontendKey::from_service_key(&key).unwrap().port, 80);
     }
 
     #[test]
@@ -859,8 +818,10 @@ mod tests {
 
 #[cfg(test)]
 mod extra_tests {
+    use std::net::Ipv4Addr;
+
     use super::*;
-    use crate::model::{BackendAddr, ServiceRef};
+    use crate::model::{BackendAddr, FrontendKind, Protocol, Scope, ServiceRef};
 
     fn ip(s: &str) -> Ipv4Addr {
         s.parse().unwrap()
