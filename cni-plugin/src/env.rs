@@ -2,8 +2,8 @@
 
 use std::ffi::OsString;
 
-use crate::config::check_ifname;
-use crate::error::{CniError, code};
+use sluice_net::cni::conf::check_ifname;
+use sluice_net::cni::error::{CniError, code};
 
 /// A CNI verb.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -156,7 +156,7 @@ fn required<'a>(v: &'a Option<String>, name: &str) -> Result<&'a str, CniError> 
 
 /// The spec's container ID rule.
 pub fn valid_container_id(id: &str) -> bool {
-    crate::config::valid_network_name(id)
+    sluice_net::cni::conf::valid_network_name(id)
 }
 
 #[cfg(test)]

@@ -38,7 +38,7 @@ use std::path::{Path, PathBuf};
 use ipnetwork::Ipv4Network;
 use serde::{Deserialize, Serialize};
 
-use crate::error::{CniError, code};
+use sluice_net::cni::error::{CniError, code};
 
 const LOCK_FILE: &str = "lock";
 const STATE_FILE: &str = "allocations.json";

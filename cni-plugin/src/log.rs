@@ -74,7 +74,7 @@ fn rfc3339_now() -> String {
     let now = SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .unwrap_or_default();
-    let (y, mo, d, h, mi, s) = proxy_common::civil::utc(now.as_secs());
+    let (y, mo, d, h, mi, s) = sluice_net::time::utc(now.as_secs());
     format!(
         "{y:04}-{mo:02}-{d:02}T{h:02}:{mi:02}:{s:02}.{:03}Z",
         now.subsec_millis()

@@ -5,8 +5,8 @@ use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::process::ExitCode;
 
 use sluice_cni::cmd::{MAX_STDIN, Outcome, dispatch};
-use sluice_cni::error::{CniError, code};
-use sluice_cni::version::CniVersion;
+use sluice_net::cni::error::{CniError, code};
+use sluice_net::cni::version::CniVersion;
 
 fn main() -> ExitCode {
     let mut stdin = Vec::new();

@@ -14,7 +14,7 @@ use std::path::{Path, PathBuf};
 
 use nix::sched::{CloneFlags, setns};
 
-use crate::error::{CniError, code};
+use sluice_net::cni::error::{CniError, code};
 
 /// `NS_GET_NSTYPE` from linux/nsfs.h: `_IO(0xb7, 0x3)`.
 const NS_GET_NSTYPE: libc::c_ulong = 0xb703;
@@ -135,21 +135,6 @@ impl NetNs {
                 .map_err(|_| E::from(NetnsError::Thread("panicked".into())))?
         })
     }
-}
-
-/// Runs `f` on a fresh thread in the caller's namespace. The netlink helpers
-/// build their own single-threaded tokio runtime; doing that on a thread that
-/// is already inside a runtime (the daemon's) would panic, a fresh thread
-/// cannot be. Threads start in their creator's network namespace.
-pub fn on_fresh_thread<T: Send>(f: impl FnOnce() -> T + Send) -> Result<T, NetnsError> {
-    std::thread::scope(|scope| {
-        std::thread::Builder::new()
-            .name("sluice-nl".into())
-            .spawn_scoped(scope, f)
-            .map_err(|e| NetnsError::Thread(e.to_string()))?
-            .join()
-            .map_err(|_| NetnsError::Thread("panicked".into()))
-    })
 }
 
 #[cfg(test)]

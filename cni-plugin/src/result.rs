@@ -6,8 +6,8 @@ use std::net::Ipv4Addr;
 use ipnetwork::Ipv4Network;
 use serde_json::{Map, Value, json};
 
-use crate::error::{CniError, code};
-use crate::version::CniVersion;
+use sluice_net::cni::error::{CniError, code};
+use sluice_net::cni::version::CniVersion;
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Interface {
@@ -273,7 +273,7 @@ mod tests {
 
     #[test]
     fn prev_result_round_trips_in_every_version() {
-        for v in crate::version::SUPPORTED {
+        for v in sluice_net::cni::version::SUPPORTED {
             let mut back = CniResult::from_json(&sample().to_json(v)).unwrap();
             if !v.interfaces_carry_mtu() {
                 for i in &mut back.interfaces {

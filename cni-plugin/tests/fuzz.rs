@@ -69,7 +69,7 @@ fn parsers_never_panic() {
     runner
         .run(&arb_json(), |v| {
             if let Value::Object(m) = &v {
-                let _ = sluice_cni::NetConf::from_object(m);
+                let _ = sluice_net::cni::conf::NetConf::from_object(m);
             }
             let _ = sluice_cni::result::CniResult::from_json(&v);
             Ok(())

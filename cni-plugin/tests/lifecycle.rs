@@ -56,7 +56,7 @@ fn add_check_del_round_trip() {
         json!([{"dst": "0.0.0.0/0", "gw": "10.244.1.1"}])
     );
     assert_eq!(res["dns"], json!({}));
-    let host = sluice_cni::host_veth_name("ctr-a", "eth0");
+    let host = sluice_net::pods::host_veth_name("ctr-a", "eth0");
     assert_eq!(res["interfaces"][0]["name"], "sluice0");
     assert_eq!(res["interfaces"][1]["name"], host.as_str());
     assert_eq!(res["interfaces"][2]["name"], "eth0");
@@ -134,12 +134,12 @@ fn add_check_del_round_trip() {
     assert_eq!((handles("ingress"), handles("egress")), (1, 1));
     assert!(
         node.ns
-            .run_in(|| sluice_cni::pod_programs_attached(&host))
+            .run_in(|| sluice_net::tc::pod_programs_attached(&host))
             .unwrap()
     );
     assert_eq!(
         node.ns
-            .run_in(|| sluice_cni::list_pod_veths("sluice0"))
+            .run_in(|| sluice_net::pods::list_pod_veths("sluice0"))
             .unwrap(),
         vec![host.clone()]
     );
@@ -200,12 +200,12 @@ fn add_check_del_round_trip() {
     assert!(r.stdout.contains("datapath"), "{}", r.stdout);
     // The daemon's re-attach restores it (replace-or-create).
     node.ns
-        .run_in(|| sluice_cni::attach_pod_programs(&host, &node.bpf.dir))
+        .run_in(|| sluice_net::tc::attach_pod_programs(&host, &node.bpf.dir))
         .unwrap();
     node.check("ctr-a", &pod, &res).expect_ok();
     // Re-attaching over existing filters replaces in place: still one each.
     node.ns
-        .run_in(|| sluice_cni::attach_pod_programs(&host, &node.bpf.dir))
+        .run_in(|| sluice_net::tc::attach_pod_programs(&host, &node.bpf.dir))
         .unwrap();
     assert_eq!((handles("ingress"), handles("egress")), (1, 1));
     node.ns.ip(&["link", "set", &host, "mtu", "1400"]);
@@ -223,7 +223,7 @@ fn add_check_del_round_trip() {
     assert!(!pod.link_names().contains(&"eth0".to_owned()));
     assert_eq!(
         node.host_veths(),
-        vec![sluice_cni::host_veth_name("ctr-b", "eth0")]
+        vec![sluice_net::pods::host_veth_name("ctr-b", "eth0")]
     );
     assert_eq!(node.allocations().len(), 1);
     node.check("ctr-a", &pod, &res).expect_code(102);
@@ -423,7 +423,7 @@ fn status_reflects_pins_and_daemon_lock() {
     let r = node.status();
     r.expect_code(50);
     assert!(r.stdout.contains("sluiced is not running"), "{}", r.stdout);
-    let lock_path = sluice_cni::daemon_lock_path(node.state.path());
+    let lock_path = sluice_net::liveness::daemon_lock_path(node.state.path());
     let lock = File::create(&lock_path).unwrap();
     node.status().expect_code(50);
     lock.lock().unwrap();
@@ -459,8 +459,11 @@ fn gc_releases_stale_reservations() {
         .collect();
     assert_eq!(node.allocations().len(), 3);
     // A reservation whose veth is already gone (DEL died half-way).
-    node.ns
-        .ip(&["link", "del", &sluice_cni::host_veth_name("c2", "eth0")]);
+    node.ns.ip(&[
+        "link",
+        "del",
+        &sluice_net::pods::host_veth_name("c2", "eth0"),
+    ]);
     // A veth on the bridge with no reservation and no valid attachment.
     node.ns.ip(&[
         "link",
@@ -481,7 +484,7 @@ fn gc_releases_stale_reservations() {
     assert_eq!(allocs[0].owner.container_id, "c0");
     assert_eq!(
         node.host_veths(),
-        vec![sluice_cni::host_veth_name("c0", "eth0")]
+        vec![sluice_net::pods::host_veth_name("c0", "eth0")]
     );
     assert!(!pods[1].link_names().contains(&"eth0".to_owned()));
     node.check("c0", &pods[0], &res[0]).expect_ok();

@@ -6,7 +6,6 @@
 //! host order. Sizes are checked at compile time.
 #![no_std]
 
-pub mod civil;
 #[cfg(feature = "user")]
 pub mod codec;
 pub mod config;

@@ -53,7 +53,7 @@ pub struct DaemonConfig {
     /// someone else.
     pub overlay: Option<(u32, u16)>,
     /// The conflist's `cniVersion` (its `cniVersions` add every newer one).
-    pub cni_version: sluice_cni::CniVersion,
+    pub cni_version: sluice_net::cni::version::CniVersion,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -84,7 +84,7 @@ fn io(path: &Path) -> impl FnOnce(std::io::Error) -> DaemonError + '_ {
 /// tell whether the node's datapath has a running daemon.
 pub fn lock_state_dir(state_dir: &Path) -> Result<File, DaemonError> {
     std::fs::create_dir_all(state_dir).map_err(io(state_dir))?;
-    let path = sluice_cni::daemon_lock_path(state_dir);
+    let path = sluice_net::liveness::daemon_lock_path(state_dir);
     let file = File::options()
         .create(true)
         .truncate(false)
@@ -176,7 +176,7 @@ pub fn start_datapath(cfg: &DaemonConfig) -> Result<usize, DaemonError> {
 /// `bpffs`: pod veths (bridge ports of `sluice0`), the overlay device and
 /// the uplink (any other hooked link). Returns the number of pods.
 pub fn reattach(bpffs: &Path) -> usize {
-    let veths = match sluice_cni::list_pod_veths(sluice_cni::config::DEFAULT_BRIDGE) {
+    let veths = match sluice_net::pods::list_pod_veths(sluice_net::pods::DEFAULT_BRIDGE) {
         Ok(v) => v,
         Err(e) => {
             warn!(error = %e, "listing pod interfaces failed; none re-attached");
@@ -185,12 +185,12 @@ pub fn reattach(bpffs: &Path) -> usize {
     };
     let mut attached = 0;
     for veth in &veths {
-        match sluice_cni::attach_pod_programs(veth, bpffs) {
+        match sluice_net::tc::attach_pod_programs(veth, bpffs) {
             Ok(()) => attached += 1,
             Err(e) => warn!(interface = %veth, error = %e, "re-attaching the datapath failed"),
         }
     }
-    let links = match sluice_cni::hooked_links() {
+    let links = match sluice_net::tc::hooked_links() {
         Ok(l) => l,
         Err(e) => {
             warn!(error = %e, "listing hooked interfaces failed; uplink and overlay re-attached once the node is known");
@@ -210,7 +210,7 @@ pub fn reattach(bpffs: &Path) -> usize {
                 (dir.join(names::PIN_PROG_TO_NETDEV), TcAttachType::Egress),
             ]
         };
-        match sluice_cni::attach_pinned(&link.interface, pins) {
+        match sluice_net::tc::attach_pinned(&link.interface, pins) {
             Ok(()) => info!(interface = %link.interface, "programs replaced"),
             Err(e) => {
                 warn!(interface = %link.interface, error = %e, "replacing the programs failed")
@@ -222,53 +222,20 @@ pub fn reattach(bpffs: &Path) -> usize {
 
 /// The interface holding `addr` in this network namespace, and its MTU.
 pub fn uplink(addr: Ipv4Addr) -> Option<(String, u32)> {
-    let mut ifap: *mut libc::ifaddrs = std::ptr::null_mut();
-    // SAFETY: getifaddrs allocates a list we free below.
-    if unsafe { libc::getifaddrs(&mut ifap) } != 0 {
-        return None;
-    }
-    let mut found = None;
-    let mut cur = ifap;
-    while !cur.is_null() {
-        // SAFETY: walking the list getifaddrs returned.
-        let ifa = unsafe { &*cur };
-        if !ifa.ifa_addr.is_null()
-            && i32::from(unsafe { (*ifa.ifa_addr).sa_family }) == libc::AF_INET
-        {
-            // SAFETY: AF_INET addresses are sockaddr_in.
-            let sin = unsafe { &*(ifa.ifa_addr as *const libc::sockaddr_in) };
-            if Ipv4Addr::from(u32::from_be(sin.sin_addr.s_addr)) == addr {
-                // SAFETY: ifa_name is a NUL-terminated interface name.
-                let name = unsafe { std::ffi::CStr::from_ptr(ifa.ifa_name) };
-                found = interface_mtu(name).map(|mtu| (name.to_string_lossy().into_owned(), mtu));
-                break;
-            }
+    let found = sluice_net::on_fresh_thread(|| {
+        sluice_net::BlockingNetlink::new().and_then(|nl| nl.link_with_address(addr))
+    });
+    match found {
+        Ok(Ok(link)) => link.map(|l| (l.name, l.mtu)),
+        Ok(Err(e)) => {
+            warn!(address = %addr, error = %e, "looking up the uplink failed");
+            None
         }
-        cur = ifa.ifa_next;
+        Err(e) => {
+            warn!(address = %addr, error = %e, "looking up the uplink failed");
+            None
+        }
     }
-    // SAFETY: freeing what getifaddrs allocated.
-    unsafe { libc::freeifaddrs(ifap) };
-    found
-}
-
-fn interface_mtu(name: &std::ffi::CStr) -> Option<u32> {
-    // SAFETY: a throwaway socket for the ioctl, closed below.
-    let fd = unsafe { libc::socket(libc::AF_INET, libc::SOCK_DGRAM, 0) };
-    if fd < 0 {
-        return None;
-    }
-    // SAFETY: ifreq is plain data; the name fits (IFNAMSIZ, from the kernel).
-    let mut req: libc::ifreq = unsafe { std::mem::zeroed() };
-    for (d, s) in req.ifr_name.iter_mut().zip(name.to_bytes()) {
-        *d = *s as libc::c_char;
-    }
-    // SAFETY: SIOCGIFMTU fills ifr_ifru.ifru_mtu.
-    let rc = unsafe { libc::ioctl(fd, libc::SIOCGIFMTU, &mut req) };
-    // SAFETY: closing our socket.
-    unsafe { libc::close(fd) };
-    // SAFETY: the ioctl succeeded, so the union holds the MTU.
-    let mtu = unsafe { req.ifr_ifru.ifru_mtu } as u32;
-    (rc == 0).then_some(mtu)
 }
 
 /// Turns views of the cluster into datapath state for one node.
@@ -449,7 +416,8 @@ impl Reconciler {
             self.node = Some(info.clone());
             return Ok(());
         };
-        let mut mtu = uplink(info.internal_ip).map_or(1500, |(_, mtu)| mtu);
+        let mut mtu =
+            uplink(info.internal_ip).map_or(sluice_net::mtu::DEFAULT_UPLINK_MTU, |(_, mtu)| mtu);
         if let Some((vni, port)) = self.cfg.overlay {
             let cfg = OverlayConfig {
                 vni,
@@ -474,7 +442,7 @@ impl Reconciler {
     /// the overlay, addressed to this node's overlay address.
     fn attach_overlay(&self, device: &str) {
         let pin = crate::datapath::pin_dir(&self.cfg.bpffs).join(names::PIN_PROG_FROM_OVERLAY);
-        match sluice_cni::attach_pinned(device, [(pin, TcAttachType::Ingress)]) {
+        match sluice_net::tc::attach_pinned(device, [(pin, TcAttachType::Ingress)]) {
             Ok(()) => info!(interface = %device, "overlay program attached"),
             Err(e) => {
                 warn!(interface = %device, error = %e, "attaching the overlay program failed")
@@ -493,7 +461,7 @@ impl Reconciler {
             (dir.join(names::PIN_PROG_FROM_NETDEV), TcAttachType::Ingress),
             (dir.join(names::PIN_PROG_TO_NETDEV), TcAttachType::Egress),
         ];
-        match sluice_cni::attach_pinned(&dev, pins) {
+        match sluice_net::tc::attach_pinned(&dev, pins) {
             Ok(()) => info!(interface = %dev, "uplink programs attached"),
             Err(e) => warn!(interface = %dev, error = %e, "attaching the uplink programs failed"),
         }
@@ -530,10 +498,6 @@ impl Reconciler {
     }
 }
 
-/// Bytes VXLAN over IPv4 adds to every packet: outer Ethernet, IPv4, UDP
-/// and VXLAN headers.
-pub const VXLAN_OVERHEAD: u32 = 14 + 20 + 8 + 8;
-
 /// Writes `10-sluice.conflist` for the container runtime (through a
 /// temporary and a rename; untouched when the content is the same).
 pub fn write_cni_config(
@@ -541,13 +505,13 @@ pub fn write_cni_config(
     pod_cidr: Ipv4Network,
     mtu: u32,
 ) -> Result<(), DaemonError> {
-    let mut conf = sluice_cni::NetConf::new(pod_cidr);
+    let mut conf = sluice_net::cni::conf::NetConf::new(pod_cidr);
     conf.cni_version = cfg.cni_version.as_str().to_owned();
     conf.cluster_cidr = cfg.cluster_cidr;
     conf.state_dir = cfg.state_dir.clone();
     conf.bpffs = cfg.bpffs.clone();
     conf.mtu = mtu;
-    let text = serde_json::to_string_pretty(&sluice_cni::conflist(&conf))
+    let text = serde_json::to_string_pretty(&sluice_net::cni::conf::conflist(&conf))
         .expect("a JSON value serializes");
     let dir = &cfg.cni_conf_dir;
     std::fs::create_dir_all(dir).map_err(io(dir))?;
@@ -565,12 +529,8 @@ pub fn write_cni_config(
 /// The pod MTU for a node whose address is `node_addr`: the uplink's,
 /// less the overlay's encapsulation when there is one.
 pub fn pod_mtu(node_addr: Ipv4Addr, overlay: bool) -> u32 {
-    let uplink = uplink(node_addr).map_or(1500, |(_, mtu)| mtu);
-    if overlay {
-        uplink.saturating_sub(VXLAN_OVERHEAD)
-    } else {
-        uplink
-    }
+    let uplink = uplink(node_addr).map_or(sluice_net::mtu::DEFAULT_UPLINK_MTU, |(_, mtu)| mtu);
+    sluice_net::mtu::pod_mtu(uplink, overlay)
 }
 
 /// Copies `binary` into `bin_dir` under the same name, atomically (a

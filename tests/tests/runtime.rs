@@ -74,7 +74,7 @@ fn podman_runs_pods_on_the_conflist_sluiced_writes() {
     // Its datapath was attached before ADD returned, on the veth named
     // after the runtime's container id.
     let id = podman.run(&["inspect", "-f", "{{.Id}}", "web"]).unwrap();
-    let veth = sluice_cni::host_veth_name(&id, "eth0");
+    let veth = sluice_net::pods::host_veth_name(&id, "eth0");
     for hook in ["ingress", "egress"] {
         let filters = node
             .ns

@@ -16,13 +16,14 @@ use ipnetwork::Ipv4Network;
 use serde_json::Value;
 
 use super::Ctx;
-use crate::bridge::{enable_ip_forward, ensure_bridge, host_veth_name};
-use crate::datapath::{self, AttachError};
-use crate::error::{CniError, code};
+use crate::bridge::{enable_ip_forward, ensure_bridge};
 use crate::ipam::{Attachment, IpamStore, Pool};
-use crate::netlink::Netlink;
 use crate::netns::NetNs;
 use crate::result::{CniResult, Interface, IpConfig, Route, format_mac};
+use sluice_net::BlockingNetlink as Netlink;
+use sluice_net::cni::error::{CniError, code};
+use sluice_net::pods::host_veth_name;
+use sluice_net::tc::{self as datapath, AttachError};
 
 pub(crate) fn run(ctx: &Ctx<'_>) -> Result<Value, CniError> {
     let (cid, ifname) = ctx.env.attachment()?;
@@ -148,7 +149,7 @@ fn configure_pod(
     ip: Ipv4Addr,
     prefix: u8,
     gateway: Ipv4Addr,
-) -> Result<crate::netlink::LinkSummary, CniError> {
+) -> Result<sluice_net::netlink::Link, CniError> {
     let nl = Netlink::new()?;
     if let Some(lo) = nl.link("lo")?
         && !lo.up

@@ -7,13 +7,13 @@
 use std::net::Ipv4Addr;
 
 use super::Ctx;
-use crate::bridge::host_veth_name;
-use crate::datapath::filters_present;
-use crate::error::{CniError, code};
 use crate::ipam::{Attachment, IpamStore, Pool};
-use crate::netlink::{DefaultRoute, Netlink};
 use crate::netns::NetNs;
 use crate::result::CniResult;
+use sluice_net::cni::error::{CniError, code};
+use sluice_net::pods::host_veth_name;
+use sluice_net::tc::filters_present;
+use sluice_net::{BlockingNetlink as Netlink, netlink::DefaultRoute};
 
 fn failed(msg: String) -> CniError {
     CniError::new(code::CHECK_FAILED, msg)

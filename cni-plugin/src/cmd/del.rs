@@ -6,10 +6,10 @@
 //! was already removed.
 
 use super::Ctx;
-use crate::bridge::host_veth_name;
-use crate::error::CniError;
 use crate::ipam::{Attachment, IpamStore};
-use crate::netlink::Netlink;
+use sluice_net::BlockingNetlink as Netlink;
+use sluice_net::cni::error::CniError;
+use sluice_net::pods::host_veth_name;
 
 pub(crate) fn run(ctx: &Ctx<'_>) -> Result<(), CniError> {
     let (cid, ifname) = ctx.env.attachment()?;

@@ -9,10 +9,10 @@ use std::collections::HashSet;
 use serde_json::{Map, Value};
 
 use super::Ctx;
-use crate::bridge::{host_veth_name, pod_veths};
-use crate::error::{CniError, code};
 use crate::ipam::{Attachment, IpamStore};
-use crate::netlink::Netlink;
+use sluice_net::BlockingNetlink as Netlink;
+use sluice_net::cni::error::{CniError, code};
+use sluice_net::pods::{host_veth_name, pod_veths_among};
 
 /// Key of the valid-attachment list in CNI 1.1.0; libcni's pre-release
 /// builds used the second one.
@@ -69,7 +69,7 @@ pub(crate) fn run(ctx: &Ctx<'_>) -> Result<(), CniError> {
         .map(|a| host_veth_name(&a.owner.container_id, &a.owner.ifname))
         .collect();
     doomed.extend(
-        pod_veths(&nl, &ctx.conf.bridge)?
+        pod_veths_among(&nl.links()?, &ctx.conf.bridge)
             .into_iter()
             .filter(|n| !keep.contains(n)),
     );

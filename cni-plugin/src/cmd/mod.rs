@@ -11,11 +11,11 @@ use std::ffi::OsString;
 
 use serde_json::{Map, Value};
 
-use crate::config::NetConf;
 use crate::env::{CniEnv, Command};
-use crate::error::{CniError, code};
 use crate::log::Logger;
-use crate::version::{CniVersion, version_info};
+use sluice_net::cni::conf::NetConf;
+use sluice_net::cni::error::{CniError, code};
+use sluice_net::cni::version::{CniVersion, version_info};
 
 /// Largest stdin accepted. A GC list for thousands of pods is well under
 /// a megabyte; anything near this is not a network configuration.
@@ -166,7 +166,9 @@ fn decode(stdin: &[u8]) -> Result<(Map<String, Value>, CniVersion), (CniError, C
                 )
                 .with_details(format!(
                     "supported: {}",
-                    crate::version::SUPPORTED.map(|v| v.as_str()).join(", ")
+                    sluice_net::cni::version::SUPPORTED
+                        .map(|v| v.as_str())
+                        .join(", ")
                 )),
                 latest,
             )

@@ -2,9 +2,9 @@
 //! `sluiced` (see [`crate::liveness`]).
 
 use super::Ctx;
-use crate::datapath::missing_pins;
-use crate::error::{CniError, code};
-use crate::liveness::{daemon_lock_path, daemon_running};
+use sluice_net::cni::error::{CniError, code};
+use sluice_net::liveness::{daemon_lock_path, daemon_running};
+use sluice_net::tc::missing_pins;
 
 pub(crate) fn run(ctx: &Ctx<'_>) -> Result<(), CniError> {
     if !ctx.version.has_status_and_gc() {

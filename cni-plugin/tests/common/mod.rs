@@ -591,7 +591,7 @@ impl Node {
         self.ns
             .link_names()
             .into_iter()
-            .filter(|n| sluice_cni::is_host_veth_name(n))
+            .filter(|n| sluice_net::pods::is_host_veth_name(n))
             .collect()
     }
 

@@ -73,7 +73,7 @@ struct Args {
     /// to 1.1.0, of which newer runtimes take the highest (1.1.0 brings
     /// STATUS and GC).
     #[arg(long, default_value = "1.0.0", value_parser = parse_cni_version)]
-    cni_version: sluice_cni::CniVersion,
+    cni_version: sluice_net::cni::version::CniVersion,
 
     /// The cluster's pod CIDR (all nodes' pod CIDRs), e.g. 10.244.0.0/16.
     #[arg(long, value_parser = parse_cluster_cidr)]
@@ -576,9 +576,9 @@ fn parse_cluster_cidr(s: &str) -> Result<Ipv4Network, String> {
     Ok(net)
 }
 
-fn parse_cni_version(s: &str) -> Result<sluice_cni::CniVersion, String> {
-    sluice_cni::CniVersion::parse(s).ok_or_else(|| {
-        let known: Vec<&str> = sluice_cni::version::SUPPORTED
+fn parse_cni_version(s: &str) -> Result<sluice_net::cni::version::CniVersion, String> {
+    sluice_net::cni::version::CniVersion::parse(s).ok_or_else(|| {
+        let known: Vec<&str> = sluice_net::cni::version::SUPPORTED
             .iter()
             .map(|v| v.as_str())
             .collect();

@@ -89,11 +89,11 @@ pub fn collect(bpffs: &Path, state_dir: &Path) -> Status {
     if programs.iter().any(|p| p.id.is_none()) {
         problems.push("program pins missing: new pods cannot get their datapath".into());
     }
-    let pod_interfaces = match sluice_cni::list_pod_veths(sluice_cni::config::DEFAULT_BRIDGE) {
+    let pod_interfaces = match sluice_net::pods::list_pod_veths(sluice_net::pods::DEFAULT_BRIDGE) {
         Ok(veths) => veths
             .into_iter()
             .map(|v| Attachment {
-                attached: sluice_cni::pod_programs_attached(&v).unwrap_or(false),
+                attached: sluice_net::tc::pod_programs_attached(&v).unwrap_or(false),
                 interface: v,
             })
             .collect(),
@@ -110,7 +110,7 @@ pub fn collect(bpffs: &Path, state_dir: &Path) -> Status {
     let overlay_device = crate::writer::meta::read_overlay(state_dir)
         .ok()
         .and_then(|m| m.device);
-    let hooks = match sluice_cni::hooked_links() {
+    let hooks = match sluice_net::tc::hooked_links() {
         Ok(links) => links
             .into_iter()
             .map(|l| hook(l, overlay_device.as_deref()))
@@ -120,7 +120,7 @@ pub fn collect(bpffs: &Path, state_dir: &Path) -> Status {
             Vec::new()
         }
     };
-    let daemon_running = sluice_cni::daemon_running(state_dir);
+    let daemon_running = sluice_net::liveness::daemon_running(state_dir);
     if !daemon_running {
         problems.push("sluiced is not running (the datapath keeps its last state)".into());
     }
@@ -143,8 +143,8 @@ pub fn collect(bpffs: &Path, state_dir: &Path) -> Status {
 /// Names what runs on a hooked link from its role: the CNI plugin puts the
 /// pod programs on pod veths, sluiced the overlay program on its device and
 /// the node programs on the uplink.
-fn hook(l: sluice_cni::HookedLink, overlay_device: Option<&str>) -> Hook {
-    let (role, ingress, egress) = if sluice_cni::is_host_veth_name(&l.interface) {
+fn hook(l: sluice_net::tc::HookedLink, overlay_device: Option<&str>) -> Hook {
+    let (role, ingress, egress) = if sluice_net::pods::is_host_veth_name(&l.interface) {
         ("pod", names::PROG_FROM_POD, names::PROG_TO_POD)
     } else if Some(l.interface.as_str()) == overlay_device {
         ("overlay", names::PROG_FROM_OVERLAY, "?")

@@ -8,10 +8,7 @@ use proxy_common::{
 
 use super::DatapathError;
 
-/// `<bpffs>/sluice`.
-pub fn pin_dir(bpffs: &Path) -> PathBuf {
-    bpffs.join(names::PIN_DIR)
-}
+pub use sluice_net::tc::pin_dir;
 
 /// Pin path of one map.
 pub fn map_path(bpffs: &Path, map: &str) -> PathBuf {

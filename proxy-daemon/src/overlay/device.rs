@@ -4,19 +4,15 @@ use std::net::Ipv4Addr;
 
 use ipnetwork::Ipv4Network;
 use netlink_packet_route::link::InfoKind;
-use rtnetlink::{Handle, LinkVxlan};
+use rtnetlink::LinkVxlan;
+use sluice_net::{Netlink, mtu::VXLAN_OVERHEAD, netlink::Link};
 use tracing::{debug, info, warn};
 
 use super::{
     OverlayConfig,
-    error::{OverlayError, errno},
-    kernel::{self, LinkFacts},
+    error::OverlayError,
     peers::{DEVICE_PREFIX, MAX_VNI, Mac, device_name, vtep_mac},
 };
-
-/// Bytes VXLAN adds to every packet over IPv4: outer Ethernet 14, IPv4 20,
-/// UDP 8, VXLAN 8.
-pub const ENCAP_OVERHEAD: u32 = 50;
 
 /// The smallest MTU IPv4 allows; an uplink must leave at least this much.
 const MIN_IPV4_MTU: u32 = 68;
@@ -69,7 +65,7 @@ pub(super) fn device_address(pod_cidr: Ipv4Network) -> Ipv4Addr {
 }
 
 /// Why an existing device cannot be kept as it is (empty: adopt it).
-fn incompatibilities(l: &LinkFacts, cfg: &OverlayConfig, uplink: u32) -> Vec<String> {
+fn incompatibilities(l: &Link, cfg: &OverlayConfig, uplink: u32) -> Vec<String> {
     let mut why = Vec::new();
     let Some(v) = &l.vxlan else {
         return vec!["not a VXLAN device".into()];
@@ -110,14 +106,8 @@ fn incompatibilities(l: &LinkFacts, cfg: &OverlayConfig, uplink: u32) -> Vec<Str
     why
 }
 
-async fn find_uplink(h: &Handle, addr: Ipv4Addr) -> Result<LinkFacts, OverlayError> {
-    let index = kernel::ipv4_addresses(h)
-        .await?
-        .into_iter()
-        .find(|(_, a, _)| *a == addr)
-        .map(|(i, _, _)| i)
-        .ok_or(OverlayError::NoUplink { addr })?;
-    kernel::link_by_index(h, index)
+async fn find_uplink(nl: &Netlink, addr: Ipv4Addr) -> Result<Link, OverlayError> {
+    nl.link_with_address(addr)
         .await?
         .ok_or(OverlayError::NoUplink { addr })
 }
@@ -131,28 +121,28 @@ async fn find_uplink(h: &Handle, addr: Ipv4Addr) -> Result<LinkFacts, OverlayErr
 /// device skips it, so a foreign device appearing later cannot stop the
 /// peers' entries from being kept up to date.
 pub(super) async fn ensure(
-    h: &Handle,
+    nl: &Netlink,
     cfg: &OverlayConfig,
     check_conflicts: bool,
 ) -> Result<Device, OverlayError> {
     validate(cfg)?;
     let name = device_name(cfg.vni);
     let mac = vtep_mac(cfg.node_addr);
-    let uplink = find_uplink(h, cfg.node_addr).await?;
+    let uplink = find_uplink(nl, cfg.node_addr).await?;
     let mtu = uplink
         .mtu
-        .checked_sub(ENCAP_OVERHEAD)
+        .checked_sub(VXLAN_OVERHEAD)
         .filter(|m| *m >= MIN_IPV4_MTU)
         .ok_or_else(|| {
             OverlayError::Config(format!(
-                "the uplink {} has MTU {}: too small to carry VXLAN ({ENCAP_OVERHEAD} bytes of \
+                "the uplink {} has MTU {}: too small to carry VXLAN ({VXLAN_OVERHEAD} bytes of \
                  headers) and IPv4",
                 uplink.name, uplink.mtu
             ))
         })?;
     let mut changes = Vec::new();
 
-    let mut existing = kernel::link_by_name(h, &name).await?;
+    let mut existing = nl.link(&name).await?;
     if let Some(l) = &existing
         && l.kind != Some(InfoKind::Vxlan)
     {
@@ -170,12 +160,12 @@ pub(super) async fn ensure(
         .filter(|why| !why.is_empty());
 
     if check_conflicts || existing.is_none() || recreate.is_some() {
-        remove_conflicts(h, cfg, &name, &mut changes).await?;
+        remove_conflicts(nl, cfg, &name, &mut changes).await?;
     }
 
     if let (Some(l), Some(why)) = (&existing, &recreate) {
         warn!(device = %name, differences = %why.join("; "), "overlay device differs from the configuration; recreating it");
-        kernel::delete_link(h, l.index, &name).await?;
+        nl.delete_link(l.index, &name).await?;
         changes.push(format!("deleted {name} ({})", why.join("; ")));
         existing = None;
     }
@@ -191,11 +181,11 @@ pub(super) async fn ensure(
                 .address(mac.to_vec())
                 .mtu(mtu)
                 .build();
-            kernel::create_vxlan(h, msg, &name).await?;
-            let l = kernel::link_by_name(h, &name).await?.ok_or_else(|| {
+            nl.create_link(msg, &format!("VXLAN device {name}")).await?;
+            let l = nl.link(&name).await?.ok_or_else(|| {
                 OverlayError::Config(format!("{name} vanished right after it was created"))
             })?;
-            if let Err(e) = kernel::disable_ipv6_addrgen(h, l.index).await {
+            if let Err(e) = nl.disable_ipv6_addrgen(l.index).await {
                 debug!(device = %name, error = %e, "could not turn off IPv6 address generation");
             }
             info!(device = %name, vni = cfg.vni, port = cfg.port, local = %cfg.node_addr,
@@ -206,25 +196,25 @@ pub(super) async fn ensure(
     };
 
     if dev.mtu != mtu {
-        kernel::set_mtu(h, dev.index, mtu, &name).await?;
+        nl.set_mtu(dev.index, mtu).await?;
         info!(device = %name, from = dev.mtu, to = mtu, uplink = %uplink.name, "overlay MTU set");
         changes.push(format!("MTU {} -> {mtu}", dev.mtu));
         dev.mtu = mtu;
     }
 
-    ensure_address(h, &dev, device_address(cfg.pod_cidr), &mut changes).await?;
+    ensure_address(nl, &dev, device_address(cfg.pod_cidr), &mut changes).await?;
 
     if !dev.up {
-        match kernel::set_up(h, dev.index).await {
+        match nl.set_up(dev.index).await {
             Ok(()) => changes.push(format!("{name} up")),
-            Err(e) if errno(&e) == libc::EADDRINUSE => {
+            Err(e) if e.errno() == Some(libc::EADDRINUSE) => {
                 return Err(OverlayError::PortInUse {
                     device: name,
                     port: cfg.port,
                     flag: PORT_FLAG,
                 });
             }
-            Err(e) => return Err(super::error::netlink(format!("bring up {name}"))(e)),
+            Err(e) => return Err(e.into()),
         }
     }
 
@@ -243,16 +233,16 @@ pub(super) async fn ensure(
 /// create ours with a bare EEXIST. Sluice devices of other VNIs (left by a
 /// VNI change) are removed: their routes would compete with ours.
 async fn remove_conflicts(
-    h: &Handle,
+    nl: &Netlink,
     cfg: &OverlayConfig,
     name: &str,
     changes: &mut Vec<String>,
 ) -> Result<(), OverlayError> {
-    let links = kernel::links(h).await?;
+    let links = nl.links().await?;
     let others = links
         .iter()
         .filter(|l| l.name != name && l.kind == Some(InfoKind::Vxlan));
-    let (own, foreign): (Vec<&LinkFacts>, Vec<&LinkFacts>) =
+    let (own, foreign): (Vec<&Link>, Vec<&Link>) =
         others.partition(|l| l.name.starts_with(DEVICE_PREFIX));
     if let Some(l) = foreign
         .iter()
@@ -267,7 +257,7 @@ async fn remove_conflicts(
     }
     for l in own {
         warn!(device = %l.name, "removing a Sluice overlay device of another VNI");
-        kernel::delete_link(h, l.index, &l.name).await?;
+        nl.delete_link(l.index, &l.name).await?;
         changes.push(format!("deleted stale {}", l.name));
     }
     Ok(())
@@ -276,23 +266,18 @@ async fn remove_conflicts(
 /// Leaves exactly `addr/32` as the device's IPv4 address: an old one (the
 /// node's pod CIDR changed) would keep attracting traffic.
 async fn ensure_address(
-    h: &Handle,
-    dev: &LinkFacts,
+    nl: &Netlink,
+    dev: &Link,
     addr: Ipv4Addr,
     changes: &mut Vec<String>,
 ) -> Result<(), OverlayError> {
-    let have: Vec<(Ipv4Addr, u8)> = kernel::ipv4_addresses(h)
-        .await?
-        .into_iter()
-        .filter(|(i, _, _)| *i == dev.index)
-        .map(|(_, a, p)| (a, p))
-        .collect();
+    let have = nl.addresses(dev.index).await?;
     if !have.contains(&(addr, 32)) {
-        kernel::add_address(h, dev.index, addr, 32, &dev.name).await?;
+        nl.add_address(dev.index, addr, 32).await?;
         changes.push(format!("address {addr}/32"));
     }
     for (a, p) in have.into_iter().filter(|x| *x != (addr, 32)) {
-        kernel::delete_address(h, dev.index, a, p, &dev.name).await?;
+        nl.delete_address(dev.index, a, p).await?;
         changes.push(format!("removed address {a}/{p}"));
     }
     Ok(())

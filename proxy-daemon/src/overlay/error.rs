@@ -46,33 +46,16 @@ pub enum OverlayError {
     )]
     NameTaken { device: String, kind: String },
 
-    #[error("{op}: {source}")]
-    Netlink {
-        op: String,
-        #[source]
-        source: rtnetlink::Error,
-    },
+    #[error(transparent)]
+    Netlink(#[from] sluice_net::NetlinkError),
 }
 
 impl OverlayError {
     /// The kernel's errno, for a refused netlink request.
     pub fn errno(&self) -> Option<i32> {
         match self {
-            Self::Netlink { source, .. } => Some(errno(source)).filter(|e| *e != 0),
+            Self::Netlink(e) => e.errno(),
             _ => None,
         }
     }
-}
-
-/// The positive errno of a kernel refusal; 0 for other failures.
-pub(super) fn errno(e: &rtnetlink::Error) -> i32 {
-    match e {
-        rtnetlink::Error::NetlinkError(m) => m.raw_code().abs(),
-        _ => 0,
-    }
-}
-
-pub(super) fn netlink(op: impl Into<String>) -> impl FnOnce(rtnetlink::Error) -> OverlayError {
-    let op = op.into();
-    move |source| OverlayError::Netlink { op, source }
 }

@@ -27,17 +27,16 @@ mod plan;
 use std::{collections::BTreeSet, net::Ipv4Addr, time::Instant};
 
 use ipnetwork::Ipv4Network;
-use rtnetlink::Handle;
-use tokio::task::JoinHandle;
+use sluice_net::Netlink;
 use tracing::{info, warn};
 
-pub use device::{ENCAP_OVERHEAD, PORT_FLAG, VNI_FLAG};
+pub use device::{PORT_FLAG, VNI_FLAG};
 pub use error::OverlayError;
 pub use kernel::ROUTE_PROTOCOL;
 pub use peers::{
     DEVICE_PREFIX, MAX_VNI, Mac, Peer, VTEP_MAC_PREFIX, device_name, internal_ipv4, peers, vtep_mac,
 };
-pub use plan::{Change, Entries, FdbEntry, Neighbour, Route, plan};
+pub use plan::{Change, Entries, FdbEntry, Neighbour, Route, plan, route_to_peer};
 
 /// The Linux kernel's historical VXLAN port, which flannel also uses (the
 /// IANA port is 4789).
@@ -92,27 +91,13 @@ pub struct SyncFailure {
 /// [`Overlay::ensure`], whatever thread later drives it.
 pub struct Overlay {
     cfg: OverlayConfig,
-    handle: Handle,
-    connection: JoinHandle<()>,
+    nl: Netlink,
     device: String,
     index: u32,
     mtu: u32,
     uplink: String,
     /// Device changes made by `ensure`, reported by the first sync.
     pending: Vec<String>,
-}
-
-impl Drop for Overlay {
-    fn drop(&mut self) {
-        // The device and its entries stay: traffic keeps flowing while the
-        // daemon restarts, and the next ensure adopts them.
-        self.connection.abort();
-    }
-}
-
-fn connect() -> Result<(Handle, JoinHandle<()>), OverlayError> {
-    let (conn, handle, _) = rtnetlink::new_connection().map_err(OverlayError::Socket)?;
-    Ok((handle, tokio::spawn(conn)))
 }
 
 impl Overlay {
@@ -126,21 +111,14 @@ impl Overlay {
     /// holds it. Must run inside a tokio runtime with I/O enabled.
     pub async fn ensure(cfg: &OverlayConfig) -> Result<Self, OverlayError> {
         device::validate(cfg)?;
-        let (handle, connection) = connect()?;
-        let dev = match device::ensure(&handle, cfg, true).await {
-            Ok(d) => d,
-            Err(e) => {
-                connection.abort();
-                return Err(e);
-            }
-        };
+        let nl = Netlink::connect()?;
+        let dev = device::ensure(&nl, cfg, true).await?;
         if dev.changes.is_empty() {
             info!(device = %dev.name, mtu = dev.mtu, uplink = %dev.uplink, "overlay device adopted as it was");
         }
         Ok(Self {
             cfg: cfg.clone(),
-            handle,
-            connection,
+            nl,
             device: dev.name,
             index: dev.index,
             mtu: dev.mtu,
@@ -180,7 +158,7 @@ impl Overlay {
     /// reported and retried by the next sync.
     pub async fn sync(&mut self, peers: &[Peer]) -> Result<SyncReport, OverlayError> {
         let started = Instant::now();
-        let dev = device::ensure(&self.handle, &self.cfg, false).await?;
+        let dev = device::ensure(&self.nl, &self.cfg, false).await?;
         if dev.mtu != self.mtu {
             warn!(device = %dev.name, from = self.mtu, to = dev.mtu, "overlay MTU changed with the uplink's; existing pods keep their old MTU");
         }
@@ -188,7 +166,7 @@ impl Overlay {
         self.mtu = dev.mtu;
         self.uplink = dev.uplink;
 
-        let current = kernel::read_entries(&self.handle, self.index).await?;
+        let current = kernel::read_entries(&self.nl, self.index).await?;
         let mut device_changes = std::mem::take(&mut self.pending);
         device_changes.extend(dev.changes);
         let mut report = SyncReport {
@@ -201,7 +179,7 @@ impl Overlay {
             if change.node().is_some_and(|n| failed.contains(n)) {
                 continue;
             }
-            match kernel::apply(&self.handle, self.index, &change).await {
+            match kernel::apply(&self.nl, self.index, &change).await {
                 Ok(()) => {
                     info!(device = %self.device, node = change.node().unwrap_or("-"), change = %change, "overlay entry changed");
                     report.applied.push(change);
@@ -301,10 +279,7 @@ pub struct Inspection {
 /// neighbour entries are in place. Read-only; runs in the caller's network
 /// namespace, inside a tokio runtime.
 pub async fn inspect(device: &str, peers: &[Peer]) -> Result<Inspection, OverlayError> {
-    let (handle, connection) = connect()?;
-    let r = inspect_with(&handle, device, peers).await;
-    connection.abort();
-    r
+    inspect_with(&Netlink::connect()?, device, peers).await
 }
 
 /// [`inspect`] for callers without a runtime (`sluicectl`): runs it on a
@@ -318,11 +293,11 @@ pub fn inspect_blocking(device: &str, peers: &[Peer]) -> Result<Inspection, Over
 }
 
 async fn inspect_with(
-    h: &Handle,
+    nl: &Netlink,
     device: &str,
     peers: &[Peer],
 ) -> Result<Inspection, OverlayError> {
-    let Some(link) = kernel::link_by_name(h, device).await? else {
+    let Some(link) = nl.link(device).await? else {
         return Ok(Inspection {
             device: None,
             peers: peers
@@ -337,7 +312,7 @@ async fn inspect_with(
             stale: Vec::new(),
         });
     };
-    let entries = kernel::read_entries(h, link.index).await?;
+    let entries = kernel::read_entries(nl, link.index).await?;
     let v = link.vxlan.clone().unwrap_or_default();
     let state = DeviceState {
         name: link.name.clone(),
@@ -387,7 +362,7 @@ fn peer_state(p: &Peer, e: &Entries) -> PeerState {
             EntryState::Wrong(format!("dst {}, want {}", dsts.join(","), p.node_addr))
         }
     };
-    let want = Route::to_peer(p);
+    let want = route_to_peer(p);
     let route = match e.routes.iter().find(|r| r.dst == want.dst && r.metric == 0) {
         Some(r) if *r == want => EntryState::Present,
         Some(r) => EntryState::Wrong(format!("{r}, want {want}")),
@@ -436,7 +411,7 @@ mod tests {
         });
         e.routes.push(Route {
             onlink: false,
-            ..Route::to_peer(&p)
+            ..route_to_peer(&p)
         });
         let s = peer_state(&p, &e);
         assert_eq!(s.neighbour, EntryState::Present);

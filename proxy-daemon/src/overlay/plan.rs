@@ -8,43 +8,16 @@ use ipnetwork::Ipv4Network;
 
 use super::peers::{Mac, Peer};
 
-/// A permanent IPv4 neighbour on the overlay device: the peer's VTEP
-/// address resolves to its VTEP MAC without ARP (the device cannot flood).
-#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
-pub struct Neighbour {
-    pub addr: Ipv4Addr,
-    pub mac: [u8; 6],
-}
+pub use sluice_net::netlink::{FdbEntry, Neighbour, Route};
 
-/// A permanent forwarding entry of the overlay device: frames for `mac` are
-/// tunnelled to the node at `dst`.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
-pub struct FdbEntry {
-    pub mac: [u8; 6],
-    pub dst: Ipv4Addr,
-}
-
-/// A route of ours (main table, our protocol) through the overlay device.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
-pub struct Route {
-    pub dst: Ipv4Network,
-    pub gateway: Option<Ipv4Addr>,
-    pub onlink: bool,
-    /// The route's metric; the kernel keys routes by (dst, metric), so a
-    /// route of ours at another metric is a different route.
-    pub metric: u32,
-}
-
-impl Route {
-    /// The route a peer needs: its pod CIDR via its VTEP address, onlink
-    /// because that address is on no subnet of ours (the device has a /32).
-    pub fn to_peer(peer: &Peer) -> Self {
-        Route {
-            dst: peer.pod_cidr,
-            gateway: Some(peer.vtep_addr()),
-            onlink: true,
-            metric: 0,
-        }
+/// The route a peer needs: its pod CIDR via its VTEP address, onlink
+/// because that address is on no subnet of ours (the device has a /32).
+pub fn route_to_peer(peer: &Peer) -> Route {
+    Route {
+        dst: peer.pod_cidr,
+        gateway: Some(peer.vtep_addr()),
+        onlink: true,
+        metric: 0,
     }
 }
 
@@ -105,22 +78,6 @@ impl fmt::Display for Change {
     }
 }
 
-impl fmt::Display for Route {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{}", self.dst)?;
-        if let Some(gw) = self.gateway {
-            write!(f, " via {gw}")?;
-        }
-        if self.onlink {
-            f.write_str(" onlink")?;
-        }
-        if self.metric != 0 {
-            write!(f, " metric {}", self.metric)?;
-        }
-        Ok(())
-    }
-}
-
 /// The changes that turn `current` into what `peers` need.
 ///
 /// For each peer (in the given order) its neighbour, then its FDB entry,
@@ -153,7 +110,7 @@ pub fn plan(peers: &[Peer], current: &Entries) -> Vec<Change> {
             mac: p.vtep_mac(),
             dst: p.node_addr,
         };
-        let route = Route::to_peer(p);
+        let route = route_to_peer(p);
         if want_neigh.contains(&neigh.addr) || want_routes.contains(&route.dst) {
             continue;
         }
@@ -249,7 +206,7 @@ mod tests {
                     dst: p.node_addr,
                 })
                 .collect(),
-            routes: peers.iter().map(Route::to_peer).collect(),
+            routes: peers.iter().map(route_to_peer).collect(),
         }
     }
 
@@ -367,7 +324,7 @@ mod tests {
         });
         cur.routes.push(Route {
             metric: 100,
-            ..Route::to_peer(&peers[0])
+            ..route_to_peer(&peers[0])
         });
         assert_eq!(
             kinds(&plan(&peers, &cur)),

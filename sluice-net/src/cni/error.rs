@@ -89,3 +89,9 @@ mod tests {
         assert_eq!(CniError::new(5, "io").to_string(), "io (code 5)");
     }
 }
+
+impl From<crate::netlink::NetlinkError> for CniError {
+    fn from(e: crate::netlink::NetlinkError) -> Self {
+        CniError::new(code::IO, e.to_string())
+    }
+}

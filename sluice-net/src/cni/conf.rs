@@ -14,14 +14,14 @@ use ipnetwork::Ipv4Network;
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value, json};
 
-use crate::error::{CniError, code};
-use crate::version::CniVersion;
+use super::error::{CniError, code};
+use super::version::CniVersion;
 
 /// Network name the daemon writes into its conflist.
 pub const NETWORK_NAME: &str = "sluice";
 /// The plugin's CNI `type` (its executable name).
 pub const PLUGIN_TYPE: &str = "sluice-cni";
-pub const DEFAULT_BRIDGE: &str = "sluice0";
+pub use crate::pods::DEFAULT_BRIDGE;
 pub const DEFAULT_MTU: u32 = 1500;
 pub const DEFAULT_STATE_DIR: &str = "/var/lib/sluice";
 pub const DEFAULT_BPFFS: &str = "/sys/fs/bpf";
@@ -217,7 +217,7 @@ pub fn conflist(netconf: &NetConf) -> Value {
     plugin.remove("cniVersion");
     plugin.remove("name");
     let versions: Vec<&str> = netconf.version().map_or_else(Vec::new, |v| {
-        crate::version::SUPPORTED
+        crate::cni::version::SUPPORTED
             .iter()
             .filter(|s| **s >= v)
             .map(|s| s.as_str())
@@ -459,7 +459,7 @@ mod tests {
 
     #[test]
     fn every_libcni_runs_the_written_conflist_with_a_version_it_can_decode() {
-        for v in crate::version::SUPPORTED {
+        for v in crate::cni::version::SUPPORTED {
             let mut c = NetConf::new("10.244.1.0/24".parse().unwrap());
             c.cni_version = v.as_str().to_string();
             let list = conflist(&c);

@@ -1,9 +1,10 @@
-//! Attaching the pinned datapath programs to a pod's host-side veth.
+//! Attaching the pinned datapath programs to an interface: a pod's
+//! host-side veth, the uplink, the overlay device.
 //!
-//! `sluiced` loads and pins `prog_from_pod` and `prog_to_pod` under
-//! `<bpffs>/sluice/`. The plugin attaches them before ADD returns, so no pod
-//! ever sends a packet that bypasses the datapath; the daemon calls the same
-//! function at start to swap new programs into every existing pod.
+//! `sluiced` loads and pins the programs under `<bpffs>/sluice/`. The CNI
+//! plugin attaches `prog_from_pod` and `prog_to_pod` before ADD returns, so
+//! no pod ever sends a packet that bypasses the datapath; the daemon uses
+//! the same functions to swap new programs into every hooked interface.
 //!
 //! Filters are cls_bpf filters on the clsact qdisc at a fixed priority and
 //! handle ([`names::TC_PRIORITY`], [`names::TC_HANDLE`]). A netlink filter
@@ -21,11 +22,11 @@ use aya::programs::tc::{NlOptions, SchedClassifierLink, TcAttachOptions, qdisc_a
 use aya::programs::{ProgramError, SchedClassifier, TcAttachType, TcError, TcHandle};
 use proxy_common::names;
 
-use crate::error::{CniError, code};
-use crate::netlink::{ClsactHook, Netlink, NetlinkError};
-use crate::netns::on_fresh_thread;
+use crate::blocking::{BlockingNetlink, on_fresh_thread};
+use crate::cni::error::{CniError, code};
+use crate::netlink::{ClsactHook, NetlinkError};
 
-/// `<bpffs>/sluice`.
+/// `<bpffs>/sluice`: every pinned map and program.
 pub fn pin_dir(bpffs: &Path) -> PathBuf {
     bpffs.join(names::PIN_DIR)
 }
@@ -197,7 +198,7 @@ fn attach_one(
 }
 
 /// Whether both of our filters are on the link (by index), per hook.
-pub(crate) fn filters_present(nl: &Netlink, index: u32) -> Result<(bool, bool), NetlinkError> {
+pub fn filters_present(nl: &BlockingNetlink, index: u32) -> Result<(bool, bool), NetlinkError> {
     let ours = |hook| -> Result<bool, NetlinkError> {
         Ok(nl.tc_filters(index, hook)?.iter().any(|f| {
             f.kind == "bpf" && f.priority == names::TC_PRIORITY && f.handle == names::TC_HANDLE
@@ -208,16 +209,15 @@ pub(crate) fn filters_present(nl: &Netlink, index: u32) -> Result<(bool, bool), 
 
 /// Whether `host_ifname` (in the caller's network namespace) carries both
 /// datapath filters. `Ok(false)` when the link does not exist.
-pub fn pod_programs_attached(host_ifname: &str) -> Result<bool, CniError> {
-    on_fresh_thread(|| -> Result<bool, CniError> {
-        let nl = Netlink::new()?;
+pub fn pod_programs_attached(host_ifname: &str) -> Result<bool, NetlinkError> {
+    on_fresh_thread(|| -> Result<bool, NetlinkError> {
+        let nl = BlockingNetlink::new()?;
         let Some(link) = nl.link(host_ifname)? else {
             return Ok(false);
         };
         let (ingress, egress) = filters_present(&nl, link.index)?;
         Ok(ingress && egress)
-    })
-    .map_err(CniError::from)?
+    })?
 }
 
 /// An interface carrying Sluice's TC filters, and on which hooks.
@@ -230,9 +230,9 @@ pub struct HookedLink {
 
 /// Every link in the caller's network namespace with a Sluice filter: the
 /// pod veths, the uplink and the overlay device, as the kernel has them.
-pub fn hooked_links() -> Result<Vec<HookedLink>, CniError> {
-    on_fresh_thread(|| -> Result<Vec<HookedLink>, CniError> {
-        let nl = Netlink::new()?;
+pub fn hooked_links() -> Result<Vec<HookedLink>, NetlinkError> {
+    on_fresh_thread(|| -> Result<Vec<HookedLink>, NetlinkError> {
+        let nl = BlockingNetlink::new()?;
         let mut out = Vec::new();
         for link in nl.links()? {
             let (ingress, egress) = filters_present(&nl, link.index)?;
@@ -245,8 +245,7 @@ pub fn hooked_links() -> Result<Vec<HookedLink>, CniError> {
             }
         }
         Ok(out)
-    })
-    .map_err(CniError::from)?
+    })?
 }
 
 #[cfg(test)]
