@@ -20,6 +20,8 @@ pub const MAP_CT_TCP: &str = "sluice_ct4_tcp_v2";
 pub const MAP_CT_ANY: &str = "sluice_ct4_any_v2";
 /// Per-CPU counters of the CT maps: `CT_STATS_* -> CtStats`.
 pub const MAP_CT_STATS: &str = "sluice_ctst_v1";
+/// Per-CPU counters of failed datapath map writes: `stats::write_error::* -> u64`.
+pub const MAP_WRITE_ERRORS: &str = "sluice_werr_v1";
 /// Ports of fragmented datagrams, LRU: `FragKey -> FragPorts`.
 pub const MAP_FRAG: &str = "sluice_frag4_v1";
 /// Per-CPU verdict and drop counters indexed by reason code.
@@ -36,7 +38,7 @@ pub const MAP_SOURCE_RANGES: &str = "sluice_srcr4_v1";
 pub const MAP_MAGLEV: &str = "sluice_mglv4_v3";
 
 /// Every map the datapath pins, in the order `sluicectl status` lists them.
-pub const ALL_MAPS: [&str; 12] = [
+pub const ALL_MAPS: [&str; 13] = [
     MAP_SERVICES,
     MAP_BACKENDS,
     MAP_CT_TCP,
@@ -44,6 +46,7 @@ pub const ALL_MAPS: [&str; 12] = [
     MAP_CT_STATS,
     MAP_FRAG,
     MAP_REASONS,
+    MAP_WRITE_ERRORS,
     MAP_SVC_STATS,
     MAP_CONFIG,
     MAP_AFFINITY,

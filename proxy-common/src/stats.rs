@@ -43,3 +43,29 @@ impl core::ops::Add for ServiceCounter {
         }
     }
 }
+
+/// Map writes of the datapath that failed without deciding a packet's
+/// fate (the packet goes on; what it would have recorded is lost), counted
+/// per CPU in `sluice_werr_v1` by these indices. Append-only.
+pub mod write_error {
+    /// A session-affinity entry could not be stored: the client's next
+    /// connection is balanced afresh.
+    pub const AFFINITY: u32 = 0;
+    /// A first fragment's ports could not be stored: later fragments of
+    /// that datagram find no state.
+    pub const FRAGMENT: u32 = 1;
+    /// A vanished partner CT entry could not be recreated (the map was
+    /// full): the flow's other direction stays untranslated until it is.
+    pub const CT_PARTNER: u32 = 2;
+    /// Size of the counter array.
+    pub const MAX: u32 = 8;
+
+    pub const fn name(i: u32) -> Option<&'static str> {
+        Some(match i {
+            AFFINITY => "affinity",
+            FRAGMENT => "fragment",
+            CT_PARTNER => "ct-partner",
+            _ => return None,
+        })
+    }
+}

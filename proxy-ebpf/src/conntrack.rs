@@ -21,10 +21,11 @@ use proxy_common::{
     },
     proto,
     service::HAIRPIN_SNAT_ADDR,
+    stats::write_error,
 };
 
 use crate::{
-    maps::{CT_ANY, CT_STATS, CT_TCP, FRAGS},
+    maps::{CT_ANY, CT_STATS, CT_TCP, FRAGS, count_write_error},
     packet::{FRAG_FIRST, Packet, TCP_ACK, TCP_FIN, TCP_RST, TCP_SYN},
 };
 
@@ -510,11 +511,14 @@ pub fn sync_partner<C: Table>(
             }
             None => {
                 let fresh = (*e).inverse(before);
-                if C::insert(&partner, &fresh, BPF_NOEXIST as u64).is_ok() {
-                    count::<C>(|s| {
+                match C::insert(&partner, &fresh, BPF_NOEXIST as u64) {
+                    Ok(()) => count::<C>(|s| {
                         s.created += 1;
                         s.recreated += 1;
-                    });
+                    }),
+                    // Another CPU recreated it first.
+                    Err(EEXIST) => {}
+                    Err(_) => count_write_error(write_error::CT_PARTNER),
                 }
             }
         }
@@ -539,7 +543,9 @@ pub fn remember_fragment(pkt: &Packet) {
         sport: pkt.sport,
         dport: pkt.dport,
     };
-    let _ = FRAGS.insert(k, v, 0);
+    if FRAGS.insert(k, v, 0).is_err() {
+        count_write_error(write_error::FRAGMENT);
+    }
 }
 
 /// Fills in the ports of a later fragment from its first fragment.

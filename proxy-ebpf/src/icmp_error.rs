@@ -20,11 +20,11 @@ use proxy_common::{
 };
 
 use crate::{
-    Verdict,
     access::{load16, load32, store16, store32},
     conntrack,
-    nat::{add, delta16, delta32, updated},
+    csum::{add, delta16, delta32, updated},
     packet::{ETH_HLEN, FRAG_NONE, Packet},
+    verdict::Verdict,
 };
 
 const ICMP_DEST_UNREACH: u8 = 3;

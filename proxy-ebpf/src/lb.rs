@@ -4,10 +4,11 @@ use aya_ebpf::{helpers::bpf_get_prandom_u32, maps::lpm_trie::Key};
 use proxy_common::{
     AffinityKey, AffinityValue, Backend, NodeConfig, ServiceKey, ServiceValue, SourceRangeKey,
     service::{SCOPE_EXTERNAL, SCOPE_INTERNAL, SVC_F_ADDR_ONLY, SVC_F_AFFINITY, SVC_F_MAGLEV},
+    stats::write_error,
 };
 
 use crate::{
-    maps::{AFFINITY, BACKENDS, CONFIG, MAGLEV, SERVICES, SOURCE_RANGES},
+    maps::{AFFINITY, BACKENDS, CONFIG, MAGLEV, SERVICES, SOURCE_RANGES, count_write_error},
     packet::Packet,
 };
 
@@ -145,15 +146,19 @@ pub fn pick_backend(
         }
     };
     let chosen = backend(id)?;
-    if affinity {
-        let _ = AFFINITY.insert(
-            aff_key,
-            AffinityValue {
-                backend_id: id,
-                last_used: now,
-            },
-            0,
-        );
+    if affinity
+        && AFFINITY
+            .insert(
+                aff_key,
+                AffinityValue {
+                    backend_id: id,
+                    last_used: now,
+                },
+                0,
+            )
+            .is_err()
+    {
+        count_write_error(write_error::AFFINITY);
     }
     Some(chosen)
 }

@@ -19,6 +19,7 @@
 
 mod access;
 mod conntrack;
+mod csum;
 mod icmp_error;
 mod lb;
 mod maps;
@@ -29,50 +30,18 @@ mod pod;
 mod reject;
 mod route;
 mod service;
+mod skb;
+mod tracked;
+mod verdict;
 
-use aya_ebpf::{
-    bindings::{TC_ACT_OK, TC_ACT_REDIRECT, TC_ACT_SHOT},
-    helpers::bpf_redirect,
-    macros::classifier,
-    programs::TcContext,
-};
-use proxy_common::{CtEntry, ct::CT_DIR_REPLY, reason};
+use aya_ebpf::{macros::classifier, programs::TcContext};
+use proxy_common::reason;
 
 use crate::{
-    conntrack::Table,
-    maps::{SvcDelta, count_reason, count_service},
+    maps::count_reason,
     packet::{Packet, Parsed},
+    verdict::Verdict,
 };
-
-const PASS: i32 = TC_ACT_OK;
-const DROP: i32 = TC_ACT_SHOT;
-
-/// A verdict and the reason it is counted under.
-pub struct Verdict {
-    action: i32,
-    reason: u32,
-}
-
-impl Verdict {
-    pub const fn pass(reason: u32) -> Self {
-        Self {
-            action: PASS,
-            reason,
-        }
-    }
-    pub const fn drop(reason: u32) -> Self {
-        Self {
-            action: DROP,
-            reason,
-        }
-    }
-}
-
-#[inline(always)]
-fn ifindex(ctx: &TcContext) -> u32 {
-    // SAFETY: reading a field of the program's own __sk_buff.
-    unsafe { (*ctx.skb.skb).ifindex }
-}
 
 /// Parses the packet and hands IPv4 to `handle`. `malformed` is what a bad
 /// IPv4 header gets: dropped where pods send it, passed where the kernel
@@ -123,80 +92,6 @@ pub fn from_overlay(ctx: TcContext) -> i32 {
         Verdict::pass(reason::PASS_OVERLAY),
         netdev::from_overlay,
     )
-}
-
-/// Non-service packets a parse flagged as unusual are still passed, but
-/// counted under what made them unusual.
-#[inline(always)]
-fn pass_reason(pkt: &Packet) -> u32 {
-    if pkt.frag != packet::FRAG_NONE {
-        reason::PASS_FRAGMENT
-    } else if pkt.has_options {
-        reason::PASS_IP_OPTIONS
-    } else if pkt.has_ports() && !pkt.l4_complete {
-        reason::PASS_TRUNCATED
-    } else {
-        reason::PASS_NOT_SERVICE
-    }
-}
-
-/// Sends the packet back into the pod it came from. It was addressed to
-/// the gateway's MAC; the pod would discard it as someone else's frame, so
-/// the addresses are swapped as if the gateway had routed it back.
-#[inline(always)]
-fn redirect_back(ctx: &TcContext, reason: u32) -> Verdict {
-    if packet::swap_macs(ctx).is_err() {
-        return Verdict::drop(reason::DROP_REWRITE);
-    }
-    // SAFETY: plain helper call.
-    let action = unsafe { bpf_redirect(ifindex(ctx), 0) } as i32;
-    if action != TC_ACT_REDIRECT {
-        return Verdict::drop(reason::DROP_REWRITE);
-    }
-    Verdict { action, reason }
-}
-
-/// Translates a reply of a tracked flow by its reply entry, refreshes the
-/// flow's other entry (`partner_dir`) and counts it under `ok`. `None` when
-/// the entry is dead: it is removed, and the caller treats the packet as
-/// untracked.
-#[inline(always)]
-fn reverse<C: Table>(
-    ctx: &TcContext,
-    pkt: &mut Packet,
-    entry: *mut CtEntry,
-    partner_dir: u8,
-    ok: u32,
-) -> Option<Verdict> {
-    let now = conntrack::now();
-    let before = conntrack::key(pkt, CT_DIR_REPLY);
-    // SAFETY: pointer to a live map value, copied.
-    let current = unsafe { *entry };
-    if conntrack::reply_is_stale(&current, pkt, now) {
-        conntrack::retire::<C>(&before, &current);
-        return None;
-    }
-    if let Some(r) = service::untranslatable(pkt) {
-        return Some(Verdict::drop(r));
-    }
-    let len = pkt.len;
-    let new_bits = conntrack::observe(entry, pkt, now, false);
-    // SAFETY: pointer to a live map value; copied before the rewrite.
-    let e = unsafe { *entry };
-    conntrack::remember_fragment(pkt);
-    if nat::apply(ctx, pkt, &e).is_err() {
-        return Some(Verdict::drop(reason::DROP_REWRITE));
-    }
-    conntrack::sync_partner::<C>(entry, &before, pkt, partner_dir, new_bits, now);
-    count_service(
-        e.svc_id,
-        SvcDelta {
-            len,
-            new_conn: false,
-            refused: false,
-        },
-    );
-    Some(service::forward(ctx, pkt, &e, ok))
 }
 
 #[cfg(not(test))]

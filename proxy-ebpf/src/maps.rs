@@ -20,6 +20,7 @@ use proxy_common::{
         DEFAULT_MAX_SERVICE_ENTRIES, DEFAULT_MAX_SERVICE_IDS, DEFAULT_MAX_SOURCE_RANGES,
         MAGLEV_TABLE_FLAGS,
     },
+    stats::write_error,
 };
 
 #[map(name = "sluice_svc4_v1")]
@@ -37,6 +38,19 @@ pub static CT_TCP: HashMap<CtKey, CtEntry> = HashMap::pinned(DEFAULT_MAX_CT_TCP_
 /// UDP and ICMP echo flows: LRU, so a flood evicts only flows of its kind.
 #[map(name = "sluice_ct4_any_v2")]
 pub static CT_ANY: LruHashMap<CtKey, CtEntry> = LruHashMap::pinned(DEFAULT_MAX_CT_ANY_ENTRIES, 0);
+
+/// Failed map writes that decided nothing (`stats::write_error`).
+#[map(name = "sluice_werr_v1")]
+pub static WRITE_ERRORS: PerCpuArray<u64> = PerCpuArray::pinned(write_error::MAX, 0);
+
+/// Counts a map write that failed without deciding the packet's fate.
+#[inline(always)]
+pub fn count_write_error(what: u32) {
+    if let Some(c) = WRITE_ERRORS.get_ptr_mut(what) {
+        // SAFETY: per-CPU slot, only this CPU writes it while we run.
+        unsafe { *c += 1 };
+    }
+}
 
 /// Counters of the CT maps (rows `CT_STATS_*`).
 #[map(name = "sluice_ctst_v1")]

@@ -23,41 +23,11 @@ use proxy_common::{
 
 use crate::{
     access::{load16, store16, store32},
+    csum::{add, delta16, delta32, updated},
     packet::{self, ETH_HLEN, Packet},
 };
 
 pub struct RewriteError;
-
-/// Ones' complement addition with end-around carry.
-#[inline(always)]
-pub fn add(a: u32, b: u32) -> u32 {
-    let (s, carry) = a.overflowing_add(b);
-    s.wrapping_add(carry as u32)
-}
-
-#[inline(always)]
-fn fold(mut x: u32) -> u16 {
-    x = (x & 0xffff) + (x >> 16);
-    x = (x & 0xffff) + (x >> 16);
-    x as u16
-}
-
-/// A checksum field after the data it covers changed by `diff` (RFC 1624).
-#[inline(always)]
-pub fn updated(check: u16, diff: u32) -> u16 {
-    !fold(add(u32::from(!check), diff))
-}
-
-/// The checksum difference of replacing 32-bit `old` by `new` (`~m + m'`).
-#[inline(always)]
-pub fn delta32(old: u32, new: u32) -> u32 {
-    add(!old, new)
-}
-
-#[inline(always)]
-pub fn delta16(old: u16, new: u16) -> u32 {
-    add(u32::from(!old), u32::from(new))
-}
 
 /// The address of `len` bytes at `off`, if they are inside the packet.
 #[inline(always)]

@@ -25,14 +25,15 @@ use proxy_common::{
 };
 
 use crate::{
-    Verdict, conntrack,
+    conntrack,
     conntrack::{Any, CreateError, Snat, Table, Tcp},
     lb,
     maps::CONFIG,
     nat,
     packet::{FRAG_LATER, Packet},
-    reverse,
     service::{self, Origin, untranslatable},
+    tracked::{self, reverse},
+    verdict::Verdict,
 };
 
 #[inline(always)]
@@ -113,37 +114,36 @@ fn masquerade<C: Table>(ctx: &TcContext, pkt: &mut Packet, c: &NodeConfig) -> Ve
         }
         None => None,
     };
-    let (e, observed) = match entry {
-        Some(entry) => {
-            let bits = conntrack::observe(entry, pkt, now, true);
-            // SAFETY: as above; copied before the rewrite.
-            (unsafe { *entry }, Some((entry, bits)))
+    if let Some(entry) = entry {
+        return tracked::translate::<C>(
+            ctx,
+            pkt,
+            entry,
+            CT_DIR_EGRESS,
+            CT_DIR_REPLY,
+            reason::MASQUERADE,
+            now,
+        );
+    }
+    if pkt.frag == FRAG_LATER {
+        return Verdict::drop(reason::DROP_FRAG_NO_STATE);
+    }
+    let snat = Snat {
+        addr: c.node_addr,
+        port_min: c.snat_port_min,
+        port_max: c.snat_port_max,
+    };
+    let e = match conntrack::create_masquerade_flow::<C>(pkt, snat, now) {
+        Ok(e) => e,
+        Err(CreateError::Full) => return Verdict::drop(reason::DROP_CT_FULL),
+        Err(CreateError::PortsExhausted) => {
+            return Verdict::drop(reason::DROP_SNAT_PORTS_EXHAUSTED);
         }
-        None => {
-            if pkt.frag == FRAG_LATER {
-                return Verdict::drop(reason::DROP_FRAG_NO_STATE);
-            }
-            let snat = Snat {
-                addr: c.node_addr,
-                port_min: c.snat_port_min,
-                port_max: c.snat_port_max,
-            };
-            match conntrack::create_masquerade_flow::<C>(pkt, snat, now) {
-                Ok(e) => (e, None),
-                Err(CreateError::Full) => return Verdict::drop(reason::DROP_CT_FULL),
-                Err(CreateError::PortsExhausted) => {
-                    return Verdict::drop(reason::DROP_SNAT_PORTS_EXHAUSTED);
-                }
-                Err(CreateError::Other) => return Verdict::drop(reason::DROP_CT_CREATE),
-            }
-        }
+        Err(CreateError::Other) => return Verdict::drop(reason::DROP_CT_CREATE),
     };
     conntrack::remember_fragment(pkt);
     if nat::apply(ctx, pkt, &e).is_err() {
         return Verdict::drop(reason::DROP_REWRITE);
-    }
-    if let Some((entry, bits)) = observed {
-        conntrack::sync_partner::<C>(entry, &fwd_key, pkt, CT_DIR_REPLY, bits, now);
     }
     Verdict::pass(reason::MASQUERADE)
 }

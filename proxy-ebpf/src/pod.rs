@@ -9,12 +9,14 @@ use proxy_common::{
 };
 
 use crate::{
-    Verdict, conntrack,
+    conntrack,
     conntrack::{Any, HAIRPIN_ADDR, Table, Tcp},
-    icmp_error, ifindex, lb,
+    icmp_error, lb,
     packet::{ECHO_NONE, FRAG_LATER, Packet},
-    pass_reason, reverse,
     service::{self, Origin, untranslatable},
+    skb::ifindex,
+    tracked::reverse,
+    verdict::{Verdict, pass_reason},
 };
 
 #[inline(always)]

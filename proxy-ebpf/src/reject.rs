@@ -5,11 +5,15 @@
 
 use aya_ebpf::{
     bindings::TC_ACT_REDIRECT,
-    helpers::{bpf_csum_diff, bpf_redirect, bpf_skb_change_tail, bpf_skb_load_bytes},
+    helpers::{bpf_csum_diff, bpf_skb_change_tail, bpf_skb_load_bytes},
     programs::TcContext,
 };
 
-use crate::packet::{ETH_HLEN, Packet};
+use crate::{
+    csum,
+    packet::{ETH_HLEN, Packet},
+    skb,
+};
 
 /// Bytes of the offending datagram an ICMP error quotes: its IP header
 /// (callers never reject packets with options) and 8 bytes of L4 header.
@@ -70,10 +74,7 @@ fn checksum<T>(v: &T) -> u16 {
             0,
         )
     } as u64;
-    let mut s = (sum & 0xffff_ffff) as u32;
-    s = (s & 0xffff) + (s >> 16);
-    s = (s & 0xffff) + (s >> 16);
-    !(s as u16)
+    csum::of_sum(sum)
 }
 
 /// Rewrites the packet into an ICMP port-unreachable and redirects it back
@@ -118,12 +119,9 @@ pub fn port_unreachable(ctx: &TcContext, pkt: &Packet) -> Result<i32, ()> {
     ctx.store(ETH_HLEN, &ip, 0).map_err(|_| ())?;
     ctx.store(ETH_HLEN + IP_LEN, &icmp, 0).map_err(|_| ())?;
 
-    // SAFETY: reading the ifindex field of the program's own __sk_buff.
-    let ifindex = unsafe { (*ctx.skb.skb).ifindex };
-    // SAFETY: plain helper call.
-    let ret = unsafe { bpf_redirect(ifindex, 0) } as i32;
-    if ret == TC_ACT_REDIRECT {
-        Ok(ret)
+    let v = skb::redirect_here(ctx, 0);
+    if v.action == TC_ACT_REDIRECT {
+        Ok(v.action)
     } else {
         Err(())
     }

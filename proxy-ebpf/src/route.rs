@@ -21,10 +21,11 @@ use aya_ebpf::{
 use proxy_common::reason;
 
 use crate::{
-    Verdict,
     access::{load16, store16, store32},
-    ifindex,
+    csum,
     packet::{ETH_HLEN, Packet},
+    skb::ifindex,
+    verdict::Verdict,
 };
 
 const AF_INET: u8 = 2;
@@ -48,11 +49,7 @@ fn decrement_ttl(ctx: &TcContext) -> Result<(), u32> {
         // TTL is the first byte: the low byte of the little-endian load.
         let new = old - 1;
         store16(ttl_proto, new);
-        // HC' = ~(~HC + ~m + m'), folded.
-        let mut sum = u32::from(!load16(check)) + u32::from(!old) + u32::from(new);
-        sum = (sum & 0xffff) + (sum >> 16);
-        sum = (sum & 0xffff) + (sum >> 16);
-        store16(check, !(sum as u16));
+        store16(check, csum::updated(load16(check), csum::delta16(old, new)));
     }
     Ok(())
 }

@@ -11,13 +11,16 @@ use proxy_common::{
 };
 
 use crate::{
-    Verdict, conntrack,
+    conntrack,
     conntrack::{CreateError, Snat, Table},
     lb,
     maps::{SvcDelta, count_service},
     nat, packet,
     packet::Packet,
-    redirect_back, reject, route,
+    reject, route,
+    skb::redirect_back,
+    tracked,
+    verdict::Verdict,
 };
 
 /// Where a new connection came from.
@@ -31,10 +34,7 @@ pub enum Origin<'a> {
 #[inline(always)]
 pub fn refuse(ctx: &TcContext, pkt: &Packet, why: u32) -> Verdict {
     match reject::port_unreachable(ctx, pkt) {
-        Ok(action) => Verdict {
-            action,
-            reason: why,
-        },
+        Ok(action) => Verdict::action(action, why),
         Err(()) => Verdict::drop(reason::DROP_REJECT_FAILED),
     }
 }
@@ -47,26 +47,15 @@ pub fn established<C: Table>(
     entry: *mut CtEntry,
     now: u32,
 ) -> Verdict {
-    let before = conntrack::key(pkt, CT_DIR_SERVICE);
-    let len = pkt.len;
-    let new_bits = conntrack::observe(entry, pkt, now, true);
-    // SAFETY: pointer to a live map value; copied so later map updates
-    // cannot change the rewrite half-way.
-    let e = unsafe { *entry };
-    conntrack::remember_fragment(pkt);
-    if nat::apply(ctx, pkt, &e).is_err() {
-        return Verdict::drop(reason::DROP_REWRITE);
-    }
-    conntrack::sync_partner::<C>(entry, &before, pkt, CT_DIR_REPLY, new_bits, now);
-    count_service(
-        e.svc_id,
-        SvcDelta {
-            len,
-            new_conn: false,
-            refused: false,
-        },
-    );
-    forward(ctx, pkt, &e, reason::FWD_ESTABLISHED)
+    tracked::translate::<C>(
+        ctx,
+        pkt,
+        entry,
+        CT_DIR_SERVICE,
+        CT_DIR_REPLY,
+        reason::FWD_ESTABLISHED,
+        now,
+    )
 }
 
 /// The first packet of a flow to `fe`: choose a backend, create both CT

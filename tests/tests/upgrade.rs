@@ -26,6 +26,19 @@ const LEGACY: &str = concat!(
     env!("CARGO_MANIFEST_DIR"),
     "/fixtures/legacy/datapath-98c3779.o"
 );
+/// The maps that release pinned (its `names::ALL_MAPS`).
+const LEGACY_MAPS: [&str; 10] = [
+    "sluice_svc4_v1",
+    "sluice_be4_v1",
+    "sluice_ct4_v1",
+    "sluice_frag4_v1",
+    "sluice_rsn_v1",
+    "sluice_svst_v1",
+    "sluice_cfg_v1",
+    "sluice_aff4_v1",
+    "sluice_srcr4_v1",
+    "sluice_mglv4_v3",
+];
 
 /// The object's bytes in 8-byte aligned storage (the ELF reader wants
 /// aligned data), and their length.
@@ -61,7 +74,7 @@ fn downgrade(cluster: &Cluster) {
     let pods = node.ns.run(move || sluice::daemon::reattach(&dir)).unwrap();
     assert!(pods >= 3, "{pods} pods re-attached");
     drop(progs);
-    for name in [names::MAP_CT_TCP, names::MAP_CT_ANY, names::MAP_CT_STATS] {
+    for name in names::ALL_MAPS.iter().filter(|n| !LEGACY_MAPS.contains(n)) {
         std::fs::remove_file(map_path(&bpffs, name)).unwrap();
     }
     assert!(map_path(&bpffs, names::LEGACY_MAP_CT_V1).exists());

@@ -243,6 +243,7 @@ fn run(cli: Cli) -> Result<()> {
                     "reasons": views::reasons(&s),
                     "maps": s.fill,
                     "conntrack": s.conntrack,
+                    "write_failures": s.write_errors,
                 }))?;
             } else {
                 let (reasons, maps) = views::stats_tables(&s);

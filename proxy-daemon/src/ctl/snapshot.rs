@@ -6,7 +6,7 @@ use std::{collections::BTreeMap, path::Path};
 
 use proxy_common::{
     AffinityKey, AffinityValue, Backend, CtEntry, CtKey, ReasonCounter, ServiceCounter, ServiceKey,
-    ServiceValue, names, reason,
+    ServiceValue, names, reason, stats::write_error,
 };
 
 use crate::{
@@ -39,6 +39,8 @@ pub struct Snapshot {
     pub fill: Vec<MapFill>,
     /// The CT maps' counters.
     pub conntrack: Vec<CtMapStats>,
+    /// Failed datapath map writes, by what was being written.
+    pub write_errors: BTreeMap<&'static str, u64>,
 }
 
 /// A CT map's counters beside its fill.
@@ -117,6 +119,11 @@ impl Snapshot {
                 full: stats.full,
                 recreated: stats.recreated,
             });
+        }
+        for i in 0..write_error::MAX {
+            if let Some(name) = write_error::name(i) {
+                s.write_errors.insert(name, maps.write_errors_total(i)?);
+            }
         }
         let frag_entries = maps.frags.keys().filter(Result::is_ok).count() as u64;
         for item in maps.affinity.iter() {

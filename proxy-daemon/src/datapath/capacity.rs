@@ -48,6 +48,7 @@ impl Capacities {
             names::MAP_CT_TCP => self.ct_tcp_entries,
             names::MAP_CT_ANY => self.ct_any_entries,
             names::MAP_CT_STATS => ct::CT_STATS_ROWS,
+            names::MAP_WRITE_ERRORS => proxy_common::stats::write_error::MAX,
             names::MAP_FRAG => self.frag_entries,
             names::MAP_REASONS => reason::MAX,
             names::MAP_CONFIG => 1,

@@ -58,12 +58,13 @@ const fn layout<K, V>(name: &'static str, kind: MapType) -> Layout {
     }
 }
 
-const LAYOUTS: [Layout; 12] = [
+const LAYOUTS: [Layout; 13] = [
     layout::<ServiceKey, ServiceValue>(names::MAP_SERVICES, MapType::Hash),
     layout::<u32, Backend>(names::MAP_BACKENDS, MapType::Hash),
     layout::<CtKey, CtEntry>(names::MAP_CT_TCP, MapType::Hash),
     layout::<CtKey, CtEntry>(names::MAP_CT_ANY, MapType::LruHash),
     layout::<u32, CtStats>(names::MAP_CT_STATS, MapType::PerCpuArray),
+    layout::<u32, u64>(names::MAP_WRITE_ERRORS, MapType::PerCpuArray),
     layout::<FragKey, FragPorts>(names::MAP_FRAG, MapType::LruHash),
     layout::<u32, ReasonCounter>(names::MAP_REASONS, MapType::PerCpuArray),
     layout::<u32, ServiceCounter>(names::MAP_SVC_STATS, MapType::PerCpuArray),

@@ -130,6 +130,8 @@ pub struct PinnedMaps {
     /// UDP and ICMP connection tracking (LRU).
     pub ct_any: HashMap<MapData, CtKey, CtEntry>,
     pub ct_stats: PerCpuArray<MapData, CtStats>,
+    /// Failed datapath map writes, by `stats::write_error` index.
+    pub write_errors: PerCpuArray<MapData, u64>,
     pub frags: HashMap<MapData, FragKey, FragPorts>,
     pub reasons: PerCpuArray<MapData, ReasonCounter>,
     pub svc_stats: PerCpuArray<MapData, ServiceCounter>,
@@ -148,6 +150,7 @@ impl PinnedMaps {
             ct_tcp: typed(bpffs, names::MAP_CT_TCP)?,
             ct_any: typed(bpffs, names::MAP_CT_ANY)?,
             ct_stats: typed(bpffs, names::MAP_CT_STATS)?,
+            write_errors: typed(bpffs, names::MAP_WRITE_ERRORS)?,
             frags: typed(bpffs, names::MAP_FRAG)?,
             reasons: typed(bpffs, names::MAP_REASONS)?,
             svc_stats: typed(bpffs, names::MAP_SVC_STATS)?,
@@ -171,6 +174,11 @@ impl PinnedMaps {
     /// A row of the CT counters summed over CPUs.
     pub fn ct_stats_total(&self, row: u32) -> Result<CtStats, DatapathError> {
         cpu_sum(&self.ct_stats, names::MAP_CT_STATS, row)
+    }
+
+    /// Failed datapath map writes of one kind, summed over CPUs.
+    pub fn write_errors_total(&self, what: u32) -> Result<u64, DatapathError> {
+        cpu_sum(&self.write_errors, names::MAP_WRITE_ERRORS, what)
     }
 
     /// The CT map a protocol's flows live in.

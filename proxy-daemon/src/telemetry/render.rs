@@ -18,6 +18,8 @@ pub struct DatapathCounters {
     pub maps: Vec<(&'static str, Option<u64>, u64)>,
     /// The CT maps' counters, by map.
     pub conntrack: Vec<(&'static str, ClassStats)>,
+    /// Failed datapath map writes, by what was being written.
+    pub write_errors: Vec<(&'static str, u64)>,
 }
 
 pub const CONTENT_TYPE: &str = "text/plain; version=0.0.4; charset=utf-8";
@@ -202,6 +204,15 @@ pub fn render(s: &State, d: &DatapathCounters) -> String {
     }
 
     o.header(
+        "sluice_datapath_write_failures_total",
+        "counter",
+        "Datapath map writes that failed without deciding a packet's fate (what they would have recorded is lost).",
+    );
+    for (what, n) in &d.write_errors {
+        o.sample("sluice_datapath_write_failures_total", &[("what", what)], n);
+    }
+
+    o.header(
         "sluice_map_entries",
         "gauge",
         "Entries in each datapath map.",
@@ -382,6 +393,7 @@ mod tests {
                 ("sluice_ct4_any_v2", Some(4), 1024),
                 ("sluice_aff4_v1", None, 64),
             ],
+            write_errors: vec![("affinity", 3)],
             conntrack: vec![(
                 "sluice_ct4_tcp_v2",
                 ClassStats {
@@ -438,6 +450,7 @@ mod tests {
             "sluice_conntrack_entries{map=\"sluice_ct4_any_v2\"} 4",
             "sluice_conntrack_evictions_total{map=\"sluice_ct4_any_v2\"} 2",
             "sluice_conntrack_full_total{map=\"sluice_ct4_tcp_v2\"} 1",
+            "sluice_datapath_write_failures_total{what=\"affinity\"} 3",
             "sluice_conntrack_recreated_total{map=\"sluice_ct4_tcp_v2\"} 2",
             "sluice_map_entries{map=\"sluice_ct4_any_v2\"} 4",
             "sluice_map_capacity{map=\"sluice_aff4_v1\"} 64",

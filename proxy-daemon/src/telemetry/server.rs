@@ -13,7 +13,7 @@ use hyper::{
     Method, Request, Response, StatusCode, body::Incoming, server::conn::http1, service::service_fn,
 };
 use hyper_util::rt::TokioIo;
-use proxy_common::{names, reason};
+use proxy_common::{names, reason, stats::write_error};
 use tokio::{net::TcpListener, task::JoinHandle};
 use tracing::{info, warn};
 
@@ -193,10 +193,14 @@ fn read_counters(
         .iter()
         .find(|(m, _)| *m == names::MAP_CT_TCP)
         .map(|(_, c)| c.accounted());
+    let write_errors = (0..write_error::MAX)
+        .filter_map(|i| Some((write_error::name(i)?, maps.write_errors_total(i).ok()?)))
+        .collect();
     DatapathCounters {
         reasons,
         services,
         conntrack,
+        write_errors,
         maps: vec![
             (
                 names::MAP_SERVICES,
