@@ -20,7 +20,7 @@ use crate::{
         Capacities, DatapathError, Loader, PinnedMaps,
         migrate::{self, Legacy},
     },
-    health::{HealthServers, health_checks},
+    health_check_ports::{HealthServers, health_checks},
     model::{
         ClusterState, DesiredState, NodeContext, NodeInfo, Skip, SkipKind, desired_state, node_info,
     },

@@ -11,7 +11,7 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 
 use super::{
     Frontend, FrontendKey, FrontendKind, ObjectKey, Protocol, Skip,
-    service_plan::{PortPlan, ServicePlan, service_skip},
+    service_spec::{PortSpec, ServiceSpec, service_skip},
 };
 
 /// Who asks for a frontend; orders from strongest claim to weakest.
@@ -33,7 +33,7 @@ enum Age {
 }
 
 impl Owner {
-    pub fn new(service: &ServicePlan, port: &PortPlan) -> Self {
+    pub fn new(service: &ServiceSpec, port: &PortSpec) -> Self {
         Owner {
             age: service.created.clone().map_or(Age::Unknown, Age::Created),
             service: service.key.clone(),

@@ -7,7 +7,7 @@ use super::{
     conflicts::resolve,
     endpoints::{PortKey, SliceIndex, service_endpoints},
     frontends::port_frontends,
-    service_plan::plan_service,
+    service_spec::read_service,
     topology::categorize,
 };
 
@@ -22,18 +22,18 @@ pub fn desired_state(cluster: &ClusterState, node: &NodeContext) -> DesiredState
 
     let mut candidates = Vec::new();
     for (key, service) in &cluster.services {
-        let Some(plan) = plan_service(key, service, &mut skipped) else {
+        let Some(spec) = read_service(key, service, &mut skipped) else {
             continue;
         };
         let endpoints = service_endpoints(
             cluster,
             &slices,
             key,
-            plan.has_selector,
+            spec.has_selector,
             &node.name,
             &mut skipped,
         );
-        for port in &plan.ports {
+        for port in &spec.ports {
             let port_key = PortKey {
                 name: port.name.clone(),
                 protocol: port.protocol,
@@ -41,12 +41,12 @@ pub fn desired_state(cluster: &ClusterState, node: &NodeContext) -> DesiredState
             let port_endpoints = endpoints.get(&port_key).map_or(&[][..], Vec::as_slice);
             let categorized = categorize(
                 port_endpoints,
-                port.uses_cluster_endpoints(&plan),
-                port.uses_local_endpoints(&plan),
+                port.uses_cluster_endpoints(&spec),
+                port.uses_local_endpoints(&spec),
                 &node.name,
                 zone,
             );
-            candidates.extend(port_frontends(&plan, port, &categorized, node));
+            candidates.extend(port_frontends(&spec, port, &categorized, node));
         }
     }
 

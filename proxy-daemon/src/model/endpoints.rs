@@ -21,7 +21,7 @@ use k8s_openapi::api::{
 use super::{
     ClusterState, ObjectKey, Protocol, Skip, SkipKind,
     node::is_ipv6,
-    service_plan::{
+    service_spec::{
         HEADLESS_LABEL, SERVICE_PROXY_NAME_LABEL, parse_ipv4, parse_protocol, port_number,
     },
 };

@@ -8,14 +8,14 @@ use ipnetwork::Ipv4Network;
 use super::{
     BackendAddr, Frontend, FrontendKey, FrontendKind, NodeContext, Scope, ServiceRef,
     conflicts::{Candidate, Owner},
-    service_plan::{PortPlan, ServicePlan},
+    service_spec::{PortSpec, ServiceSpec},
     topology::{Categorized, Usable},
 };
 
 /// All frontends `port` of `service` asks for on this node.
 pub(crate) fn port_frontends(
-    service: &ServicePlan,
-    port: &PortPlan,
+    service: &ServiceSpec,
+    port: &PortSpec,
     endpoints: &Categorized<'_>,
     node: &NodeContext,
 ) -> Vec<Candidate> {
@@ -145,7 +145,7 @@ fn backends(usable: Option<&Usable<'_>>) -> Vec<BackendAddr> {
 /// balancer often puts the VIP on the node itself, so a request from the
 /// node loops back with the VIP as source; when the ranges admit the node,
 /// kube-proxy admits the VIPs too.
-fn source_ranges(service: &ServicePlan, node: &NodeContext) -> Vec<Ipv4Network> {
+fn source_ranges(service: &ServiceSpec, node: &NodeContext) -> Vec<Ipv4Network> {
     let mut ranges = service.source_ranges.clone();
     if ranges.is_empty() {
         return ranges;

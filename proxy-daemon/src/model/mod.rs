@@ -8,7 +8,7 @@ mod endpoints;
 mod frontends;
 mod node;
 mod objects;
-mod service_plan;
+mod service_spec;
 mod topology;
 mod types;
 
@@ -20,7 +20,7 @@ pub use desired::desired_state;
 pub use endpoints::{SERVICE_NAME_LABEL, SKIP_MIRROR_LABEL};
 pub use node::{NodeInfo, ZONE_LABEL, node_info};
 pub use objects::{DEFAULT_NAMESPACE, KubeObject};
-pub use service_plan::{DEFAULT_AFFINITY_TIMEOUT, HEADLESS_LABEL, SERVICE_PROXY_NAME_LABEL};
+pub use service_spec::{DEFAULT_AFFINITY_TIMEOUT, HEADLESS_LABEL, SERVICE_PROXY_NAME_LABEL};
 pub use types::*;
 
 /// A CIDR as Kubernetes writes it (`address/prefix`, surrounding blanks

@@ -7,7 +7,7 @@ use std::{path::PathBuf, sync::Arc, time::Duration, time::Instant};
 use tokio::sync::{mpsc, watch};
 use tracing::warn;
 
-use super::{Update, watch::ManifestDir};
+use super::{Update, manifest_dir::ManifestDir};
 
 /// Editors and `kubectl` write in bursts: wait this long after the first
 /// event before rereading.

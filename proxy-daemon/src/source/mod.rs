@@ -8,9 +8,9 @@ use std::{sync::Arc, time::Instant};
 use crate::model::ClusterState;
 
 pub mod kube;
+pub mod manifest_dir;
 pub mod manifests;
 pub mod parse;
-pub mod watch;
 
 /// A new view of the cluster.
 #[derive(Clone, Debug)]

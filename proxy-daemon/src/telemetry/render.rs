@@ -69,13 +69,28 @@ impl Out {
 
 pub fn render(s: &State, d: &DatapathCounters) -> String {
     let mut o = Out(String::new());
+    build_info(&mut o);
+    programming_latency(&mut o, s);
+    control_loop(&mut o, s);
+    conntrack(&mut o, s, d);
+    map_fill(&mut o, d);
+    verdicts(&mut o, d);
+    per_service(&mut o, s, d);
+    o.0
+}
+
+/// What built this daemon.
+fn build_info(o: &mut Out) {
     o.header("sluice_build_info", "gauge", "Version of sluiced.");
     o.sample(
         "sluice_build_info",
         &[("version", env!("CARGO_PKG_VERSION"))],
         1,
     );
+}
 
+/// From a change seen in the source to the maps written.
+fn programming_latency(o: &mut Out, s: &State) {
     let h = "sluice_programming_latency_seconds";
     o.header(
         h,
@@ -87,7 +102,10 @@ pub fn render(s: &State, d: &DatapathCounters) -> String {
     }
     o.sample(&format!("{h}_sum"), &[], float(s.latency.sum()));
     o.sample(&format!("{h}_count"), &[], s.latency.count());
+}
 
+/// What the control loop programmed and skipped, and when.
+fn control_loop(o: &mut Out, s: &State) {
     o.single(
         "sluice_syncs_total",
         "counter",
@@ -149,6 +167,10 @@ pub fn render(s: &State, d: &DatapathCounters) -> String {
             float(secs),
         );
     }
+}
+
+/// The CT maps: fill at the last sweep, evictions, counters.
+fn conntrack(o: &mut Out, s: &State, d: &DatapathCounters) {
     o.header(
         "sluice_conntrack_entries",
         "gauge",
@@ -202,7 +224,10 @@ pub fn render(s: &State, d: &DatapathCounters) -> String {
             o.sample(metric, &[("map", map)], v);
         }
     }
+}
 
+/// Every map's fill and capacity, and failed datapath writes.
+fn map_fill(o: &mut Out, d: &DatapathCounters) {
     o.header(
         "sluice_datapath_write_failures_total",
         "counter",
@@ -230,7 +255,10 @@ pub fn render(s: &State, d: &DatapathCounters) -> String {
     for (map, _, cap) in &d.maps {
         o.sample("sluice_map_capacity", &[("map", map)], cap);
     }
+}
 
+/// Packets and bytes by verdict and reason; drops.
+fn verdicts(o: &mut Out, d: &DatapathCounters) {
     let name = |code: u32| reason::name(code).map_or_else(|| format!("code-{code}"), String::from);
     for (metric, field, help) in [
         (
@@ -263,7 +291,10 @@ pub fn render(s: &State, d: &DatapathCounters) -> String {
     for (code, c) in d.reasons.iter().filter(|(c, _)| reason::is_drop(*c)) {
         o.sample("sluice_drops_total", &[("reason", &name(*code))], c.packets);
     }
+}
 
+/// Traffic per Service frontend, labelled with its names.
+fn per_service(o: &mut Out, s: &State, d: &DatapathCounters) {
     for (metric, help) in [
         (
             "sluice_service_packets_total",
@@ -312,7 +343,6 @@ pub fn render(s: &State, d: &DatapathCounters) -> String {
             o.sample(metric, &l, v);
         }
     }
-    o.0
 }
 
 #[cfg(test)]

@@ -27,39 +27,31 @@
 //! Read-only: the daemon needs `get`, `list` and `watch` on services, nodes
 //! and endpointslices.discovery.k8s.io, nothing else.
 
-use std::{
-    collections::BTreeMap,
-    path::{Path, PathBuf},
-    sync::Arc,
-    time::Duration,
-};
+mod backoff;
+mod client;
+mod mirror;
+mod reflect;
+
+use std::{path::PathBuf, time::Duration};
 
 use ::kube::{
-    Api, Client, Config,
-    config::{InClusterError, KubeConfigOptions, Kubeconfig, KubeconfigError},
-    runtime::watcher::{self, Event},
+    Api, Client,
+    config::{InClusterError, KubeconfigError},
 };
-use futures::StreamExt;
-use k8s_openapi::{
-    api::{
-        core::v1::{Node, Service},
-        discovery::v1::EndpointSlice,
-    },
-    apimachinery::pkg::apis::meta::v1::ObjectMeta,
+use k8s_openapi::api::{
+    core::v1::{Node, Service},
+    discovery::v1::EndpointSlice,
 };
-use serde::de::DeserializeOwned;
 use tokio::{
     sync::{mpsc, watch},
     time::Instant,
 };
-use tracing::{debug, info, warn};
+use tracing::{debug, info};
 
 use super::Update;
-use crate::model::{ClusterState, ObjectKey};
 
-/// `kubectl apply` keeps a copy of the whole object in this annotation; it
-/// is large and no part of the model reads it.
-const LAST_APPLIED: &str = "kubectl.kubernetes.io/last-applied-configuration";
+pub use client::{client_from_kubeconfig, client_in_cluster};
+pub use mirror::{Change, Mirror};
 
 /// Events between the watchers and the mirror. Large enough that a page of
 /// a list (500 objects) never waits for the mirror.
@@ -117,459 +109,6 @@ pub enum KubeSourceError {
     InCluster(#[source] InClusterError),
     #[error("creating the API client: {0}")]
     Client(#[source] ::kube::Error),
-}
-
-/// A client for the cluster a kubeconfig file's current context names.
-/// Must be called inside a tokio runtime (the client spawns its workers).
-pub async fn client_from_kubeconfig(path: &Path) -> Result<Client, KubeSourceError> {
-    let kubeconfig =
-        Kubeconfig::read_from(path).map_err(|source| KubeSourceError::ReadKubeconfig {
-            path: path.to_owned(),
-            source,
-        })?;
-    let config = Config::from_custom_kubeconfig(kubeconfig, &KubeConfigOptions::default())
-        .await
-        .map_err(|source| KubeSourceError::Kubeconfig {
-            path: path.to_owned(),
-            source,
-        })?;
-    client(config)
-}
-
-/// A client from the pod's service account and `KUBERNETES_SERVICE_HOST`
-/// / `KUBERNETES_SERVICE_PORT`. sluiced is the service proxy, so those must
-/// name the API server itself, not the `kubernetes` Service's ClusterIP
-/// (which only works once a proxy is running): the DaemonSet sets them.
-pub fn client_in_cluster() -> Result<Client, KubeSourceError> {
-    client(Config::incluster().map_err(KubeSourceError::InCluster)?)
-}
-
-fn client(config: Config) -> Result<Client, KubeSourceError> {
-    Client::try_from(config).map_err(KubeSourceError::Client)
-}
-
-/// One watcher event, tagged with its kind.
-// Unboxed: an event is moved from the watcher through the channel into
-// the mirror, which stores the objects, never the events.
-#[allow(clippy::large_enum_variant)]
-#[derive(Debug)]
-pub enum Change {
-    Service(Event<Service>),
-    EndpointSlice(Event<EndpointSlice>),
-    Node(Event<Node>),
-}
-
-/// A relist in progress (between `Init` and `InitDone`) and whether the
-/// kind has been listed completely at least once.
-#[derive(Debug)]
-struct Relist<K, T> {
-    pending: Option<BTreeMap<K, T>>,
-    synced: bool,
-}
-
-impl<K, T> Default for Relist<K, T> {
-    fn default() -> Self {
-        Self {
-            pending: None,
-            synced: false,
-        }
-    }
-}
-
-/// What a change touched, to bring an older copy of the view up to date.
-#[derive(Clone, Debug)]
-enum Touched<K> {
-    Key(K),
-    All,
-}
-
-#[derive(Clone, Debug)]
-enum Dirty {
-    Service(Touched<ObjectKey>),
-    EndpointSlice(Touched<ObjectKey>),
-    Node(Touched<String>),
-}
-
-/// Published views kept for reuse. Two suffice: when view N is published,
-/// N-2 is normally held by nobody any more (the channel and the daemon
-/// moved on to N-1), so it costs no memory the old views would not cost
-/// anyway.
-const KEPT_VIEWS: usize = 2;
-
-/// The watched objects as the published view should hold them: the live
-/// state of every kind plus, aside, the relists in progress.
-///
-/// Publishing a view of 10k Services by cloning every object costs about
-/// as much as the daemon's whole recomputation, so views are recycled: a
-/// published copy that nobody holds any more is brought up to date with
-/// the objects changed since (a journal of touched keys) and published
-/// again.
-#[derive(Debug, Default)]
-pub struct Mirror {
-    state: ClusterState,
-    services: Relist<ObjectKey, Service>,
-    slices: Relist<ObjectKey, EndpointSlice>,
-    nodes: Relist<String, Node>,
-    /// What changed in `state`, from the oldest kept view on.
-    journal: Vec<Dirty>,
-    /// Journal position of `journal[0]`.
-    journal_base: u64,
-    /// Views published lately, each with the journal position it matches.
-    views: std::collections::VecDeque<(Arc<ClusterState>, u64)>,
-    /// Views published by bringing an old one up to date.
-    recycled: u64,
-}
-
-impl Mirror {
-    pub fn new() -> Self {
-        Self::default()
-    }
-
-    /// Takes one watcher event. Returns whether the view changed (the first
-    /// complete list of a kind counts as a change even when it is empty).
-    pub fn apply(&mut self, change: Change) -> bool {
-        let dirty = match change {
-            Change::Service(e) => apply_event(
-                &mut self.state.services,
-                &mut self.services,
-                e,
-                |s: &Service| ObjectKey::of(&s.metadata),
-                |s: &mut Service| trim_meta(&mut s.metadata),
-            )
-            .map(Dirty::Service),
-            Change::EndpointSlice(e) => apply_event(
-                &mut self.state.endpoint_slices,
-                &mut self.slices,
-                e,
-                |s: &EndpointSlice| ObjectKey::of(&s.metadata),
-                |s: &mut EndpointSlice| trim_meta(&mut s.metadata),
-            )
-            .map(Dirty::EndpointSlice),
-            Change::Node(e) => apply_event(
-                &mut self.state.nodes,
-                &mut self.nodes,
-                e,
-                |n: &Node| n.metadata.name.clone().filter(|n| !n.is_empty()),
-                trim_node,
-            )
-            .map(Dirty::Node),
-        };
-        match dirty {
-            Some(d) => {
-                self.journal.push(d);
-                true
-            }
-            None => false,
-        }
-    }
-
-    /// Whether every kind has been listed completely at least once: only
-    /// then may a view be published.
-    pub fn synced(&self) -> bool {
-        self.services.synced && self.slices.synced && self.nodes.synced
-    }
-
-    /// The current view (complete lists only).
-    pub fn state(&self) -> &ClusterState {
-        &self.state
-    }
-
-    /// The current view as an immutable snapshot to publish: a recycled
-    /// earlier view brought up to date when one is free, a copy otherwise.
-    pub fn view(&mut self) -> Arc<ClusterState> {
-        let end = self.journal_base + self.journal.len() as u64;
-        let free = self
-            .views
-            .iter()
-            .position(|(v, _)| Arc::strong_count(v) == 1)
-            .and_then(|i| self.views.remove(i));
-        let state = match free.map(|(v, at)| (Arc::try_unwrap(v), at)) {
-            Some((Ok(mut old), at)) => {
-                self.recycled += 1;
-                let from = usize::try_from(at - self.journal_base).unwrap_or(usize::MAX);
-                for d in self.journal.get(from..).unwrap_or_default() {
-                    replay(&mut old, &self.state, d);
-                }
-                old
-            }
-            // No free view (or, impossibly, one that was shared after all).
-            _ => self.state.clone(),
-        };
-        let view = Arc::new(state);
-        self.views.push_back((view.clone(), end));
-        while self.views.len() > KEPT_VIEWS {
-            self.views.pop_front();
-        }
-        // The journal is needed back to the oldest kept view only.
-        let keep_from = self.views.front().map_or(end, |(_, at)| *at);
-        let drained = usize::try_from(keep_from - self.journal_base).unwrap_or(0);
-        self.journal.drain(..drained.min(self.journal.len()));
-        self.journal_base = keep_from;
-        view
-    }
-}
-
-/// Makes `dst` agree with `src` on what `dirty` touched.
-fn replay(dst: &mut ClusterState, src: &ClusterState, dirty: &Dirty) {
-    fn one<K: Ord + Clone, T: Clone>(
-        dst: &mut BTreeMap<K, T>,
-        src: &BTreeMap<K, T>,
-        touched: &Touched<K>,
-    ) {
-        match touched {
-            Touched::All => dst.clone_from(src),
-            Touched::Key(k) => match src.get(k) {
-                Some(v) => {
-                    dst.insert(k.clone(), v.clone());
-                }
-                None => {
-                    dst.remove(k);
-                }
-            },
-        }
-    }
-    match dirty {
-        Dirty::Service(t) => one(&mut dst.services, &src.services, t),
-        Dirty::EndpointSlice(t) => one(&mut dst.endpoint_slices, &src.endpoint_slices, t),
-        Dirty::Node(t) => one(&mut dst.nodes, &src.nodes, t),
-    }
-}
-
-/// Applies one event to a kind's live map (or its relist). Returns what
-/// changed in the live map, if anything.
-fn apply_event<K: Ord + Clone, T: PartialEq>(
-    live: &mut BTreeMap<K, T>,
-    relist: &mut Relist<K, T>,
-    event: Event<T>,
-    key: impl Fn(&T) -> Option<K>,
-    trim: impl Fn(&mut T),
-) -> Option<Touched<K>> {
-    match event {
-        Event::Init => {
-            // A restarted list starts from nothing; whatever a broken
-            // earlier attempt had collected is dropped with it.
-            relist.pending = Some(BTreeMap::new());
-            None
-        }
-        Event::InitApply(mut obj) => {
-            trim(&mut obj);
-            if let Some(k) = key(&obj) {
-                relist
-                    .pending
-                    .get_or_insert_with(BTreeMap::new)
-                    .insert(k, obj);
-            }
-            None
-        }
-        Event::InitDone => {
-            let listed = relist.pending.take().unwrap_or_default();
-            let first = !relist.synced;
-            relist.synced = true;
-            let changed = *live != listed;
-            *live = listed;
-            (changed || first).then_some(Touched::All)
-        }
-        Event::Apply(mut obj) => {
-            trim(&mut obj);
-            let k = key(&obj)?;
-            if live.get(&k) == Some(&obj) {
-                return None;
-            }
-            live.insert(k.clone(), obj);
-            Some(Touched::Key(k))
-        }
-        Event::Delete(obj) => {
-            let k = key(&obj)?;
-            live.remove(&k)?;
-            Some(Touched::Key(k))
-        }
-    }
-}
-
-/// Drops what changes on every write without meaning anything to the model
-/// (resourceVersion, managedFields, kubectl's last-applied copy), so that a
-/// no-op update or a relist of unchanged objects compares equal and costs
-/// no recomputation.
-fn trim_meta(meta: &mut ObjectMeta) {
-    meta.resource_version = None;
-    meta.managed_fields = None;
-    if let Some(a) = meta.annotations.as_mut() {
-        a.remove(LAST_APPLIED);
-        if a.is_empty() {
-            meta.annotations = None;
-        }
-    }
-}
-
-/// Nodes are rewritten by the kubelet for heartbeats and image lists; the
-/// model reads names, labels, spec (pod CIDRs) and status.addresses. Drop
-/// the churning status parts so such updates compare equal. (A model that
-/// starts reading node conditions must stop dropping them here.)
-fn trim_node(node: &mut Node) {
-    trim_meta(&mut node.metadata);
-    if let Some(status) = node.status.as_mut() {
-        status.conditions = None;
-        status.images = None;
-        status.volumes_attached = None;
-        status.volumes_in_use = None;
-    }
-}
-
-/// Jittered exponential backoff that starts over after a quiet period.
-#[derive(Debug)]
-struct Backoff {
-    min: Duration,
-    max: Duration,
-    reset_after: Duration,
-    next: Duration,
-    last_failure: Option<Instant>,
-    seed: u64,
-}
-
-impl Backoff {
-    fn new(cfg: &KubeSourceConfig) -> Self {
-        let seed = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map_or(0x9e37_79b9_7f4a_7c15, |d| d.as_nanos() as u64)
-            ^ u64::from(std::process::id()).rotate_left(32);
-        Self {
-            min: cfg.backoff_min,
-            max: cfg.backoff_max.max(cfg.backoff_min),
-            reset_after: cfg.backoff_reset,
-            next: cfg.backoff_min,
-            last_failure: None,
-            seed: seed | 1,
-        }
-    }
-
-    fn reset(&mut self) {
-        self.next = self.min;
-    }
-
-    /// The delay before the next attempt, after a failure at `now`.
-    fn delay(&mut self, now: Instant) -> Duration {
-        if self
-            .last_failure
-            .is_some_and(|t| now.saturating_duration_since(t) > self.reset_after)
-        {
-            self.reset();
-        }
-        self.last_failure = Some(now);
-        let base = self.next;
-        self.next = (self.next * 2).min(self.max);
-        // xorshift64: jitter only needs to keep many nodes from retrying
-        // in lockstep, not to be unpredictable.
-        self.seed ^= self.seed << 13;
-        self.seed ^= self.seed >> 7;
-        self.seed ^= self.seed << 17;
-        // 75% to 125% of the base delay.
-        let permille = 750 + self.seed % 501;
-        base * permille as u32 / 1000
-    }
-}
-
-/// Whether kube-rs would retry this failure forever without relisting: it
-/// restarts a watch from the same resourceVersion after any failure to
-/// start one, so a server that answers a too-old version with an HTTP 410
-/// (rather than the usual ERROR event inside a 200 stream) would never let
-/// it recover. Such a watcher is replaced by a fresh one, which relists.
-fn needs_fresh_watcher(err: &watcher::Error) -> bool {
-    matches!(err, watcher::Error::WatchStartFailed(::kube::Error::Api(s)) if s.code == 410)
-}
-
-/// Runs one kind's watcher for as long as the mirror listens, with backoff
-/// and logging; every event goes to the mirror.
-async fn reflect<K>(
-    api: Api<K>,
-    kind: &'static str,
-    cfg: KubeSourceConfig,
-    tx: mpsc::Sender<Change>,
-    wrap: fn(Event<K>) -> Change,
-) where
-    K: ::kube::Resource + Clone + DeserializeOwned + std::fmt::Debug + Send + 'static,
-{
-    // Bookmarks keep the resourceVersion of a quiet kind fresh, so that a
-    // reconnect resumes instead of relisting.
-    let wcfg = watcher::Config::default().page_size(cfg.page_size);
-    let mut backoff = Backoff::new(&cfg);
-    let mut failing_since: Option<Instant> = None;
-    let mut failures = 0u64;
-    let mut listed = 0usize;
-    let mut synced_once = false;
-    loop {
-        let mut stream = watcher::watcher(api.clone(), wcfg.clone()).boxed();
-        loop {
-            let item = tokio::select! {
-                item = stream.next() => item,
-                () = tx.closed() => return,
-            };
-            // The stream never ends by itself; if it did, start a new one.
-            let Some(item) = item else { break };
-            match item {
-                Ok(event) => {
-                    if let Some(since) = failing_since.take() {
-                        info!(
-                            kind,
-                            failures,
-                            down_ms = since.elapsed().as_millis() as u64,
-                            "API server reachable again; watch resumed"
-                        );
-                        failures = 0;
-                    }
-                    backoff.reset();
-                    match &event {
-                        Event::Init => {
-                            listed = 0;
-                            if synced_once {
-                                info!(
-                                    kind,
-                                    "relisting (watch expired or restarted); the published view stays until the list is complete"
-                                );
-                            } else {
-                                debug!(kind, "listing");
-                            }
-                        }
-                        Event::InitApply(_) => listed += 1,
-                        Event::InitDone => {
-                            info!(
-                                kind,
-                                objects = listed,
-                                relist = synced_once,
-                                "list complete"
-                            );
-                            synced_once = true;
-                        }
-                        Event::Apply(_) | Event::Delete(_) => {}
-                    }
-                    if tx.send(wrap(event)).await.is_err() {
-                        return;
-                    }
-                }
-                Err(err) => {
-                    let now = Instant::now();
-                    let delay = backoff.delay(now);
-                    failures += 1;
-                    failing_since.get_or_insert(now);
-                    let fresh = needs_fresh_watcher(&err);
-                    warn!(
-                        kind,
-                        error = %err,
-                        attempt = failures,
-                        retry_in_ms = delay.as_millis() as u64,
-                        relist = fresh,
-                        "API watch failed; the datapath keeps its last state"
-                    );
-                    tokio::select! {
-                        () = tokio::time::sleep(delay) => {}
-                        () = tx.closed() => return,
-                    }
-                    if fresh {
-                        break;
-                    }
-                }
-            }
-        }
-    }
 }
 
 /// Folds the watchers' events into the mirror and publishes views once
@@ -662,21 +201,21 @@ async fn sleep_until_some(at: Option<Instant>) {
 pub fn spawn(client: Client, cfg: KubeSourceConfig) -> watch::Receiver<Option<Update>> {
     let (tx, rx) = watch::channel(None);
     let (events_tx, events) = mpsc::channel(EVENT_QUEUE);
-    tokio::spawn(reflect(
+    tokio::spawn(reflect::reflect(
         Api::<Service>::all(client.clone()),
         "Service",
         cfg.clone(),
         events_tx.clone(),
         Change::Service,
     ));
-    tokio::spawn(reflect(
+    tokio::spawn(reflect::reflect(
         Api::<EndpointSlice>::all(client.clone()),
         "EndpointSlice",
         cfg.clone(),
         events_tx.clone(),
         Change::EndpointSlice,
     ));
-    tokio::spawn(reflect(
+    tokio::spawn(reflect::reflect(
         Api::<Node>::all(client),
         "Node",
         cfg.clone(),
@@ -691,7 +230,12 @@ pub fn spawn(client: Client, cfg: KubeSourceConfig) -> watch::Receiver<Option<Up
 mod tests {
     use serde_json::json;
 
-    use super::*;
+    use std::sync::Arc;
+
+    use ::kube::runtime::watcher::Event;
+
+    use super::{backoff::Backoff, *};
+    use crate::model::{ClusterState, ObjectKey};
 
     fn svc(name: &str, ip: &str, rv: &str) -> Service {
         serde_json::from_value(json!({

@@ -9,7 +9,10 @@
 use std::net::{IpAddr, Ipv4Addr};
 
 use ipnetwork::{IpNetwork, Ipv4Network};
-use k8s_openapi::{api::core::v1::Service, apimachinery::pkg::apis::meta::v1::Time};
+use k8s_openapi::{
+    api::core::v1::{Service, ServiceSpec as ServiceSpecApi},
+    apimachinery::pkg::apis::meta::v1::Time,
+};
 
 use super::{
     LB_ALGORITHM_ANNOTATION, LbAlgorithm, ObjectKey, Protocol, Skip, SkipKind, node::is_ipv6,
@@ -29,7 +32,7 @@ pub(crate) const IPV6_REASON: &str = "IPv6 not supported by the datapath yet";
 
 /// One Service as the datapath will see it.
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub(crate) struct ServicePlan {
+pub(crate) struct ServiceSpec {
     pub key: ObjectKey,
     /// For choosing the owner of a frontend two Services claim.
     pub created: Option<Time>,
@@ -45,11 +48,11 @@ pub(crate) struct ServicePlan {
     pub health_check_node_port: Option<u16>,
     pub lb_algorithm: Option<LbAlgorithm>,
     pub has_selector: bool,
-    pub ports: Vec<PortPlan>,
+    pub ports: Vec<PortSpec>,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub(crate) struct PortPlan {
+pub(crate) struct PortSpec {
     /// Position in spec.ports: the tie-breaker between ports of one Service.
     pub index: usize,
     /// spec.ports[].name: endpoints are matched to the port by this name
@@ -60,9 +63,9 @@ pub(crate) struct PortPlan {
     pub node_port: Option<u16>,
 }
 
-impl PortPlan {
+impl PortSpec {
     /// kube-proxy's ExternallyAccessible() for one port.
-    pub fn externally_accessible(&self, service: &ServicePlan) -> bool {
+    pub fn externally_accessible(&self, service: &ServiceSpec) -> bool {
         self.node_port.is_some()
             || !service.load_balancer_ips.is_empty()
             || !service.external_ips.is_empty()
@@ -70,12 +73,12 @@ impl PortPlan {
 
     /// kube-proxy's UsesClusterEndpoints(): even with externalTrafficPolicy
     /// Local, in-cluster traffic to external addresses uses every endpoint.
-    pub fn uses_cluster_endpoints(&self, service: &ServicePlan) -> bool {
+    pub fn uses_cluster_endpoints(&self, service: &ServiceSpec) -> bool {
         !service.internal_local || self.externally_accessible(service)
     }
 
     /// kube-proxy's UsesLocalEndpoints().
-    pub fn uses_local_endpoints(&self, service: &ServicePlan) -> bool {
+    pub fn uses_local_endpoints(&self, service: &ServiceSpec) -> bool {
         service.internal_local || (service.external_local && self.externally_accessible(service))
     }
 }
@@ -88,30 +91,70 @@ pub(crate) fn service_skip(key: &ObjectKey, reason: impl Into<String>) -> Skip {
     }
 }
 
-/// The plan for `service`, or `None` when nothing of it is proxied: either
-/// by design (silently) or for a reason pushed to `skips`.
-pub(crate) fn plan_service(
+/// How kube-proxy reads `service`, or `None` when nothing of it is
+/// proxied: either by design (silently) or for a reason pushed to `skips`.
+pub(crate) fn read_service(
     key: &ObjectKey,
     service: &Service,
     skips: &mut Vec<Skip>,
-) -> Option<ServicePlan> {
+) -> Option<ServiceSpec> {
     let mut skip = |reason: String| skips.push(service_skip(key, reason));
-    // Services kube-proxy never proxies by design (another proxy's,
-    // headless, ExternalName) are left out without a word: they are normal
-    // in every cluster, and a skip is logged as a warning.
-    let labels = service.metadata.labels.as_ref();
-    if labels
-        .is_some_and(|l| l.contains_key(SERVICE_PROXY_NAME_LABEL) || l.contains_key(HEADLESS_LABEL))
-    {
+    if ignored_by_design(service) {
         return None;
     }
     let default_spec = Default::default();
     let spec = service.spec.as_ref().unwrap_or(&default_spec);
     let type_ = spec.type_.as_deref().unwrap_or("ClusterIP");
-    if type_ == "ExternalName" {
+    let cluster_ip = ipv4_cluster_ip(spec, &mut skip)?;
+    let ports = read_ports(service, type_, &mut skip);
+    if ports.is_empty() {
+        if spec.ports.as_ref().is_none_or(Vec::is_empty) {
+            skip("no ports: nothing to proxy".into());
+        }
         return None;
     }
+    // kube-proxy (pkg/api/v1/service): externalTrafficPolicy only matters
+    // for a Service reachable from outside: NodePort, LoadBalancer, or a
+    // ClusterIP Service with externalIPs.
+    let externally_accessible = matches!(type_, "NodePort" | "LoadBalancer")
+        || (type_ == "ClusterIP"
+            && spec
+                .external_ips
+                .as_ref()
+                .is_some_and(|ips| !ips.is_empty()));
+    let external_local =
+        externally_accessible && spec.external_traffic_policy.as_deref() == Some("Local");
+    Some(ServiceSpec {
+        key: key.clone(),
+        created: service.metadata.creation_timestamp.clone(),
+        cluster_ip,
+        external_ips: external_ips(spec, &mut skip),
+        load_balancer_ips: load_balancer_ips(service, &mut skip),
+        source_ranges: source_ranges(spec, &mut skip),
+        external_local,
+        internal_local: spec.internal_traffic_policy.as_deref() == Some("Local"),
+        affinity_timeout: affinity_timeout(spec, &mut skip),
+        health_check_node_port: health_check_node_port(spec, type_, external_local, &mut skip),
+        lb_algorithm: lb_algorithm(service, &mut skip),
+        has_selector: spec.selector.as_ref().is_some_and(|s| !s.is_empty()),
+        ports,
+    })
+}
 
+/// Services kube-proxy never proxies by design (another proxy's, headless,
+/// ExternalName): left out without a word, since they are normal in every
+/// cluster and a skip is logged as a warning.
+fn ignored_by_design(service: &Service) -> bool {
+    let labels = service.metadata.labels.as_ref();
+    labels
+        .is_some_and(|l| l.contains_key(SERVICE_PROXY_NAME_LABEL) || l.contains_key(HEADLESS_LABEL))
+        || service.spec.as_ref().and_then(|s| s.type_.as_deref()) == Some("ExternalName")
+}
+
+/// The clusterIP the IPv4 proxier serves: the first IPv4 one. A Service
+/// without one (IPv6 single-stack) is not served on IPv4 at all, NodePorts
+/// included; `clusterIP: None` (headless) is not served either.
+fn ipv4_cluster_ip(spec: &ServiceSpecApi, skip: &mut impl FnMut(String)) -> Option<Ipv4Addr> {
     // The API server keeps clusterIP == clusterIPs[0]; objects written by
     // hand may set only one of them.
     let listed: Vec<&str> = match spec.cluster_ips.as_deref() {
@@ -128,9 +171,6 @@ pub(crate) fn plan_service(
         }
         Some(_) => {}
     }
-    // Like kube-proxy's IPv4 proxier, serve the first IPv4 clusterIP; a
-    // Service without one (IPv6 single-stack) is not served on IPv4 at all,
-    // NodePorts included.
     let mut cluster_ip = None;
     let mut ipv6 = Vec::new();
     for ip in &listed {
@@ -149,26 +189,24 @@ pub(crate) fn plan_service(
         };
         skip(format!("{what} {v6}: {IPV6_REASON}"));
     }
-    let cluster_ip = cluster_ip?;
+    cluster_ip
+}
 
-    let ports = plan_ports(service, type_, &mut skip);
-    if ports.is_empty() {
-        if spec.ports.as_ref().is_none_or(Vec::is_empty) {
-            skip("no ports: nothing to proxy".into());
-        }
-        return None;
-    }
-
-    let mut external_ips = Vec::new();
+fn external_ips(spec: &ServiceSpecApi, skip: &mut impl FnMut(String)) -> Vec<Ipv4Addr> {
+    let mut out = Vec::new();
     for ip in spec.external_ips.iter().flatten() {
         match parse_ipv4(ip) {
-            Ok(v4) if !external_ips.contains(&v4) => external_ips.push(v4),
+            Ok(v4) if !out.contains(&v4) => out.push(v4),
             Ok(_) => {}
             Err(why) => skip(format!("externalIP {ip:?}: {why}")),
         }
     }
+    out
+}
 
-    let mut load_balancer_ips = Vec::new();
+/// status.loadBalancer.ingress IPs the node captures (ipMode VIP or unset).
+fn load_balancer_ips(service: &Service, skip: &mut impl FnMut(String)) -> Vec<Ipv4Addr> {
+    let mut out = Vec::new();
     let ingress = service
         .status
         .as_ref()
@@ -189,21 +227,24 @@ pub(crate) fn plan_service(
             Some(_) => continue,
         }
         match parse_ipv4(ip) {
-            Ok(v4) if !load_balancer_ips.contains(&v4) => load_balancer_ips.push(v4),
+            Ok(v4) if !out.contains(&v4) => out.push(v4),
             Ok(_) => {}
             Err(why) => skip(format!("load balancer ingress {ip:?}: {why}")),
         }
     }
+    out
+}
 
-    let mut source_ranges = Vec::new();
+fn source_ranges(spec: &ServiceSpecApi, skip: &mut impl FnMut(String)) -> Vec<Ipv4Network> {
+    let mut out = Vec::new();
     for range in spec.load_balancer_source_ranges.iter().flatten() {
         // API validation has long let whitespace padding through; kube-proxy
         // trims it, so do we.
         let trimmed = range.trim();
         match super::parse_cidr(trimmed) {
             Ok(IpNetwork::V4(net)) => {
-                if !source_ranges.contains(&net) {
-                    source_ranges.push(net);
+                if !out.contains(&net) {
+                    out.push(net);
                 }
             }
             Ok(IpNetwork::V6(_)) => {
@@ -212,59 +253,56 @@ pub(crate) fn plan_service(
             Err(_) => skip(format!("invalid loadBalancerSourceRange {range:?} ignored")),
         }
     }
+    out
+}
 
-    // kube-proxy (pkg/api/v1/service): externalTrafficPolicy only matters
-    // for a Service reachable from outside: NodePort, LoadBalancer, or a
-    // ClusterIP Service with externalIPs.
-    let externally_accessible = matches!(type_, "NodePort" | "LoadBalancer")
-        || (type_ == "ClusterIP"
-            && spec
-                .external_ips
-                .as_ref()
-                .is_some_and(|ips| !ips.is_empty()));
-    let external_local =
-        externally_accessible && spec.external_traffic_policy.as_deref() == Some("Local");
-    let internal_local = spec.internal_traffic_policy.as_deref() == Some("Local");
-
-    let affinity_timeout = if spec.session_affinity.as_deref() == Some("ClientIP") {
-        let timeout = spec
-            .session_affinity_config
-            .as_ref()
-            .and_then(|c| c.client_ip.as_ref())
-            .and_then(|c| c.timeout_seconds);
-        match timeout {
-            None => Some(DEFAULT_AFFINITY_TIMEOUT),
-            Some(t) if t > 0 => Some(t.unsigned_abs()),
-            Some(t) => {
-                skip(format!(
-                    "sessionAffinityConfig.clientIP.timeoutSeconds {t} is not positive; using {DEFAULT_AFFINITY_TIMEOUT}"
-                ));
-                Some(DEFAULT_AFFINITY_TIMEOUT)
-            }
+fn affinity_timeout(spec: &ServiceSpecApi, skip: &mut impl FnMut(String)) -> Option<u32> {
+    if spec.session_affinity.as_deref() != Some("ClientIP") {
+        return None;
+    }
+    let timeout = spec
+        .session_affinity_config
+        .as_ref()
+        .and_then(|c| c.client_ip.as_ref())
+        .and_then(|c| c.timeout_seconds);
+    match timeout {
+        None => Some(DEFAULT_AFFINITY_TIMEOUT),
+        Some(t) if t > 0 => Some(t.unsigned_abs()),
+        Some(t) => {
+            skip(format!(
+                "sessionAffinityConfig.clientIP.timeoutSeconds {t} is not positive; using {DEFAULT_AFFINITY_TIMEOUT}"
+            ));
+            Some(DEFAULT_AFFINITY_TIMEOUT)
         }
-    } else {
-        None
-    };
+    }
+}
 
-    // Only LoadBalancer Services get a health check (the cloud load balancer
-    // asks each node whether it has local endpoints).
-    let health_check_node_port = if type_ == "LoadBalancer" && external_local {
-        match spec.health_check_node_port {
-            Some(p) if (1..=65535).contains(&p) => u16::try_from(p).ok(),
-            None | Some(0) => {
-                skip("externalTrafficPolicy Local without a healthCheckNodePort".to_string());
-                None
-            }
-            Some(p) => {
-                skip(format!("invalid healthCheckNodePort {p}"));
-                None
-            }
+/// Only LoadBalancer Services with Local policy get a health check (the
+/// cloud load balancer asks each node whether it has local endpoints).
+fn health_check_node_port(
+    spec: &ServiceSpecApi,
+    type_: &str,
+    external_local: bool,
+    skip: &mut impl FnMut(String),
+) -> Option<u16> {
+    if type_ != "LoadBalancer" || !external_local {
+        return None;
+    }
+    match spec.health_check_node_port {
+        Some(p) if (1..=65535).contains(&p) => u16::try_from(p).ok(),
+        None | Some(0) => {
+            skip("externalTrafficPolicy Local without a healthCheckNodePort".to_string());
+            None
         }
-    } else {
-        None
-    };
+        Some(p) => {
+            skip(format!("invalid healthCheckNodePort {p}"));
+            None
+        }
+    }
+}
 
-    let lb_algorithm = match service
+fn lb_algorithm(service: &Service, skip: &mut impl FnMut(String)) -> Option<LbAlgorithm> {
+    match service
         .metadata
         .annotations
         .as_ref()
@@ -280,27 +318,11 @@ pub(crate) fn plan_service(
             ));
             None
         }
-    };
-
-    Some(ServicePlan {
-        key: key.clone(),
-        created: service.metadata.creation_timestamp.clone(),
-        cluster_ip,
-        external_ips,
-        load_balancer_ips,
-        source_ranges,
-        external_local,
-        internal_local,
-        affinity_timeout,
-        health_check_node_port,
-        lb_algorithm,
-        has_selector: spec.selector.as_ref().is_some_and(|s| !s.is_empty()),
-        ports,
-    })
+    }
 }
 
-fn plan_ports(service: &Service, type_: &str, skip: &mut impl FnMut(String)) -> Vec<PortPlan> {
-    let mut plans = Vec::new();
+fn read_ports(service: &Service, type_: &str, skip: &mut impl FnMut(String)) -> Vec<PortSpec> {
+    let mut out = Vec::new();
     let ports = service
         .spec
         .as_ref()
@@ -346,7 +368,7 @@ fn plan_ports(service: &Service, type_: &str, skip: &mut impl FnMut(String)) -> 
                 }
             },
         };
-        plans.push(PortPlan {
+        out.push(PortSpec {
             index,
             name,
             protocol,
@@ -354,7 +376,7 @@ fn plan_ports(service: &Service, type_: &str, skip: &mut impl FnMut(String)) -> 
             node_port,
         });
     }
-    plans
+    out
 }
 
 /// A port number in 1..=65535.
@@ -388,7 +410,7 @@ mod tests {
 
     use super::*;
 
-    fn plan(spec: serde_json::Value) -> (Option<ServicePlan>, Vec<Skip>) {
+    fn plan(spec: serde_json::Value) -> (Option<ServiceSpec>, Vec<Skip>) {
         plan_with(
             json!({"name": "web", "namespace": "default"}),
             spec,
@@ -400,12 +422,12 @@ mod tests {
         meta: serde_json::Value,
         spec: serde_json::Value,
         status: serde_json::Value,
-    ) -> (Option<ServicePlan>, Vec<Skip>) {
+    ) -> (Option<ServiceSpec>, Vec<Skip>) {
         let svc: Service =
             serde_json::from_value(json!({"metadata": meta, "spec": spec, "status": status}))
                 .unwrap();
         let mut skips = Vec::new();
-        let plan = plan_service(&ObjectKey::new("default", "web"), &svc, &mut skips);
+        let plan = read_service(&ObjectKey::new("default", "web"), &svc, &mut skips);
         (plan, skips)
     }
 
@@ -531,21 +553,21 @@ mod tests {
         assert_eq!(
             ports,
             vec![
-                PortPlan {
+                PortSpec {
                     index: 0,
                     name: "http".into(),
                     protocol: Protocol::Tcp,
                     port: 80,
                     node_port: Some(30080)
                 },
-                PortPlan {
+                PortSpec {
                     index: 1,
                     name: "dns".into(),
                     protocol: Protocol::Udp,
                     port: 53,
                     node_port: None
                 },
-                PortPlan {
+                PortSpec {
                     index: 6,
                     name: String::new(),
                     protocol: Protocol::Tcp,

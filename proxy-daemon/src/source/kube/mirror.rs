@@ -1,0 +1,286 @@
+//! The watched objects as the published view should hold them, folded from
+//! the watchers' events, with relists collected aside and views recycled.
+
+use std::{collections::BTreeMap, sync::Arc};
+
+use ::kube::runtime::watcher::Event;
+use k8s_openapi::{
+    api::{
+        core::v1::{Node, Service},
+        discovery::v1::EndpointSlice,
+    },
+    apimachinery::pkg::apis::meta::v1::ObjectMeta,
+};
+
+use crate::model::{ClusterState, ObjectKey};
+
+/// `kubectl apply` keeps a copy of the whole object in this annotation; it
+/// is large and no part of the model reads it.
+pub(super) const LAST_APPLIED: &str = "kubectl.kubernetes.io/last-applied-configuration";
+
+/// One watcher event, tagged with its kind.
+// Unboxed: an event is moved from the watcher through the channel into
+// the mirror, which stores the objects, never the events.
+#[allow(clippy::large_enum_variant)]
+#[derive(Debug)]
+pub enum Change {
+    Service(Event<Service>),
+    EndpointSlice(Event<EndpointSlice>),
+    Node(Event<Node>),
+}
+
+/// A relist in progress (between `Init` and `InitDone`) and whether the
+/// kind has been listed completely at least once.
+#[derive(Debug)]
+pub(super) struct Relist<K, T> {
+    pub(super) pending: Option<BTreeMap<K, T>>,
+    pub(super) synced: bool,
+}
+
+impl<K, T> Default for Relist<K, T> {
+    fn default() -> Self {
+        Self {
+            pending: None,
+            synced: false,
+        }
+    }
+}
+
+/// What a change touched, to bring an older copy of the view up to date.
+#[derive(Clone, Debug)]
+pub(super) enum Touched<K> {
+    Key(K),
+    All,
+}
+
+#[derive(Clone, Debug)]
+pub(super) enum Dirty {
+    Service(Touched<ObjectKey>),
+    EndpointSlice(Touched<ObjectKey>),
+    Node(Touched<String>),
+}
+
+/// Published views kept for reuse. Two suffice: when view N is published,
+/// N-2 is normally held by nobody any more (the channel and the daemon
+/// moved on to N-1), so it costs no memory the old views would not cost
+/// anyway.
+pub(super) const KEPT_VIEWS: usize = 2;
+
+/// The watched objects as the published view should hold them: the live
+/// state of every kind plus, aside, the relists in progress.
+///
+/// Publishing a view of 10k Services by cloning every object costs about
+/// as much as the daemon's whole recomputation, so views are recycled: a
+/// published copy that nobody holds any more is brought up to date with
+/// the objects changed since (a journal of touched keys) and published
+/// again.
+#[derive(Debug, Default)]
+pub struct Mirror {
+    pub(super) state: ClusterState,
+    pub(super) services: Relist<ObjectKey, Service>,
+    pub(super) slices: Relist<ObjectKey, EndpointSlice>,
+    pub(super) nodes: Relist<String, Node>,
+    /// What changed in `state`, from the oldest kept view on.
+    pub(super) journal: Vec<Dirty>,
+    /// Journal position of `journal[0]`.
+    pub(super) journal_base: u64,
+    /// Views published lately, each with the journal position it matches.
+    pub(super) views: std::collections::VecDeque<(Arc<ClusterState>, u64)>,
+    /// Views published by bringing an old one up to date.
+    pub(super) recycled: u64,
+}
+
+impl Mirror {
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Takes one watcher event. Returns whether the view changed (the first
+    /// complete list of a kind counts as a change even when it is empty).
+    pub fn apply(&mut self, change: Change) -> bool {
+        let dirty = match change {
+            Change::Service(e) => apply_event(
+                &mut self.state.services,
+                &mut self.services,
+                e,
+                |s: &Service| ObjectKey::of(&s.metadata),
+                |s: &mut Service| trim_meta(&mut s.metadata),
+            )
+            .map(Dirty::Service),
+            Change::EndpointSlice(e) => apply_event(
+                &mut self.state.endpoint_slices,
+                &mut self.slices,
+                e,
+                |s: &EndpointSlice| ObjectKey::of(&s.metadata),
+                |s: &mut EndpointSlice| trim_meta(&mut s.metadata),
+            )
+            .map(Dirty::EndpointSlice),
+            Change::Node(e) => apply_event(
+                &mut self.state.nodes,
+                &mut self.nodes,
+                e,
+                |n: &Node| n.metadata.name.clone().filter(|n| !n.is_empty()),
+                trim_node,
+            )
+            .map(Dirty::Node),
+        };
+        match dirty {
+            Some(d) => {
+                self.journal.push(d);
+                true
+            }
+            None => false,
+        }
+    }
+
+    /// Whether every kind has been listed completely at least once: only
+    /// then may a view be published.
+    pub fn synced(&self) -> bool {
+        self.services.synced && self.slices.synced && self.nodes.synced
+    }
+
+    /// The current view (complete lists only).
+    pub fn state(&self) -> &ClusterState {
+        &self.state
+    }
+
+    /// The current view as an immutable snapshot to publish: a recycled
+    /// earlier view brought up to date when one is free, a copy otherwise.
+    pub fn view(&mut self) -> Arc<ClusterState> {
+        let end = self.journal_base + self.journal.len() as u64;
+        let free = self
+            .views
+            .iter()
+            .position(|(v, _)| Arc::strong_count(v) == 1)
+            .and_then(|i| self.views.remove(i));
+        let state = match free.map(|(v, at)| (Arc::try_unwrap(v), at)) {
+            Some((Ok(mut old), at)) => {
+                self.recycled += 1;
+                let from = usize::try_from(at - self.journal_base).unwrap_or(usize::MAX);
+                for d in self.journal.get(from..).unwrap_or_default() {
+                    replay(&mut old, &self.state, d);
+                }
+                old
+            }
+            // No free view (or, impossibly, one that was shared after all).
+            _ => self.state.clone(),
+        };
+        let view = Arc::new(state);
+        self.views.push_back((view.clone(), end));
+        while self.views.len() > KEPT_VIEWS {
+            self.views.pop_front();
+        }
+        // The journal is needed back to the oldest kept view only.
+        let keep_from = self.views.front().map_or(end, |(_, at)| *at);
+        let drained = usize::try_from(keep_from - self.journal_base).unwrap_or(0);
+        self.journal.drain(..drained.min(self.journal.len()));
+        self.journal_base = keep_from;
+        view
+    }
+}
+
+/// Makes `dst` agree with `src` on what `dirty` touched.
+pub(super) fn replay(dst: &mut ClusterState, src: &ClusterState, dirty: &Dirty) {
+    pub(super) fn one<K: Ord + Clone, T: Clone>(
+        dst: &mut BTreeMap<K, T>,
+        src: &BTreeMap<K, T>,
+        touched: &Touched<K>,
+    ) {
+        match touched {
+            Touched::All => dst.clone_from(src),
+            Touched::Key(k) => match src.get(k) {
+                Some(v) => {
+                    dst.insert(k.clone(), v.clone());
+                }
+                None => {
+                    dst.remove(k);
+                }
+            },
+        }
+    }
+    match dirty {
+        Dirty::Service(t) => one(&mut dst.services, &src.services, t),
+        Dirty::EndpointSlice(t) => one(&mut dst.endpoint_slices, &src.endpoint_slices, t),
+        Dirty::Node(t) => one(&mut dst.nodes, &src.nodes, t),
+    }
+}
+
+/// Applies one event to a kind's live map (or its relist). Returns what
+/// changed in the live map, if anything.
+pub(super) fn apply_event<K: Ord + Clone, T: PartialEq>(
+    live: &mut BTreeMap<K, T>,
+    relist: &mut Relist<K, T>,
+    event: Event<T>,
+    key: impl Fn(&T) -> Option<K>,
+    trim: impl Fn(&mut T),
+) -> Option<Touched<K>> {
+    match event {
+        Event::Init => {
+            // A restarted list starts from nothing; whatever a broken
+            // earlier attempt had collected is dropped with it.
+            relist.pending = Some(BTreeMap::new());
+            None
+        }
+        Event::InitApply(mut obj) => {
+            trim(&mut obj);
+            if let Some(k) = key(&obj) {
+                relist
+                    .pending
+                    .get_or_insert_with(BTreeMap::new)
+                    .insert(k, obj);
+            }
+            None
+        }
+        Event::InitDone => {
+            let listed = relist.pending.take().unwrap_or_default();
+            let first = !relist.synced;
+            relist.synced = true;
+            let changed = *live != listed;
+            *live = listed;
+            (changed || first).then_some(Touched::All)
+        }
+        Event::Apply(mut obj) => {
+            trim(&mut obj);
+            let k = key(&obj)?;
+            if live.get(&k) == Some(&obj) {
+                return None;
+            }
+            live.insert(k.clone(), obj);
+            Some(Touched::Key(k))
+        }
+        Event::Delete(obj) => {
+            let k = key(&obj)?;
+            live.remove(&k)?;
+            Some(Touched::Key(k))
+        }
+    }
+}
+
+/// Drops what changes on every write without meaning anything to the model
+/// (resourceVersion, managedFields, kubectl's last-applied copy), so that a
+/// no-op update or a relist of unchanged objects compares equal and costs
+/// no recomputation.
+pub(super) fn trim_meta(meta: &mut ObjectMeta) {
+    meta.resource_version = None;
+    meta.managed_fields = None;
+    if let Some(a) = meta.annotations.as_mut() {
+        a.remove(LAST_APPLIED);
+        if a.is_empty() {
+            meta.annotations = None;
+        }
+    }
+}
+
+/// Nodes are rewritten by the kubelet for heartbeats and image lists; the
+/// model reads names, labels, spec (pod CIDRs) and status.addresses. Drop
+/// the churning status parts so such updates compare equal. (A model that
+/// starts reading node conditions must stop dropping them here.)
+pub(super) fn trim_node(node: &mut Node) {
+    trim_meta(&mut node.metadata);
+    if let Some(status) = node.status.as_mut() {
+        status.conditions = None;
+        status.images = None;
+        status.volumes_attached = None;
+        status.volumes_in_use = None;
+    }
+}

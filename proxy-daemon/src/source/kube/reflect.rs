@@ -1,0 +1,116 @@
+//! One kind's watcher, run for as long as the mirror listens.
+
+use ::kube::{
+    Api,
+    runtime::watcher::{self, Event},
+};
+use futures::StreamExt;
+use serde::de::DeserializeOwned;
+use tokio::{sync::mpsc, time::Instant};
+use tracing::{debug, info, warn};
+
+use super::{Change, KubeSourceConfig, backoff::Backoff};
+
+/// Whether kube-rs would retry this failure forever without relisting: it
+/// restarts a watch from the same resourceVersion after any failure to
+/// start one, so a server that answers a too-old version with an HTTP 410
+/// (rather than the usual ERROR event inside a 200 stream) would never let
+/// it recover. Such a watcher is replaced by a fresh one, which relists.
+pub(super) fn needs_fresh_watcher(err: &watcher::Error) -> bool {
+    matches!(err, watcher::Error::WatchStartFailed(::kube::Error::Api(s)) if s.code == 410)
+}
+
+/// Runs one kind's watcher for as long as the mirror listens, with backoff
+/// and logging; every event goes to the mirror.
+pub(super) async fn reflect<K>(
+    api: Api<K>,
+    kind: &'static str,
+    cfg: KubeSourceConfig,
+    tx: mpsc::Sender<Change>,
+    wrap: fn(Event<K>) -> Change,
+) where
+    K: ::kube::Resource + Clone + DeserializeOwned + std::fmt::Debug + Send + 'static,
+{
+    // Bookmarks keep the resourceVersion of a quiet kind fresh, so that a
+    // reconnect resumes instead of relisting.
+    let wcfg = watcher::Config::default().page_size(cfg.page_size);
+    let mut backoff = Backoff::new(&cfg);
+    let mut failing_since: Option<Instant> = None;
+    let mut failures = 0u64;
+    let mut listed = 0usize;
+    let mut synced_once = false;
+    loop {
+        let mut stream = watcher::watcher(api.clone(), wcfg.clone()).boxed();
+        loop {
+            let item = tokio::select! {
+                item = stream.next() => item,
+                () = tx.closed() => return,
+            };
+            // The stream never ends by itself; if it did, start a new one.
+            let Some(item) = item else { break };
+            match item {
+                Ok(event) => {
+                    if let Some(since) = failing_since.take() {
+                        info!(
+                            kind,
+                            failures,
+                            down_ms = since.elapsed().as_millis() as u64,
+                            "API server reachable again; watch resumed"
+                        );
+                        failures = 0;
+                    }
+                    backoff.reset();
+                    match &event {
+                        Event::Init => {
+                            listed = 0;
+                            if synced_once {
+                                info!(
+                                    kind,
+                                    "relisting (watch expired or restarted); the published view stays until the list is complete"
+                                );
+                            } else {
+                                debug!(kind, "listing");
+                            }
+                        }
+                        Event::InitApply(_) => listed += 1,
+                        Event::InitDone => {
+                            info!(
+                                kind,
+                                objects = listed,
+                                relist = synced_once,
+                                "list complete"
+                            );
+                            synced_once = true;
+                        }
+                        Event::Apply(_) | Event::Delete(_) => {}
+                    }
+                    if tx.send(wrap(event)).await.is_err() {
+                        return;
+                    }
+                }
+                Err(err) => {
+                    let now = Instant::now();
+                    let delay = backoff.delay(now);
+                    failures += 1;
+                    failing_since.get_or_insert(now);
+                    let fresh = needs_fresh_watcher(&err);
+                    warn!(
+                        kind,
+                        error = %err,
+                        attempt = failures,
+                        retry_in_ms = delay.as_millis() as u64,
+                        relist = fresh,
+                        "API watch failed; the datapath keeps its last state"
+                    );
+                    tokio::select! {
+                        () = tokio::time::sleep(delay) => {}
+                        () = tx.closed() => return,
+                    }
+                    if fresh {
+                        break;
+                    }
+                }
+            }
+        }
+    }
+}
