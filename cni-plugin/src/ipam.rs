@@ -184,10 +184,6 @@ impl IpamStore {
         Ok(Self { dir })
     }
 
-    pub fn dir(&self) -> &Path {
-        &self.dir
-    }
-
     /// Reserves an address for `owner`; returns the one it already holds if
     /// any (a repeated ADD must not leak a second address).
     pub fn allocate(&self, pool: &Pool, owner: &Attachment) -> Result<Ipv4Addr, IpamError> {

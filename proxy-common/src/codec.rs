@@ -228,7 +228,7 @@ impl fmt::Display for CtKey {
 impl CtEntry {
     /// The connection's state as `sluicectl conntrack` shows it.
     pub const fn state_name(&self, proto: u8) -> &'static str {
-        if proto == crate::proto::TCP {
+        if proto == proto::TCP {
             ct::tcp_state_name(self.flags)
         } else if self.flags & ct::CT_F_REPLY_SEEN != 0 {
             "REPLIED"

@@ -6,7 +6,7 @@ pub struct NodeConfig {
     /// Layout version of this struct; the datapath ignores a config whose
     /// version it does not know.
     pub version: u32,
-    /// `CFG_F_*`.
+    /// Reserved for node-wide switches; 0.
     pub flags: u32,
     /// The node's address, NBO.
     pub node_addr: u32,

@@ -38,20 +38,29 @@ macro_rules! assert_size {
 
 #[cfg(feature = "user")]
 mod pod_impls {
-    // SAFETY: every type below is #[repr(C)], made only of integers and byte
-    // arrays, with all padding spelled out as fields, so any bit pattern is valid.
-    unsafe impl aya::Pod for crate::ServiceKey {}
-    unsafe impl aya::Pod for crate::ServiceValue {}
-    unsafe impl aya::Pod for crate::Backend {}
-    unsafe impl aya::Pod for crate::CtKey {}
-    unsafe impl aya::Pod for crate::CtEntry {}
-    unsafe impl aya::Pod for crate::CtStats {}
-    unsafe impl aya::Pod for crate::FragKey {}
-    unsafe impl aya::Pod for crate::FragPorts {}
-    unsafe impl aya::Pod for crate::ReasonCounter {}
-    unsafe impl aya::Pod for crate::ServiceCounter {}
-    unsafe impl aya::Pod for crate::NodeConfig {}
-    unsafe impl aya::Pod for crate::AffinityKey {}
-    unsafe impl aya::Pod for crate::AffinityValue {}
-    unsafe impl aya::Pod for crate::SourceRangeKey {}
+    macro_rules! pod {
+        ($($t:ty),* $(,)?) => {$(
+            // SAFETY: the type is #[repr(C)], made only of integers and byte
+            // arrays, with all padding spelled out as fields, so any bit
+            // pattern is a valid value.
+            unsafe impl aya::Pod for $t {}
+        )*};
+    }
+
+    pod!(
+        crate::ServiceKey,
+        crate::ServiceValue,
+        crate::Backend,
+        crate::CtKey,
+        crate::CtEntry,
+        crate::CtStats,
+        crate::FragKey,
+        crate::FragPorts,
+        crate::ReasonCounter,
+        crate::ServiceCounter,
+        crate::NodeConfig,
+        crate::AffinityKey,
+        crate::AffinityValue,
+        crate::SourceRangeKey,
+    );
 }

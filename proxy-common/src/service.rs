@@ -132,8 +132,6 @@ pub const DEFAULT_MAX_SERVICE_ENTRIES: u32 = 262_144;
 pub const DEFAULT_MAX_BACKENDS: u32 = 65_536;
 /// Service ids are `1..MAX_SERVICE_IDS`; 0 is never assigned.
 pub const DEFAULT_MAX_SERVICE_IDS: u32 = 65_536;
-/// Most backend slots one frontend may have.
-pub const MAX_SLOTS: u16 = u16::MAX;
 
 /// Source address used when a pod reaches itself through a Service: without a
 /// rewrite its reply would never leave its own namespace. The pod's route to

@@ -46,13 +46,14 @@ pub fn to_client(ctx: &TcContext, pkt: &Packet) -> Verdict {
     if start + QUOTE_LEN > ctx.data_end() {
         return pass;
     }
-    // SAFETY (all packet accesses below): QUOTE_LEN bytes from `start` are
-    // inside the packet (checked above).
+    // SAFETY: QUOTE_LEN bytes from `start` are inside the packet (checked
+    // above).
     let kind = unsafe { load16(start) } as u8;
     if kind != ICMP_DEST_UNREACH && kind != ICMP_TIME_EXCEEDED {
         return pass;
     }
     let inner = start + 8;
+    // SAFETY: as above; the quote's 24 bytes end inside the QUOTE_LEN.
     let (w0, w2, in_saddr, in_daddr, ports) = unsafe {
         (
             load32(inner),
@@ -90,6 +91,8 @@ pub fn to_client(ctx: &TcContext, pkt: &Packet) -> Verdict {
     if ip + 20 > ctx.data_end() {
         return pass;
     }
+    // SAFETY: the quote (QUOTE_LEN bytes from `start`) and the outer IPv4
+    // header (20 bytes from `ip`) are inside the packet, both checked above.
     unsafe {
         // The quoted header: destination back to the frontend, and its own
         // checksum.

@@ -163,7 +163,7 @@ pub fn parse(ctx: &TcContext) -> Parsed {
     let Some(eth) = at(ctx, 0, ETH_HLEN) else {
         return Parsed::NotIpv4;
     };
-    // SAFETY (all loads below): each address was bounds-checked just before.
+    // SAFETY: `eth` is ETH_HLEN bytes inside the packet (checked by `at`).
     if unsafe { load16(eth + 12) } != ETH_P_IP.to_be() {
         return Parsed::NotIpv4;
     }
@@ -171,6 +171,7 @@ pub fn parse(ctx: &TcContext) -> Parsed {
         return Parsed::Malformed;
     };
     // Little-endian words of the fixed header: byte 0 is the low byte.
+    // SAFETY: `ip` is IP_MIN_HLEN bytes inside the packet (checked by `at`).
     let (w0, w1, w2, saddr, daddr) = unsafe {
         (
             load32(ip),
@@ -229,6 +230,7 @@ pub fn parse(ctx: &TcContext) -> Parsed {
         _ => return Parsed::Ipv4(pkt),
     };
     if let Some(l4) = at(ctx, l4_off, 4) {
+        // SAFETY: 4 bytes at `l4` are inside the packet (checked by `at`).
         let ports = unsafe { load32(l4) };
         pkt.sport = ports as u16;
         pkt.dport = (ports >> 16) as u16;
@@ -237,6 +239,7 @@ pub fn parse(ctx: &TcContext) -> Parsed {
         && let Some(l4) = at(ctx, l4_off, 14)
     {
         // Bytes 12-13: data offset, flags.
+        // SAFETY: 14 bytes at `l4` are inside the packet (checked by `at`).
         pkt.tcp_flags = (unsafe { load16(l4 + 12) } >> 8) as u8;
     }
     // Complete means both inside the datagram and inside the linear data.

@@ -42,8 +42,8 @@ struct IcmpUnreachable {
     quote: [u8; QUOTE_LEN],
 }
 
-const IP_LEN: usize = core::mem::size_of::<Ipv4Header>();
-const ICMP_LEN: usize = core::mem::size_of::<IcmpUnreachable>();
+const IP_LEN: usize = size_of::<Ipv4Header>();
+const ICMP_LEN: usize = size_of::<IcmpUnreachable>();
 const FRAME_LEN: usize = ETH_HLEN + IP_LEN + ICMP_LEN;
 
 /// Copies exactly `N` bytes at `offset` (a constant size, which the verifier
@@ -70,7 +70,7 @@ fn checksum<T>(v: &T) -> u16 {
             core::ptr::null_mut(),
             0,
             v as *const T as *mut u32,
-            core::mem::size_of::<T>() as u32,
+            size_of::<T>() as u32,
             0,
         )
     } as u64;

@@ -69,8 +69,8 @@ impl EmptyProgram {
                 std::io::Error::last_os_error()
             );
         }
-        // SAFETY: the kernel just gave us this fd.
         Ok(Self {
+            // SAFETY: the kernel just gave us this fd.
             fd: unsafe { OwnedFd::from_raw_fd(fd as i32) },
         })
     }

@@ -1,5 +1,5 @@
-//! A simulated cluster in network namespaces (DESIGN.md's test topology):
-//! a "fabric" namespace with a bridge as the underlay LAN, one namespace per
+//! A simulated cluster in network namespaces (ARCHITECTURE.md, "Test
+//! topology"): a "fabric" namespace with a bridge as the underlay LAN, one namespace per
 //! node attached to it, pods as namespaces wired by the real `sluice-cni`
 //! binary run inside the node's namespace as a container runtime would,
 //! `sluiced` running inside each node's namespace on a shared manifests

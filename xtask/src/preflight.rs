@@ -49,7 +49,7 @@ fn bpf_works() -> Result<()> {
             libc::SYS_bpf,
             BPF_PROG_LOAD,
             &attr as *const ProgLoad,
-            std::mem::size_of::<ProgLoad>(),
+            size_of::<ProgLoad>(),
         )
     };
     if fd < 0 {

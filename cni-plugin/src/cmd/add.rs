@@ -137,7 +137,7 @@ fn setup(
             interface: Some(2),
         }],
         routes: vec![Route {
-            dst: Ipv4Network::new(std::net::Ipv4Addr::UNSPECIFIED, 0).expect("0.0.0.0/0"),
+            dst: Ipv4Network::new(Ipv4Addr::UNSPECIFIED, 0).expect("0.0.0.0/0"),
             gw: Some(gateway),
         }],
     })

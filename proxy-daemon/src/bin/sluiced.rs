@@ -600,3 +600,27 @@ fn parse_port_range(s: &str) -> Result<(u16, u16), String> {
     }
     Ok((a, b))
 }
+
+#[cfg(test)]
+mod tests {
+    use clap::CommandFactory;
+
+    use super::*;
+
+    #[test]
+    fn the_default_masquerade_range_is_the_datapath_s() {
+        let cmd = Args::command();
+        let arg = cmd
+            .get_arguments()
+            .find(|a| a.get_id() == "snat_ports")
+            .expect("--snat-ports");
+        let default = arg.get_default_values()[0].to_str().unwrap();
+        assert_eq!(
+            parse_port_range(default).unwrap(),
+            (
+                proxy_common::config::DEFAULT_SNAT_PORT_MIN,
+                proxy_common::config::DEFAULT_SNAT_PORT_MAX
+            )
+        );
+    }
+}

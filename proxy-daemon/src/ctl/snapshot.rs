@@ -70,62 +70,9 @@ impl Snapshot {
             meta: meta::read(state_dir).unwrap_or_default(),
             ..Default::default()
         };
-        for item in maps.services.iter() {
-            let (k, v) = item.map_err(map_err(names::MAP_SERVICES))?;
-            s.services.insert(k, v);
-        }
-        for item in maps.backends.iter() {
-            let (k, v) = item.map_err(map_err(names::MAP_BACKENDS))?;
-            s.backends.insert(k, v);
-        }
-        let ids: std::collections::BTreeSet<u32> = s
-            .services
-            .values()
-            .map(|v| v.svc_id)
-            .filter(|id| *id != 0)
-            .collect();
-        for id in ids {
-            s.svc_counters.insert(id, maps.service_total(id)?);
-        }
-        for code in 0..reason::MAX {
-            let sum = maps.reason_total(code)?;
-            if sum.packets > 0 {
-                s.reasons.insert(code, sum);
-            }
-        }
-        let mut ct_entries = [0u64; 2];
-        for (i, (map, name)) in [
-            (&maps.ct_tcp, names::MAP_CT_TCP),
-            (&maps.ct_any, names::MAP_CT_ANY),
-        ]
-        .into_iter()
-        .enumerate()
-        {
-            for item in map.iter() {
-                let (k, v) = item.map_err(map_err(name))?;
-                ct_entries[i] += 1;
-                if with_ct {
-                    s.ct.insert(k, v);
-                }
-            }
-        }
-        for class in CtClass::ALL {
-            let stats = class_stats(&maps, class)?;
-            let entries = ct_entries[usize::from(class == CtClass::Any)];
-            s.conntrack.push(CtMapStats {
-                name: class.map_name(),
-                entries,
-                evicted: stats.evicted(entries),
-                full: stats.full,
-                recreated: stats.recreated,
-            });
-        }
-        for i in 0..write_error::MAX {
-            if let Some(name) = write_error::name(i) {
-                s.write_errors.insert(name, maps.write_errors_total(i)?);
-            }
-        }
-        let frag_entries = maps.frags.keys().filter(Result::is_ok).count() as u64;
+        s.read_frontends(&maps)?;
+        s.read_counters(&maps)?;
+        let ct_entries = s.read_conntrack(&maps, with_ct)?;
         for item in maps.affinity.iter() {
             let (k, v) = item.map_err(map_err(names::MAP_AFFINITY))?;
             s.affinity.insert(k, v);
@@ -135,53 +82,108 @@ impl Snapshot {
                 .map(|i| u64::from(i.max_entries()))
                 .unwrap_or_else(|_| u64::from(Capacities::default().of(name)))
         };
-        s.fill = vec![
-            MapFill {
-                name: names::MAP_SERVICES,
-                entries: s.services.len() as u64,
-                capacity: caps(names::MAP_SERVICES),
-            },
-            MapFill {
-                name: names::MAP_BACKENDS,
-                entries: s.backends.len() as u64,
-                capacity: caps(names::MAP_BACKENDS),
-            },
-            MapFill {
-                name: names::MAP_CT_TCP,
-                entries: ct_entries[0],
-                capacity: caps(names::MAP_CT_TCP),
-            },
-            MapFill {
-                name: names::MAP_CT_ANY,
-                entries: ct_entries[1],
-                capacity: caps(names::MAP_CT_ANY),
-            },
-            MapFill {
-                name: names::MAP_FRAG,
-                entries: frag_entries,
-                capacity: caps(names::MAP_FRAG),
-            },
-            MapFill {
-                name: names::MAP_SVC_STATS,
-                entries: s.svc_counters.len() as u64,
-                capacity: caps(names::MAP_SVC_STATS),
-            },
-            MapFill {
-                name: names::MAP_AFFINITY,
-                entries: s.affinity.len() as u64,
-                capacity: caps(names::MAP_AFFINITY),
-            },
-            MapFill {
-                name: names::MAP_SOURCE_RANGES,
-                entries: maps.source_ranges.keys().filter(Result::is_ok).count() as u64,
-                capacity: caps(names::MAP_SOURCE_RANGES),
-            },
-            MapFill {
-                name: names::MAP_MAGLEV,
-                entries: maps.maglev.keys().filter(Result::is_ok).count() as u64,
-                capacity: caps(names::MAP_MAGLEV),
-            },
-        ];
+        let count = |keys: usize| keys as u64;
+        s.fill = [
+            (names::MAP_SERVICES, s.services.len() as u64),
+            (names::MAP_BACKENDS, s.backends.len() as u64),
+            (names::MAP_CT_TCP, ct_entries[0]),
+            (names::MAP_CT_ANY, ct_entries[1]),
+            (
+                names::MAP_FRAG,
+                count(maps.frags.keys().filter(Result::is_ok).count()),
+            ),
+            (names::MAP_SVC_STATS, s.svc_counters.len() as u64),
+            (names::MAP_AFFINITY, s.affinity.len() as u64),
+            (
+                names::MAP_SOURCE_RANGES,
+                count(maps.source_ranges.keys().filter(Result::is_ok).count()),
+            ),
+            (
+                names::MAP_MAGLEV,
+                count(maps.maglev.keys().filter(Result::is_ok).count()),
+            ),
+        ]
+        .into_iter()
+        .map(|(name, entries)| MapFill {
+            name,
+            entries,
+            capacity: caps(name),
+        })
+        .collect();
         Ok(s)
+    }
+
+    fn read_frontends(&mut self, maps: &PinnedMaps) -> Result<(), DatapathError> {
+        for item in maps.services.iter() {
+            let (k, v) = item.map_err(map_err(names::MAP_SERVICES))?;
+            self.services.insert(k, v);
+        }
+        for item in maps.backends.iter() {
+            let (k, v) = item.map_err(map_err(names::MAP_BACKENDS))?;
+            self.backends.insert(k, v);
+        }
+        Ok(())
+    }
+
+    /// Per-frontend and per-reason counters, and failed datapath writes.
+    fn read_counters(&mut self, maps: &PinnedMaps) -> Result<(), DatapathError> {
+        let ids: std::collections::BTreeSet<u32> = self
+            .services
+            .values()
+            .map(|v| v.svc_id)
+            .filter(|id| *id != 0)
+            .collect();
+        for id in ids {
+            self.svc_counters.insert(id, maps.service_total(id)?);
+        }
+        for code in 0..reason::MAX {
+            let sum = maps.reason_total(code)?;
+            if sum.packets > 0 {
+                self.reasons.insert(code, sum);
+            }
+        }
+        for i in 0..write_error::MAX {
+            if let Some(name) = write_error::name(i) {
+                self.write_errors.insert(name, maps.write_errors_total(i)?);
+            }
+        }
+        Ok(())
+    }
+
+    /// Walks both CT maps (keeping the entries with `with_ct`) and reads
+    /// their counters; returns how many entries each holds.
+    fn read_conntrack(
+        &mut self,
+        maps: &PinnedMaps,
+        with_ct: bool,
+    ) -> Result<[u64; 2], DatapathError> {
+        let mut entries = [0u64; 2];
+        for (i, (map, name)) in [
+            (&maps.ct_tcp, names::MAP_CT_TCP),
+            (&maps.ct_any, names::MAP_CT_ANY),
+        ]
+        .into_iter()
+        .enumerate()
+        {
+            for item in map.iter() {
+                let (k, v) = item.map_err(map_err(name))?;
+                entries[i] += 1;
+                if with_ct {
+                    self.ct.insert(k, v);
+                }
+            }
+        }
+        for class in CtClass::ALL {
+            let stats = class_stats(maps, class)?;
+            let n = entries[usize::from(class == CtClass::Any)];
+            self.conntrack.push(CtMapStats {
+                name: class.map_name(),
+                entries: n,
+                evicted: stats.evicted(n),
+                full: stats.full,
+                recreated: stats.recreated,
+            });
+        }
+        Ok(entries)
     }
 }

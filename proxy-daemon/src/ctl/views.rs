@@ -698,10 +698,7 @@ mod tests {
         // The reply entry saw the answer: the connection is established.
         assert_eq!(r.state, "ESTABLISHED");
         assert_eq!(r.age_seconds, 10);
-        assert_eq!(
-            r.expires_in_seconds,
-            proxy_common::ct::CT_LIFETIME_TCP_ESTABLISHED - 2
-        );
+        assert_eq!(r.expires_in_seconds, ct::CT_LIFETIME_TCP_ESTABLISHED - 2);
         assert_eq!((r.packets_to_backend, r.bytes_to_backend), (6, 700));
         assert_eq!((r.packets_to_client, r.bytes_to_client), (5, 2700));
         let t = conntrack_table(&rows).to_string();

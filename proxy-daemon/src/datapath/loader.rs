@@ -25,8 +25,9 @@ pub fn check_bpffs(path: &Path) -> Result<(), DatapathError> {
             path: path.to_owned(),
         }
     })?;
-    // SAFETY: statfs writes into the zeroed struct we pass.
+    // SAFETY: statfs is plain data; all zeroes is a valid value.
     let mut st: libc::statfs = unsafe { std::mem::zeroed() };
+    // SAFETY: `c` is a NUL-terminated path and `st` a writable statfs.
     if unsafe { libc::statfs(c.as_ptr(), &mut st) } != 0 {
         return Err(DatapathError::from_pin_io(
             path.to_owned(),
@@ -154,7 +155,8 @@ impl<'a> Loader<'a> {
                 });
             }
             let configured = self.capacities.of(l.name);
-            // Per-CPU arrays of one element are sized by the kernel; others must match.
+            // The kernel keeps the capacity a map was created with: a
+            // different one configured now would silently not apply.
             if info.max_entries() != configured {
                 return Err(DatapathError::CapacityMismatch {
                     map: l.name,

@@ -38,7 +38,7 @@ pub fn create_array(entries: u32, value_size: u32, flags: u32) -> std::io::Resul
             libc::SYS_bpf,
             BPF_MAP_CREATE,
             &attr as *const CreateAttr,
-            std::mem::size_of::<CreateAttr>(),
+            size_of::<CreateAttr>(),
         )
     };
     if fd < 0 {
@@ -106,7 +106,7 @@ fn batch(
             libc::SYS_bpf,
             cmd,
             &mut attr as *mut BatchAttr,
-            std::mem::size_of::<BatchAttr>(),
+            size_of::<BatchAttr>(),
         )
     };
     // The kernel writes back how many entries it processed, also on error.
@@ -156,7 +156,7 @@ fn write_mapped_array(fd: BorrowedFd<'_>, values: &[u32]) -> std::io::Result<()>
     // SAFETY: sysconf has no preconditions.
     let page = usize::try_from(unsafe { libc::sysconf(libc::_SC_PAGESIZE) })
         .map_err(|_| std::io::Error::other("no page size"))?;
-    let bytes = std::mem::size_of_val(values);
+    let bytes = size_of_val(values);
     let len = bytes.div_ceil(page) * page;
     if len == 0 {
         return Ok(());

@@ -127,19 +127,8 @@ pub(super) async fn ensure(
 ) -> Result<Device, OverlayError> {
     validate(cfg)?;
     let name = device_name(cfg.vni);
-    let mac = vtep_mac(cfg.node_addr);
     let uplink = find_uplink(nl, cfg.node_addr).await?;
-    let mtu = uplink
-        .mtu
-        .checked_sub(VXLAN_OVERHEAD)
-        .filter(|m| *m >= MIN_IPV4_MTU)
-        .ok_or_else(|| {
-            OverlayError::Config(format!(
-                "the uplink {} has MTU {}: too small to carry VXLAN ({VXLAN_OVERHEAD} bytes of \
-                 headers) and IPv4",
-                uplink.name, uplink.mtu
-            ))
-        })?;
+    let mtu = device_mtu(&uplink)?;
     let mut changes = Vec::new();
 
     let mut existing = nl.link(&name).await?;
@@ -173,23 +162,7 @@ pub(super) async fn ensure(
     let mut dev = match existing {
         Some(l) => l,
         None => {
-            let msg = LinkVxlan::new(&name, cfg.vni)
-                .dev(uplink.index)
-                .port(cfg.port)
-                .local(cfg.node_addr)
-                .learning(false)
-                .address(mac.to_vec())
-                .mtu(mtu)
-                .build();
-            nl.create_link(msg, &format!("VXLAN device {name}")).await?;
-            let l = nl.link(&name).await?.ok_or_else(|| {
-                OverlayError::Config(format!("{name} vanished right after it was created"))
-            })?;
-            if let Err(e) = nl.disable_ipv6_addrgen(l.index).await {
-                debug!(device = %name, error = %e, "could not turn off IPv6 address generation");
-            }
-            info!(device = %name, vni = cfg.vni, port = cfg.port, local = %cfg.node_addr,
-                  uplink = %uplink.name, mac = %Mac(mac), mtu, "overlay device created");
+            let l = create(nl, cfg, &name, &uplink, mtu).await?;
             changes.push(format!("created {name}"));
             l
         }
@@ -205,17 +178,8 @@ pub(super) async fn ensure(
     ensure_address(nl, &dev, device_address(cfg.pod_cidr), &mut changes).await?;
 
     if !dev.up {
-        match nl.set_up(dev.index).await {
-            Ok(()) => changes.push(format!("{name} up")),
-            Err(e) if e.errno() == Some(libc::EADDRINUSE) => {
-                return Err(OverlayError::PortInUse {
-                    device: name,
-                    port: cfg.port,
-                    flag: PORT_FLAG,
-                });
-            }
-            Err(e) => return Err(e.into()),
-        }
+        bring_up(nl, &dev, cfg.port).await?;
+        changes.push(format!("{name} up"));
     }
 
     Ok(Device {
@@ -225,6 +189,65 @@ pub(super) async fn ensure(
         uplink: uplink.name,
         changes,
     })
+}
+
+/// The device's MTU: the uplink's less VXLAN's headers, if that still
+/// carries IPv4.
+fn device_mtu(uplink: &Link) -> Result<u32, OverlayError> {
+    uplink
+        .mtu
+        .checked_sub(VXLAN_OVERHEAD)
+        .filter(|m| *m >= MIN_IPV4_MTU)
+        .ok_or_else(|| {
+            OverlayError::Config(format!(
+                "the uplink {} has MTU {}: too small to carry VXLAN ({VXLAN_OVERHEAD} bytes of \
+                 headers) and IPv4",
+                uplink.name, uplink.mtu
+            ))
+        })
+}
+
+/// Creates the device on the uplink with our MAC, learning off, no IPv6.
+async fn create(
+    nl: &Netlink,
+    cfg: &OverlayConfig,
+    name: &str,
+    uplink: &Link,
+    mtu: u32,
+) -> Result<Link, OverlayError> {
+    let mac = vtep_mac(cfg.node_addr);
+    let msg = LinkVxlan::new(name, cfg.vni)
+        .dev(uplink.index)
+        .port(cfg.port)
+        .local(cfg.node_addr)
+        .learning(false)
+        .address(mac.to_vec())
+        .mtu(mtu)
+        .build();
+    nl.create_link(msg, &format!("VXLAN device {name}")).await?;
+    let l = nl.link(name).await?.ok_or_else(|| {
+        OverlayError::Config(format!("{name} vanished right after it was created"))
+    })?;
+    if let Err(e) = nl.disable_ipv6_addrgen(l.index).await {
+        debug!(device = %name, error = %e, "could not turn off IPv6 address generation");
+    }
+    info!(device = %name, vni = cfg.vni, port = cfg.port, local = %cfg.node_addr,
+          uplink = %uplink.name, mac = %Mac(mac), mtu, "overlay device created");
+    Ok(l)
+}
+
+/// Brings the device up, which binds its UDP socket: another socket on the
+/// port is reported as such.
+async fn bring_up(nl: &Netlink, dev: &Link, port: u16) -> Result<(), OverlayError> {
+    match nl.set_up(dev.index).await {
+        Ok(()) => Ok(()),
+        Err(e) if e.errno() == Some(libc::EADDRINUSE) => Err(OverlayError::PortInUse {
+            device: dev.name.clone(),
+            port,
+            flag: PORT_FLAG,
+        }),
+        Err(e) => Err(e.into()),
+    }
 }
 
 /// Fails on a foreign VXLAN device using our UDP port: with a different

@@ -97,10 +97,6 @@ impl ManifestDir {
         }
     }
 
-    pub fn dir(&self) -> &Path {
-        &self.dir
-    }
-
     /// Re-reads the files that changed since the last scan.
     pub fn rescan(&mut self) -> Scan {
         let mut scan = Scan::default();
@@ -135,79 +131,9 @@ impl ManifestDir {
             };
             present.push(path.clone());
             let st = stamp(&meta);
-            if self.files.get(&path).is_some_and(|f| f.stamp == st) {
-                continue;
-            }
-            scan.changed = true;
-            let bytes = match std::fs::read(&path) {
-                Ok(b) => b,
-                Err(e) => {
-                    scan.problems.push(SourceProblem {
-                        file: path.clone(),
-                        reason: format!("cannot read: {e} (keeping what the file held before)"),
-                    });
-                    let objects = self
-                        .files
-                        .remove(&path)
-                        .map(|f| f.objects)
-                        .unwrap_or_default();
-                    self.files.insert(
-                        path,
-                        FileState {
-                            stamp: st,
-                            objects,
-                            problems: 1,
-                        },
-                    );
-                    continue;
-                }
-            };
-            match parse_manifest(&path, &bytes) {
-                Ok(parsed) => {
-                    let mut objects = Vec::new();
-                    for p in parsed.objects {
-                        match p {
-                            ParsedObject::Object(o) => objects.push(o),
-                            ParsedObject::Ignored { .. } => {}
-                        }
-                    }
-                    let problems = parsed.errors.len();
-                    for problem in parsed.errors {
-                        scan.problems.push(SourceProblem {
-                            file: path.clone(),
-                            reason: problem.to_string(),
-                        });
-                    }
-                    self.files.insert(
-                        path,
-                        FileState {
-                            stamp: st,
-                            objects,
-                            problems,
-                        },
-                    );
-                }
-                Err(e) => {
-                    scan.problems.push(SourceProblem {
-                        file: path.clone(),
-                        reason: format!("{e} (keeping what the file held before)"),
-                    });
-                    // Remember the stamp so the same broken content is not
-                    // re-reported on every scan; keep the old objects.
-                    let objects = self
-                        .files
-                        .remove(&path)
-                        .map(|f| f.objects)
-                        .unwrap_or_default();
-                    self.files.insert(
-                        path,
-                        FileState {
-                            stamp: st,
-                            objects,
-                            problems: 1,
-                        },
-                    );
-                }
+            if self.files.get(&path).is_none_or(|f| f.stamp != st) {
+                scan.changed = true;
+                self.read_file(path, st, &mut scan);
             }
         }
         let before = self.files.len();
@@ -226,6 +152,56 @@ impl ManifestDir {
         // A new problem changes what the daemon reports, if not the objects.
         scan.changed |= self.problems() != problems_before;
         scan
+    }
+
+    /// (Re)reads one changed file. One that cannot be read or parsed as a
+    /// whole keeps what it held before; its stamp is remembered so the same
+    /// broken content is not reported again on every scan.
+    fn read_file(&mut self, path: PathBuf, st: Stamp, scan: &mut Scan) {
+        let parsed = std::fs::read(&path)
+            .map_err(|e| format!("cannot read: {e}"))
+            .and_then(|bytes| parse_manifest(&path, &bytes).map_err(|e| e.to_string()));
+        let state = match parsed {
+            Ok(parsed) => {
+                let objects = parsed
+                    .objects
+                    .into_iter()
+                    .filter_map(|p| match p {
+                        ParsedObject::Object(o) => Some(o),
+                        ParsedObject::Ignored { .. } => None,
+                    })
+                    .collect();
+                let problems = parsed.errors.len();
+                for problem in parsed.errors {
+                    scan.problems.push(SourceProblem {
+                        file: path.clone(),
+                        reason: problem.to_string(),
+                    });
+                }
+                FileState {
+                    stamp: st,
+                    objects,
+                    problems,
+                }
+            }
+            Err(why) => {
+                scan.problems.push(SourceProblem {
+                    file: path.clone(),
+                    reason: format!("{why} (keeping what the file held before)"),
+                });
+                let objects = self
+                    .files
+                    .remove(&path)
+                    .map(|f| f.objects)
+                    .unwrap_or_default();
+                FileState {
+                    stamp: st,
+                    objects,
+                    problems: 1,
+                }
+            }
+        };
+        self.files.insert(path, state);
     }
 
     /// Files and documents that cannot be used right now.

@@ -16,7 +16,10 @@ use serde_json::{Map, Value};
 use crate::model::{DEFAULT_NAMESPACE, KubeObject};
 
 /// One object read from a manifest.
-#[allow(clippy::large_enum_variant)] // see KubeObject
+#[expect(
+    clippy::large_enum_variant,
+    reason = "a parsed object moves once into the file's state, as KubeObject does"
+)]
 #[derive(Clone, Debug)]
 pub enum ParsedObject {
     /// A Service, EndpointSlice, Endpoints or Node.
@@ -375,20 +378,8 @@ fn object(value: Value, inherited: Option<&Inherited>) -> Result<ParsedObject, S
             type_name(&value)
         ));
     };
-    let field =
-        |map: &Map<String, Value>, name: &str, inherit: Option<&str>| -> Result<String, String> {
-            match map.get(name) {
-                Some(Value::String(s)) if !s.is_empty() => Ok(s.clone()),
-                None | Some(Value::Null) => inherit
-                    .filter(|s| !s.is_empty())
-                    .map(String::from)
-                    .ok_or_else(|| format!("no {name}")),
-                Some(Value::String(_)) => Err(format!("empty {name}")),
-                Some(other) => Err(format!("{name} is {}, not a string", type_name(other))),
-            }
-        };
-    let kind = field(&map, "kind", inherited.map(|i| i.kind.as_str()))?;
-    let api_version = field(
+    let kind = type_field(&map, "kind", inherited.map(|i| i.kind.as_str()))?;
+    let api_version = type_field(
         &map,
         "apiVersion",
         inherited.map(|i| i.api_version.as_str()),
@@ -396,22 +387,60 @@ fn object(value: Value, inherited: Option<&Inherited>) -> Result<ParsedObject, S
     if kind == "List" || (kind.ends_with("List") && map.contains_key("items")) {
         return Err(format!("{kind} inside a list is not supported"));
     }
-    let (group, version) = api_version.rsplit_once('/').unwrap_or(("", &api_version));
+    let Some(namespaced) = read_kind(&kind, &api_version)? else {
+        let name = map
+            .get("metadata")
+            .and_then(|m| m.get("name"))
+            .and_then(Value::as_str)
+            .unwrap_or("(no name)");
+        return Ok(ParsedObject::Ignored {
+            reason: format!("{api_version} {kind} {name}: not a kind Sluice reads"),
+            kind,
+        });
+    };
+    let described = name_and_namespace(&mut map, &kind, namespaced)?;
+    // Items of typed lists lack these; the typed structs would accept their
+    // absence, but keeping them makes the object complete.
+    map.insert("apiVersion".into(), Value::String(api_version));
+    map.insert("kind".into(), Value::String(kind.clone()));
+    let value = Value::Object(map);
+    let object = match kind.as_str() {
+        "Service" => typed(value).map(KubeObject::Service),
+        "Endpoints" => typed(value).map(KubeObject::Endpoints),
+        "EndpointSlice" => typed(value).map(KubeObject::EndpointSlice),
+        _ => typed(value).map(KubeObject::Node),
+    };
+    object
+        .map(ParsedObject::Object)
+        .map_err(|e| format!("{described}: {e}"))
+}
 
-    let namespaced = match (group, kind.as_str()) {
+/// `kind` or `apiVersion`: a non-empty string, or what a typed list lends
+/// its items.
+fn type_field(
+    map: &Map<String, Value>,
+    name: &str,
+    inherit: Option<&str>,
+) -> Result<String, String> {
+    match map.get(name) {
+        Some(Value::String(s)) if !s.is_empty() => Ok(s.clone()),
+        None | Some(Value::Null) => inherit
+            .filter(|s| !s.is_empty())
+            .map(String::from)
+            .ok_or_else(|| format!("no {name}")),
+        Some(Value::String(_)) => Err(format!("empty {name}")),
+        Some(other) => Err(format!("{name} is {}, not a string", type_name(other))),
+    }
+}
+
+/// Whether a kind Sluice reads is namespaced (`None`: a kind it ignores);
+/// only v1 of each is supported.
+fn read_kind(kind: &str, api_version: &str) -> Result<Option<bool>, String> {
+    let (group, version) = api_version.rsplit_once('/').unwrap_or(("", api_version));
+    let namespaced = match (group, kind) {
         ("", "Service" | "Endpoints") | ("discovery.k8s.io", "EndpointSlice") => true,
         ("", "Node") => false,
-        _ => {
-            let name = map
-                .get("metadata")
-                .and_then(|m| m.get("name"))
-                .and_then(Value::as_str)
-                .unwrap_or("(no name)");
-            return Ok(ParsedObject::Ignored {
-                reason: format!("{api_version} {kind} {name}: not a kind Sluice reads"),
-                kind,
-            });
-        }
+        _ => return Ok(None),
     };
     if version != "v1" {
         let hint = if kind == "EndpointSlice" {
@@ -424,7 +453,17 @@ fn object(value: Value, inherited: Option<&Inherited>) -> Result<ParsedObject, S
             group_prefix(group)
         ));
     }
+    Ok(Some(namespaced))
+}
 
+/// Checks metadata.name, gives a namespaced object the default namespace
+/// when it names none (what `kubectl apply` does with a file), and returns
+/// `Kind namespace/name` for messages.
+fn name_and_namespace(
+    map: &mut Map<String, Value>,
+    kind: &str,
+    namespaced: bool,
+) -> Result<String, String> {
     let metadata = match map
         .entry("metadata")
         .or_insert_with(|| Value::Object(Map::new()))
@@ -453,35 +492,17 @@ fn object(value: Value, inherited: Option<&Inherited>) -> Result<ParsedObject, S
         }
         _ => return Err(format!("{kind}: no metadata.name")),
     };
-    let described = if namespaced {
-        // What `kubectl apply` does with an object that names no namespace
-        // (short of a -n flag, which files do not have).
-        let namespace = match metadata.get("namespace") {
-            Some(Value::String(ns)) if !ns.is_empty() => ns.clone(),
-            _ => {
-                metadata.insert("namespace".into(), Value::String(DEFAULT_NAMESPACE.into()));
-                DEFAULT_NAMESPACE.to_string()
-            }
-        };
-        format!("{kind} {namespace}/{name}")
-    } else {
-        format!("{kind} {name}")
+    if !namespaced {
+        return Ok(format!("{kind} {name}"));
+    }
+    let namespace = match metadata.get("namespace") {
+        Some(Value::String(ns)) if !ns.is_empty() => ns.clone(),
+        _ => {
+            metadata.insert("namespace".into(), Value::String(DEFAULT_NAMESPACE.into()));
+            DEFAULT_NAMESPACE.to_string()
+        }
     };
-    // Items of typed lists lack these; the typed structs would accept their
-    // absence, but keeping them makes the object complete.
-    map.insert("apiVersion".into(), Value::String(api_version.clone()));
-    map.insert("kind".into(), Value::String(kind.clone()));
-
-    let value = Value::Object(map);
-    let object = match kind.as_str() {
-        "Service" => typed(value).map(KubeObject::Service),
-        "Endpoints" => typed(value).map(KubeObject::Endpoints),
-        "EndpointSlice" => typed(value).map(KubeObject::EndpointSlice),
-        _ => typed(value).map(KubeObject::Node),
-    };
-    object
-        .map(ParsedObject::Object)
-        .map_err(|e| format!("{described}: {e}"))
+    Ok(format!("{kind} {namespace}/{name}"))
 }
 
 fn typed<T: DeserializeOwned>(value: Value) -> Result<T, serde_json::Error> {

@@ -123,10 +123,6 @@ impl Plan {
     pub fn is_empty(&self) -> bool {
         self.groups.is_empty()
     }
-
-    pub fn op_count(&self) -> usize {
-        self.groups.iter().map(|g| g.ops.len()).sum()
-    }
 }
 
 /// Backend identity: the same endpoint keeps one id across frontends.

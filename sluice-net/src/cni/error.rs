@@ -74,6 +74,12 @@ impl CniError {
     }
 }
 
+impl From<crate::netlink::NetlinkError> for CniError {
+    fn from(e: crate::netlink::NetlinkError) -> Self {
+        CniError::new(code::IO, e.to_string())
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -87,11 +93,5 @@ mod tests {
         );
         assert_eq!(e.to_string(), "bad podCIDR (code 7): x");
         assert_eq!(CniError::new(5, "io").to_string(), "io (code 5)");
-    }
-}
-
-impl From<crate::netlink::NetlinkError> for CniError {
-    fn from(e: crate::netlink::NetlinkError) -> Self {
-        CniError::new(code::IO, e.to_string())
     }
 }

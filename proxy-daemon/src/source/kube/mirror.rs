@@ -21,7 +21,10 @@ pub(super) const LAST_APPLIED: &str = "kubectl.kubernetes.io/last-applied-config
 /// One watcher event, tagged with its kind.
 // Unboxed: an event is moved from the watcher through the channel into
 // the mirror, which stores the objects, never the events.
-#[allow(clippy::large_enum_variant)]
+#[expect(
+    clippy::large_enum_variant,
+    reason = "an event moves once from the watcher through the channel into the mirror"
+)]
 #[derive(Debug)]
 pub enum Change {
     Service(Event<Service>),
