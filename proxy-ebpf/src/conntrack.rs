@@ -19,7 +19,7 @@ use proxy_common::{
         CT_F_REWRITE_DST, CT_F_REWRITE_SRC, CT_F_RST, CT_F_USED, CT_STATE_MASK, CT_STATS_ANY,
         CT_STATS_TCP,
     },
-    proto,
+    proto, reason,
     service::HAIRPIN_SNAT_ADDR,
     stats::write_error,
 };
@@ -27,6 +27,7 @@ use proxy_common::{
 use crate::{
     maps::{CT_ANY, CT_STATS, CT_TCP, FRAGS, count_write_error},
     packet::{FRAG_FIRST, Packet, TCP_ACK, TCP_FIN, TCP_RST, TCP_SYN},
+    verdict::Verdict,
 };
 
 pub const HAIRPIN_ADDR: u32 = u32::from_ne_bytes(HAIRPIN_SNAT_ADDR);
@@ -44,42 +45,54 @@ pub trait Table {
     fn remove(key: &CtKey) -> Result<(), i32>;
 }
 
-/// `CT_TCP`.
-pub struct Tcp;
-/// `CT_ANY`.
-pub struct Any;
+macro_rules! table {
+    ($(#[$doc:meta])* $name:ident, $map:ident, $row:ident) => {
+        $(#[$doc])*
+        pub struct $name;
 
-impl Table for Tcp {
-    const STATS: u32 = CT_STATS_TCP;
-    #[inline(always)]
-    fn get(key: &CtKey) -> Option<*mut CtEntry> {
-        CT_TCP.get_ptr_mut(key)
-    }
-    #[inline(always)]
-    fn insert(key: &CtKey, e: &CtEntry, flags: u64) -> Result<(), i32> {
-        CT_TCP.insert(key, e, flags)
-    }
-    #[inline(always)]
-    fn remove(key: &CtKey) -> Result<(), i32> {
-        CT_TCP.remove(key)
-    }
+        impl Table for $name {
+            const STATS: u32 = $row;
+            #[inline(always)]
+            fn get(key: &CtKey) -> Option<*mut CtEntry> {
+                $map.get_ptr_mut(key)
+            }
+            #[inline(always)]
+            fn insert(key: &CtKey, e: &CtEntry, flags: u64) -> Result<(), i32> {
+                $map.insert(key, e, flags)
+            }
+            #[inline(always)]
+            fn remove(key: &CtKey) -> Result<(), i32> {
+                $map.remove(key)
+            }
+        }
+    };
 }
 
-impl Table for Any {
-    const STATS: u32 = CT_STATS_ANY;
-    #[inline(always)]
-    fn get(key: &CtKey) -> Option<*mut CtEntry> {
-        CT_ANY.get_ptr_mut(key)
-    }
-    #[inline(always)]
-    fn insert(key: &CtKey, e: &CtEntry, flags: u64) -> Result<(), i32> {
-        CT_ANY.insert(key, e, flags)
-    }
-    #[inline(always)]
-    fn remove(key: &CtKey) -> Result<(), i32> {
-        CT_ANY.remove(key)
-    }
+table!(
+    /// `CT_TCP`.
+    Tcp,
+    CT_TCP,
+    CT_STATS_TCP
+);
+table!(
+    /// `CT_ANY`.
+    Any,
+    CT_ANY,
+    CT_STATS_ANY
+);
+
+/// Calls `f::<Tcp>(args)` or `f::<Any>(args)`, by the packet's protocol:
+/// each program picks its table once.
+macro_rules! per_table {
+    ($pkt:expr, $f:ident($($arg:expr),* $(,)?)) => {
+        if $pkt.proto == proto::TCP {
+            $f::<$crate::conntrack::Tcp>($($arg),*)
+        } else {
+            $f::<$crate::conntrack::Any>($($arg),*)
+        }
+    };
 }
+pub(crate) use per_table;
 
 /// A copy of the entry under `key`, from the table its protocol uses.
 #[inline(always)]
@@ -108,6 +121,18 @@ pub enum CreateError {
     /// Every masquerade port tried was taken.
     PortsExhausted,
     Other,
+}
+
+impl CreateError {
+    /// What the first packet of the flow that could not be stored gets.
+    #[inline(always)]
+    pub fn verdict(self) -> Verdict {
+        Verdict::drop(match self {
+            CreateError::Full => reason::DROP_CT_FULL,
+            CreateError::PortsExhausted => reason::DROP_SNAT_PORTS_EXHAUSTED,
+            CreateError::Other => reason::DROP_CT_CREATE,
+        })
+    }
 }
 
 /// Stores a new entry, replacing a dead one under the same key.

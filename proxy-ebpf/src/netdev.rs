@@ -26,13 +26,13 @@ use proxy_common::{
 
 use crate::{
     conntrack,
-    conntrack::{Any, CreateError, Snat, Table, Tcp},
+    conntrack::{Snat, Table, per_table},
     lb,
     maps::CONFIG,
     nat,
     packet::{FRAG_LATER, Packet},
     service::{self, Origin, untranslatable},
-    tracked::{self, reverse},
+    tracked::{self, reply, reverse},
     verdict::Verdict,
 };
 
@@ -78,11 +78,7 @@ pub fn to_netdev(ctx: &TcContext, pkt: &mut Packet) -> Verdict {
     if pkt.frag == FRAG_LATER && !conntrack::fragment_ports(pkt) {
         return Verdict::drop(reason::DROP_FRAG_NO_STATE);
     }
-    if pkt.proto == proto::TCP {
-        leaving::<Tcp>(ctx, pkt, &c)
-    } else {
-        leaving::<Any>(ctx, pkt, &c)
-    }
+    per_table!(pkt, leaving(ctx, pkt, &c))
 }
 
 /// A pod's packet leaving the cluster, with the CT table of its protocol.
@@ -135,11 +131,7 @@ fn masquerade<C: Table>(ctx: &TcContext, pkt: &mut Packet, c: &NodeConfig) -> Ve
     };
     let e = match conntrack::create_masquerade_flow::<C>(pkt, snat, now) {
         Ok(e) => e,
-        Err(CreateError::Full) => return Verdict::drop(reason::DROP_CT_FULL),
-        Err(CreateError::PortsExhausted) => {
-            return Verdict::drop(reason::DROP_SNAT_PORTS_EXHAUSTED);
-        }
-        Err(CreateError::Other) => return Verdict::drop(reason::DROP_CT_CREATE),
+        Err(why) => return why.verdict(),
     };
     conntrack::remember_fragment(pkt);
     if nat::apply(ctx, pkt, &e).is_err() {
@@ -159,11 +151,7 @@ pub fn from_netdev(ctx: &TcContext, pkt: &mut Packet) -> Verdict {
     if pkt.frag == FRAG_LATER && !conntrack::fragment_ports(pkt) {
         return Verdict::pass(reason::PASS_UPLINK);
     }
-    if pkt.proto == proto::TCP {
-        arriving::<Tcp>(ctx, pkt, &c)
-    } else {
-        arriving::<Any>(ctx, pkt, &c)
-    }
+    per_table!(pkt, arriving(ctx, pkt, &c))
 }
 
 /// A packet arriving from outside, with the CT table of its protocol.
@@ -236,18 +224,15 @@ pub fn from_overlay(ctx: &TcContext, pkt: &mut Packet) -> Verdict {
     if pkt.frag == FRAG_LATER && !conntrack::fragment_ports(pkt) {
         return Verdict::pass(reason::PASS_OVERLAY);
     }
-    if pkt.proto == proto::TCP {
-        overlay_reply::<Tcp>(ctx, pkt)
-    } else {
-        overlay_reply::<Any>(ctx, pkt)
-    }
-}
-
-#[inline(always)]
-fn overlay_reply<C: Table>(ctx: &TcContext, pkt: &mut Packet) -> Verdict {
-    let Some(entry) = C::get(&conntrack::key(pkt, CT_DIR_REPLY)) else {
-        return Verdict::pass(reason::PASS_OVERLAY);
-    };
-    reverse::<C>(ctx, pkt, entry, CT_DIR_SERVICE, reason::NODEPORT_REPLY)
-        .unwrap_or(Verdict::pass(reason::PASS_CT_STALE))
+    per_table!(
+        pkt,
+        reply(
+            ctx,
+            pkt,
+            CT_DIR_SERVICE,
+            reason::NODEPORT_REPLY,
+            Verdict::pass(reason::PASS_OVERLAY),
+            Verdict::pass(reason::PASS_CT_STALE)
+        )
+    )
 }

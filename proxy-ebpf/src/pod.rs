@@ -2,20 +2,16 @@
 //! (what is delivered to it).
 
 use aya_ebpf::programs::TcContext;
-use proxy_common::{
-    ct::{CT_DIR_REPLY, CT_DIR_SERVICE},
-    proto, reason,
-    service::SVC_F_NODE_ADDR,
-};
+use proxy_common::{ct::CT_DIR_SERVICE, proto, reason, service::SVC_F_NODE_ADDR};
 
 use crate::{
     conntrack,
-    conntrack::{Any, HAIRPIN_ADDR, Table, Tcp},
+    conntrack::{HAIRPIN_ADDR, Table, per_table},
     icmp_error, lb,
     packet::{ECHO_NONE, FRAG_LATER, Packet},
     service::{self, Origin, untranslatable},
     skb::ifindex,
-    tracked::reverse,
+    tracked::reply,
     verdict::{Verdict, pass_reason},
 };
 
@@ -54,11 +50,7 @@ fn to_service(ctx: &TcContext, pkt: &mut Packet) -> Verdict {
             Verdict::pass(reason::PASS_FRAGMENT)
         };
     }
-    if pkt.proto == proto::TCP {
-        tracked_to_service::<Tcp>(ctx, pkt)
-    } else {
-        tracked_to_service::<Any>(ctx, pkt)
-    }
+    per_table!(pkt, tracked_to_service(ctx, pkt))
 }
 
 /// [`to_service`] for a TCP or UDP packet, with the CT table of its protocol.
@@ -119,21 +111,19 @@ fn hairpin_reply(ctx: &TcContext, pkt: &mut Packet) -> Verdict {
     if pkt.frag == FRAG_LATER && !conntrack::fragment_ports(pkt) {
         return Verdict::drop(reason::DROP_FRAG_NO_STATE);
     }
-    if pkt.proto == proto::TCP {
-        hairpin_reply_in::<Tcp>(ctx, pkt)
-    } else {
-        hairpin_reply_in::<Any>(ctx, pkt)
-    }
-}
-
-#[inline(always)]
-fn hairpin_reply_in<C: Table>(ctx: &TcContext, pkt: &mut Packet) -> Verdict {
-    let Some(entry) = C::get(&conntrack::key(pkt, CT_DIR_REPLY)) else {
-        return Verdict::drop(reason::DROP_HAIRPIN_NO_STATE);
-    };
     // The reply entry of a hairpinned flow says to turn it around.
-    reverse::<C>(ctx, pkt, entry, CT_DIR_SERVICE, reason::HAIRPIN_REPLY)
-        .unwrap_or(Verdict::drop(reason::DROP_HAIRPIN_NO_STATE))
+    let no_state = Verdict::drop(reason::DROP_HAIRPIN_NO_STATE);
+    per_table!(
+        pkt,
+        reply(
+            ctx,
+            pkt,
+            CT_DIR_SERVICE,
+            reason::HAIRPIN_REPLY,
+            no_state,
+            no_state
+        )
+    )
 }
 
 /// Traffic about to enter a pod: replies of translated flows get the
@@ -149,18 +139,16 @@ pub fn to_pod(ctx: &TcContext, pkt: &mut Packet) -> Verdict {
     if pkt.frag == FRAG_LATER && !conntrack::fragment_ports(pkt) {
         return Verdict::pass(reason::PASS_REPLY_FRAGMENT);
     }
-    if pkt.proto == proto::TCP {
-        reply_to_pod::<Tcp>(ctx, pkt)
-    } else {
-        reply_to_pod::<Any>(ctx, pkt)
-    }
-}
-
-#[inline(always)]
-fn reply_to_pod<C: Table>(ctx: &TcContext, pkt: &mut Packet) -> Verdict {
-    let Some(entry) = C::get(&conntrack::key(pkt, CT_DIR_REPLY)) else {
-        return Verdict::pass(pass_reason(pkt));
-    };
-    reverse::<C>(ctx, pkt, entry, CT_DIR_SERVICE, reason::REV_NAT)
-        .unwrap_or(Verdict::pass(reason::PASS_CT_STALE))
+    let miss = Verdict::pass(pass_reason(pkt));
+    per_table!(
+        pkt,
+        reply(
+            ctx,
+            pkt,
+            CT_DIR_SERVICE,
+            reason::REV_NAT,
+            miss,
+            Verdict::pass(reason::PASS_CT_STALE)
+        )
+    )
 }

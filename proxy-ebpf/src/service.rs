@@ -12,7 +12,7 @@ use proxy_common::{
 
 use crate::{
     conntrack,
-    conntrack::{CreateError, Snat, Table},
+    conntrack::{Snat, Table},
     lb,
     maps::{SvcDelta, count_service},
     nat, packet,
@@ -117,11 +117,7 @@ pub fn new_connection<C: Table>(
     };
     let e = match created {
         Ok(e) => e,
-        Err(CreateError::Full) => return Verdict::drop(reason::DROP_CT_FULL),
-        Err(CreateError::PortsExhausted) => {
-            return Verdict::drop(reason::DROP_SNAT_PORTS_EXHAUSTED);
-        }
-        Err(CreateError::Other) => return Verdict::drop(reason::DROP_CT_CREATE),
+        Err(why) => return why.verdict(),
     };
     conntrack::remember_fragment(pkt);
     if nat::apply(ctx, pkt, &e).is_err() {

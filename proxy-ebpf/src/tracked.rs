@@ -48,6 +48,24 @@ pub fn translate<C: Table>(
     service::forward(ctx, pkt, &e, counted)
 }
 
+/// A packet that may be a reply of a tracked flow: translated by its reply
+/// entry and counted as `counted`; without one it gets `miss`, and when the
+/// entry is dead (removed now) `stale`.
+#[inline(always)]
+pub fn reply<C: Table>(
+    ctx: &TcContext,
+    pkt: &mut Packet,
+    partner_dir: u8,
+    counted: u32,
+    miss: Verdict,
+    stale: Verdict,
+) -> Verdict {
+    let Some(entry) = C::get(&conntrack::key(pkt, CT_DIR_REPLY)) else {
+        return miss;
+    };
+    reverse::<C>(ctx, pkt, entry, partner_dir, counted).unwrap_or(stale)
+}
+
 /// Translates a reply of a tracked flow by its reply entry (see
 /// [`translate`]). `None` when the entry is dead: it is removed, and the
 /// caller treats the packet as untracked.

@@ -7,6 +7,7 @@ use proxy_common::reason;
 use crate::packet::{self, Packet};
 
 /// A verdict and the reason it is counted under.
+#[derive(Clone, Copy)]
 pub struct Verdict {
     pub action: i32,
     pub reason: u32,

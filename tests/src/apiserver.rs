@@ -383,12 +383,6 @@ impl ApiServer {
             .send_modify(|c| c.gone_mode = Some(mode));
     }
 
-    /// Cuts every open watch mid-stream (no terminating chunk), as a
-    /// restarting API server or a load balancer would.
-    pub fn drop_watches(&self) {
-        self.shared.control.send_modify(|c| c.watch_generation += 1);
-    }
-
     /// Forgets the history up to the current resourceVersion: a watch from
     /// an older version is answered with 410 Gone.
     pub fn compact(&self) {
