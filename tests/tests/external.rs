@@ -112,7 +112,7 @@ fn outside_seen_as(s: &Setup, target: SocketAddr) -> String {
 
 /// Whether a connection attempt is silently dropped (times out), as
 /// opposed to refused or answered.
-fn dropped(ns: &sluice_tests::netns::NetNs, target: SocketAddr) -> bool {
+fn dropped(ns: &sluice_testkit::netns::NetNs, target: SocketAddr) -> bool {
     ns.run(move || {
         matches!(TcpStream::connect_timeout(&target, Duration::from_millis(1500)),
             Err(e) if e.kind() == ErrorKind::TimedOut || e.kind() == ErrorKind::WouldBlock)

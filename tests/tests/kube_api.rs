@@ -22,12 +22,12 @@ use sluice::{
     datapath::PinnedMaps,
     source::kube::{self as kube_source, KubeSourceConfig},
 };
+use sluice_testkit::netns::NetNs;
 use sluice_tests::{
     apiserver::{ApiServer, ApiServerConfig, GoneMode, Kind},
     apps::{self, Server, Stream},
     fixture,
     manifests::{self, Endpoint, Service, ready, tcp_port},
-    netns::NetNs,
     sim::{Cluster, Pod, wait_until},
 };
 
@@ -376,11 +376,11 @@ struct SourceHarness {
 
 impl SourceHarness {
     fn new() -> Self {
-        sluice_tests::privileges::require_root();
+        sluice_testkit::privileges::require_root();
         let ns = NetNs::new("apisrc").expect("namespace");
         let server = ApiServer::start(&ns, Ipv4Addr::LOCALHOST, ApiServerConfig::default())
             .expect("test API server");
-        let dir = sluice_tests::bpffs::scratch_dir("apisrc").expect("scratch directory");
+        let dir = sluice_testkit::bpffs::scratch_dir("apisrc").expect("scratch directory");
         let kubeconfig = dir.join("kubeconfig");
         server.write_kubeconfig(&kubeconfig).unwrap();
         Self {
