@@ -247,6 +247,16 @@ impl Cluster {
         Ok(())
     }
 
+    /// Applies a manifest where the daemons read the cluster: through the
+    /// API server when the cluster has one, else as `file` in the manifests
+    /// directory.
+    pub fn publish(&self, file: &str, yaml: &str) -> Result<()> {
+        match &self.api {
+            Some(api) => api.server.apply_yaml(yaml).map(drop),
+            None => self.apply(file, yaml),
+        }
+    }
+
     pub fn delete(&self, file: &str) -> Result<()> {
         fs::remove_file(self.manifests.join(file)).with_context(|| format!("removing {file}"))
     }
