@@ -210,7 +210,7 @@ fn case_strategy() -> impl Strategy<Value = Case> {
         )
 }
 
-fn invocation(case: &Case, node: &Node, pod: &Netns, command: Option<&str>) -> Invocation {
+fn invocation(case: &Case, node: &Node, pod: &NetNs, command: Option<&str>) -> Invocation {
     let mut vars = Vec::new();
     if let Some(c) = command {
         vars.push(("CNI_COMMAND".to_owned(), c.to_owned()));
@@ -244,7 +244,7 @@ fn invocation(case: &Case, node: &Node, pod: &Netns, command: Option<&str>) -> I
             // Always our directories: the fuzzer must not reach real paths.
             let mut c = c.clone();
             c["stateDir"] = json!(node.state.path());
-            c["bpffs"] = json!(node.bpf.dir);
+            c["bpffs"] = json!(node.bpf.dir());
             serde_json::to_vec(&c).unwrap()
         }
     };
@@ -290,7 +290,7 @@ fn reservations(state: &Path) -> Vec<String> {
 fn plugin_answers_everything_and_leaves_nothing() {
     const CASES: u32 = 400;
     let node = Node::new("fz", "10.250.0.0/24");
-    let pod = Netns::new("fzpod");
+    let pod = NetNs::new("fzpod").unwrap();
     let successes = std::cell::Cell::new(0u32);
     let adds = std::cell::Cell::new(0u32);
     let property = |case: Case| -> Result<(), TestCaseError> {

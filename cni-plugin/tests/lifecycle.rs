@@ -11,7 +11,7 @@ use serde_json::{Value, json};
 use proxy_common::names::{TC_HANDLE, TC_PRIORITY};
 
 /// `tc -j filter show dev <veth> <hook>` in the node namespace.
-fn tc_filters(node: &Netns, dev: &str, hook: &str) -> Vec<Value> {
+fn tc_filters(node: &NetNs, dev: &str, hook: &str) -> Vec<Value> {
     let out = node.exec(&["tc", "-j", "filter", "show", "dev", dev, hook]);
     assert!(
         out.status.success(),
@@ -23,7 +23,7 @@ fn tc_filters(node: &Netns, dev: &str, hook: &str) -> Vec<Value> {
 }
 
 /// Whether our cls_bpf filter (prio 1, handle 0x5c1c, direct-action) is on the hook.
-fn has_our_filter(node: &Netns, dev: &str, hook: &str, prog_name: &str) -> bool {
+fn has_our_filter(node: &NetNs, dev: &str, hook: &str, prog_name: &str) -> bool {
     tc_filters(node, dev, hook).iter().any(|f| {
         f["kind"] == "bpf"
             && f["pref"].as_u64() == Some(u64::from(TC_PRIORITY))
@@ -38,8 +38,8 @@ fn has_our_filter(node: &Netns, dev: &str, hook: &str, prog_name: &str) -> bool 
 #[test]
 fn add_check_del_round_trip() {
     let node = Node::new("rt", "10.244.1.0/24");
-    let pod = Netns::new("pod");
-    let pod2 = Netns::new("pod");
+    let pod = NetNs::new("pod").unwrap();
+    let pod2 = NetNs::new("pod").unwrap();
 
     let r = node.add("ctr-a", &pod);
     r.expect_ok();
@@ -134,12 +134,14 @@ fn add_check_del_round_trip() {
     assert_eq!((handles("ingress"), handles("egress")), (1, 1));
     assert!(
         node.ns
-            .run_in(|| sluice_net::tc::pod_programs_attached(&host))
+            .run(|| sluice_net::tc::pod_programs_attached(&host))
+            .unwrap()
             .unwrap()
     );
     assert_eq!(
         node.ns
-            .run_in(|| sluice_net::pods::list_pod_veths("sluice0"))
+            .run(|| sluice_net::pods::list_pod_veths("sluice0"))
+            .unwrap()
             .unwrap(),
         vec![host.clone()]
     );
@@ -179,7 +181,7 @@ fn add_check_del_round_trip() {
     let mut wrong = res.clone();
     wrong["ips"][0]["address"] = json!("10.244.1.77/24");
     node.check("ctr-a", &pod, &wrong).expect_code(102);
-    pod.ip(&["route", "del", "default"]);
+    pod.ip(&["route", "del", "default"]).unwrap();
     let r = node.check("ctr-a", &pod, &res);
     r.expect_code(102);
     assert!(r.stdout.contains("default route"), "{}", r.stdout);
@@ -191,7 +193,8 @@ fn add_check_del_round_trip() {
         "10.244.1.1",
         "dev",
         "eth0",
-    ]);
+    ])
+    .unwrap();
     node.check("ctr-a", &pod, &res).expect_ok();
     node.ns
         .exec(&["tc", "filter", "del", "dev", &host, "ingress"]);
@@ -200,17 +203,19 @@ fn add_check_del_round_trip() {
     assert!(r.stdout.contains("datapath"), "{}", r.stdout);
     // The daemon's re-attach restores it (replace-or-create).
     node.ns
-        .run_in(|| sluice_net::tc::attach_pod_programs(&host, &node.bpf.dir))
+        .run(|| sluice_net::tc::attach_pod_programs(&host, node.bpf.dir()))
+        .unwrap()
         .unwrap();
     node.check("ctr-a", &pod, &res).expect_ok();
     // Re-attaching over existing filters replaces in place: still one each.
     node.ns
-        .run_in(|| sluice_net::tc::attach_pod_programs(&host, &node.bpf.dir))
+        .run(|| sluice_net::tc::attach_pod_programs(&host, node.bpf.dir()))
+        .unwrap()
         .unwrap();
     assert_eq!((handles("ingress"), handles("egress")), (1, 1));
-    node.ns.ip(&["link", "set", &host, "mtu", "1400"]);
+    node.ns.ip(&["link", "set", &host, "mtu", "1400"]).unwrap();
     node.check("ctr-a", &pod, &res).expect_code(102);
-    node.ns.ip(&["link", "set", &host, "mtu", "1450"]);
+    node.ns.ip(&["link", "set", &host, "mtu", "1450"]).unwrap();
     // CHECK without prevResult is a config error; CHECK under 0.3.1 is refused.
     Invocation::new("CHECK", &node.conf())
         .attachment("ctr-a", &pod.path_str(), "eth0")
@@ -255,7 +260,7 @@ fn results_in_every_version() {
     ] {
         let mut node = Node::new("ver", "10.244.2.0/24");
         node.cni_version = version.into();
-        let pod = Netns::new("pod");
+        let pod = NetNs::new("pod").unwrap();
         let res = node.add("c1", &pod).expect_ok().result();
         assert_eq!(res["cniVersion"], version);
         assert_eq!(
@@ -289,7 +294,7 @@ fn results_in_every_version() {
 
 #[test]
 fn version_command() {
-    let node = Netns::new("v");
+    let node = NetNs::new("v").unwrap();
     let r = Invocation {
         vars: vec![("CNI_COMMAND".into(), "VERSION".into())],
         stdin: br#"{"cniVersion":"1.0.0"}"#.to_vec(),
@@ -305,18 +310,20 @@ fn version_command() {
 #[test]
 fn add_refuses_an_existing_interface_and_a_repeated_add() {
     let node = Node::new("ex", "10.244.3.0/24");
-    let pod = Netns::new("pod");
+    let pod = NetNs::new("pod").unwrap();
     pod.ip(&[
         "link", "add", "eth0", "type", "veth", "peer", "name", "other",
-    ]);
-    pod.ip(&["addr", "add", "192.0.2.1/24", "dev", "eth0"]);
+    ])
+    .unwrap();
+    pod.ip(&["addr", "add", "192.0.2.1/24", "dev", "eth0"])
+        .unwrap();
     let r = node.add("c1", &pod);
     r.expect_code(101);
     assert!(r.stdout.contains("eth0 already exists"), "{}", r.stdout);
     let eth0 = pod.ip_json(&["addr", "show", "dev", "eth0"])[0].clone();
     assert_eq!(eth0["addr_info"][0]["local"], "192.0.2.1", "not clobbered");
     node.assert_clean();
-    pod.ip(&["link", "del", "eth0"]);
+    pod.ip(&["link", "del", "eth0"]).unwrap();
 
     // A second ADD of a live attachment fails and changes nothing.
     let res = node.add("c1", &pod).expect_ok().result();
@@ -325,7 +332,7 @@ fn add_refuses_an_existing_interface_and_a_repeated_add() {
     node.check("c1", &pod, &res).expect_ok();
     // Another interface of the same container ID gets its own address (in
     // another sandbox: one namespace has room for one default route).
-    let pod2 = Netns::new("pod");
+    let pod2 = NetNs::new("pod").unwrap();
     let r = node.invoke("ADD", "c1", &pod2.path_str(), "net1");
     r.expect_ok();
     assert_ne!(result_addr(&r.result()), result_addr(&res));
@@ -349,7 +356,7 @@ fn add_refuses_an_existing_interface_and_a_repeated_add() {
 #[test]
 fn add_without_pins_is_retryable_and_leaves_nothing() {
     let node = Node::without_pins("np", "10.244.4.0/24");
-    let pod = Netns::new("pod");
+    let pod = NetNs::new("pod").unwrap();
     let r = node.add("c1", &pod);
     r.expect_code(11);
     assert!(r.stdout.contains("prog_from_pod"), "{}", r.stdout);
@@ -358,8 +365,8 @@ fn add_without_pins_is_retryable_and_leaves_nothing() {
     node.status().expect_code(50);
 
     // Only one pin: still nothing half-done.
-    std::fs::create_dir_all(node.bpf.dir.join("sluice")).unwrap();
-    pin_trivial_classifier(&node.bpf.dir.join("sluice/prog_from_pod"), "only_from");
+    std::fs::create_dir_all(node.bpf.dir().join("sluice")).unwrap();
+    pin_trivial_classifier(&node.bpf.dir().join("sluice/prog_from_pod"), "only_from");
     node.add("c1", &pod).expect_code(11);
     node.assert_clean();
     assert_eq!(pod.link_names(), vec!["lo".to_owned()]);
@@ -373,7 +380,7 @@ fn add_without_pins_is_retryable_and_leaves_nothing() {
 #[test]
 fn add_with_bad_environment_or_namespace() {
     let node = Node::new("env", "10.244.5.0/24");
-    let pod = Netns::new("pod");
+    let pod = NetNs::new("pod").unwrap();
     node.invoke("ADD", "c1", "/run/netns/slcni-does-not-exist", "eth0")
         .expect_code(3);
     node.invoke("ADD", "c1", "/proc/self/ns/net", "eth0")
@@ -451,7 +458,7 @@ fn status_reflects_pins_and_daemon_lock() {
 #[test]
 fn gc_releases_stale_reservations() {
     let node = Node::new("gc", "10.244.7.0/24");
-    let pods: Vec<Netns> = (0..3).map(|_| Netns::new("pod")).collect();
+    let pods: Vec<NetNs> = (0..3).map(|_| NetNs::new("pod").unwrap()).collect();
     let res: Vec<Value> = pods
         .iter()
         .enumerate()
@@ -459,24 +466,25 @@ fn gc_releases_stale_reservations() {
         .collect();
     assert_eq!(node.allocations().len(), 3);
     // A reservation whose veth is already gone (DEL died half-way).
-    node.ns.ip(&[
-        "link",
-        "del",
-        &sluice_net::pods::host_veth_name("c2", "eth0"),
-    ]);
-    // A veth on the bridge with no reservation and no valid attachment.
-    node.ns.ip(&[
-        "link",
-        "add",
-        "sl0000000000f",
-        "type",
-        "veth",
-        "peer",
-        "name",
-        "strayp",
-    ]);
     node.ns
-        .ip(&["link", "set", "sl0000000000f", "master", "sluice0"]);
+        .ip(&["link", "del", &sluice_net::pods::host_veth_name("c2", "eth0")])
+        .unwrap();
+    // A veth on the bridge with no reservation and no valid attachment.
+    node.ns
+        .ip(&[
+            "link",
+            "add",
+            "sl0000000000f",
+            "type",
+            "veth",
+            "peer",
+            "name",
+            "strayp",
+        ])
+        .unwrap();
+    node.ns
+        .ip(&["link", "set", "sl0000000000f", "master", "sluice0"])
+        .unwrap();
 
     node.gc(&[("c0", "eth0"), ("unknown", "eth0")]).expect_ok();
     let allocs = node.allocations();
@@ -488,7 +496,7 @@ fn gc_releases_stale_reservations() {
     );
     assert!(!pods[1].link_names().contains(&"eth0".to_owned()));
     node.check("c0", &pods[0], &res[0]).expect_ok();
-    assert!(node.ns.ping(&result_addr(&res[0])));
+    assert!(node.ns.ping(result_addr(&res[0])));
 
     // The legacy key works too; an empty list frees everything.
     let mut conf = node.conf();
@@ -504,7 +512,7 @@ fn gc_releases_stale_reservations() {
 #[test]
 fn address_exhaustion_in_a_slash_29() {
     let node = Node::new("ex", "10.244.8.0/29");
-    let pods: Vec<Netns> = (0..6).map(|_| Netns::new("pod")).collect();
+    let pods: Vec<NetNs> = (0..6).map(|_| NetNs::new("pod").unwrap()).collect();
     let mut ips = Vec::new();
     for (i, p) in pods.iter().take(5).enumerate() {
         ips.push(result_addr(
@@ -559,30 +567,36 @@ fn chained_portmap_maps_a_host_port_to_the_pod() {
     );
     let mut node = Node::new("pm", "10.244.9.0/24");
     node.cni_version = "1.0.0".into(); // portmap 1.1.1 speaks up to 1.0.0
-    let pod = Netns::new("pod");
-    let client = Netns::new("cli");
+    let pod = NetNs::new("pod").unwrap();
+    let client = NetNs::new("cli").unwrap();
 
     // Node uplink to the client: a /30 between the two test namespaces.
     let (up, peer) = (
         format!("up{}", std::process::id() % 100000),
         format!("cl{}", std::process::id() % 100000),
     );
-    node.ns.ip(&[
-        "link",
-        "add",
-        &up,
-        "type",
-        "veth",
-        "peer",
-        "name",
-        &peer,
-        "netns",
-        &client.name,
-    ]);
-    node.ns.ip(&["addr", "add", "192.168.213.1/30", "dev", &up]);
-    node.ns.ip(&["link", "set", &up, "up"]);
-    client.ip(&["addr", "add", "192.168.213.2/30", "dev", &peer]);
-    client.ip(&["link", "set", &peer, "up"]);
+    node.ns
+        .ip(&[
+            "link",
+            "add",
+            &up,
+            "type",
+            "veth",
+            "peer",
+            "name",
+            &peer,
+            "netns",
+            client.name(),
+        ])
+        .unwrap();
+    node.ns
+        .ip(&["addr", "add", "192.168.213.1/30", "dev", &up])
+        .unwrap();
+    node.ns.ip(&["link", "set", &up, "up"]).unwrap();
+    client
+        .ip(&["addr", "add", "192.168.213.2/30", "dev", &peer])
+        .unwrap();
+    client.ip(&["link", "set", &peer, "up"]).unwrap();
 
     let res = node.add("pm1", &pod).expect_ok().result();
     let pod_ip = result_addr(&res);
@@ -603,21 +617,25 @@ fn chained_portmap_maps_a_host_port_to_the_pod() {
     assert_eq!(result_addr(&pm.result()), pod_ip);
 
     // A server in the pod, a client in the client namespace.
-    let listener = pod.run_in(|| TcpListener::bind("0.0.0.0:80").expect("bind in pod"));
+    let listener = pod
+        .run(|| TcpListener::bind("0.0.0.0:80").expect("bind in pod"))
+        .unwrap();
     let server = std::thread::spawn(move || {
         let (mut s, peer) = listener.accept().expect("accept");
         s.write_all(b"hello from the pod").unwrap();
         peer
     });
-    let got = client.run_in(|| {
-        let addr: SocketAddr = "192.168.213.1:8080".parse().unwrap();
-        let mut s =
-            TcpStream::connect_timeout(&addr, Duration::from_secs(5)).expect("connect to hostPort");
-        s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
-        let mut buf = String::new();
-        s.read_to_string(&mut buf).unwrap();
-        buf
-    });
+    let got = client
+        .run(|| {
+            let addr: SocketAddr = "192.168.213.1:8080".parse().unwrap();
+            let mut s = TcpStream::connect_timeout(&addr, Duration::from_secs(5))
+                .expect("connect to hostPort");
+            s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+            let mut buf = String::new();
+            s.read_to_string(&mut buf).unwrap();
+            buf
+        })
+        .unwrap();
     assert_eq!(got, "hello from the pod");
     let seen_from = server.join().unwrap();
     assert_eq!(

@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 
 use common::*;
 
-fn only_lo(pod: &Netns) -> bool {
+fn only_lo(pod: &NetNs) -> bool {
     pod.link_names() == ["lo"]
 }
 
@@ -15,7 +15,7 @@ fn only_lo(pod: &Netns) -> bool {
 fn concurrent_adds_get_distinct_addresses_and_are_all_reachable() {
     const PODS: usize = 32;
     let node = Node::new("cc", "10.244.10.0/24");
-    let pods: Vec<Netns> = (0..PODS).map(|_| Netns::new("pod")).collect();
+    let pods: Vec<NetNs> = (0..PODS).map(|_| NetNs::new("pod").unwrap()).collect();
 
     // All at once on a node without a bridge yet: they also race to create it.
     let children: Vec<_> = pods
@@ -85,7 +85,7 @@ fn add_del_cycles_with_8_way_concurrency_leave_nothing_behind() {
     const CYCLES: usize = 500;
     const WORKERS: usize = 8;
     let node = Node::new("cy", "10.244.11.0/24");
-    let pods: Vec<Netns> = (0..WORKERS).map(|_| Netns::new("pod")).collect();
+    let pods: Vec<NetNs> = (0..WORKERS).map(|_| NetNs::new("pod").unwrap()).collect();
     let start = Instant::now();
     std::thread::scope(|s| {
         for (w, pod) in pods.iter().enumerate() {
@@ -117,7 +117,7 @@ fn add_del_cycles_with_8_way_concurrency_leave_nothing_behind() {
 #[test]
 fn sigkill_in_the_middle_of_add_then_del_leaves_clean_state() {
     let node = Node::new("kill", "10.244.12.0/24");
-    let pod = Netns::new("pod");
+    let pod = NetNs::new("pod").unwrap();
     // Warm up (bridge exists) and time a whole ADD.
     let t = Instant::now();
     node.add("warm", &pod).expect_ok();
@@ -170,7 +170,7 @@ fn sigkill_in_the_middle_of_add_then_del_leaves_clean_state() {
 #[test]
 fn reboot_keeps_the_state_dir_and_gc_frees_everything() {
     let mut node = Node::new("rb", "10.244.13.0/24");
-    let mut pods: Vec<Netns> = (0..5).map(|_| Netns::new("pod")).collect();
+    let mut pods: Vec<NetNs> = (0..5).map(|_| NetNs::new("pod").unwrap()).collect();
     let mut last = String::new();
     for (i, p) in pods.iter().enumerate() {
         last = result_addr(&node.add(&format!("rb-{i}"), p).expect_ok().result());
@@ -180,7 +180,7 @@ fn reboot_keeps_the_state_dir_and_gc_frees_everything() {
     // Reboot: every namespace (node and pods) is gone, the state dir stays.
     let dead: Vec<String> = pods.iter().map(|p| p.path_str()).collect();
     pods.clear();
-    node.ns = Netns::new("rb");
+    node.ns = NetNs::new("rb").unwrap();
     assert_eq!(node.allocations().len(), 5);
     assert_eq!(node.host_veths(), Vec::<String>::new());
 
@@ -191,7 +191,7 @@ fn reboot_keeps_the_state_dir_and_gc_frees_everything() {
     node.assert_clean();
 
     // The node works again; the cursor survived, so no address is reused at once.
-    let pod = Netns::new("pod");
+    let pod = NetNs::new("pod").unwrap();
     let ip = result_addr(&node.add("new", &pod).expect_ok().result());
     let next = |s: &str| s.rsplit('.').next().unwrap().parse::<u32>().unwrap();
     assert_eq!(next(&ip), next(&last) + 1, "{ip} after {last}");

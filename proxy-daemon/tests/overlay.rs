@@ -13,11 +13,8 @@
 
 use std::{
     collections::BTreeSet,
-    fs::File,
     future::Future,
     net::{Ipv4Addr, SocketAddr, UdpSocket},
-    os::fd::AsRawFd,
-    process::Command,
     sync::mpsc,
     time::{Duration, Instant},
 };
@@ -31,6 +28,11 @@ use sluice::{
         SyncReport,
     },
 };
+use sluice_testkit::{
+    fabric::Fabric,
+    netns::{NetNs, ip},
+    privileges::require_root,
+};
 
 const VNI: u32 = 1;
 const DEVICE: &str = "sluice.1";
@@ -38,37 +40,10 @@ const DEVICE: &str = "sluice.1";
 // ---------------------------------------------------------------------------
 // Namespaces
 
-fn run(program: &str, args: &[&str]) -> Result<String, String> {
-    let out = Command::new(program)
-        .args(args)
-        .output()
-        .map_err(|e| format!("running {program}: {e}"))?;
-    if !out.status.success() {
-        return Err(format!(
-            "{program} {} failed: {}",
-            args.join(" "),
-            String::from_utf8_lossy(&out.stderr).trim()
-        ));
-    }
-    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
-}
-
-fn must(program: &str, args: &[&str]) -> String {
-    run(program, args).unwrap_or_else(|e| panic!("{e}"))
-}
-
-fn require_root() {
-    // SAFETY: geteuid has no preconditions.
-    let euid = unsafe { libc::geteuid() };
-    assert_eq!(
-        euid, 0,
-        "the overlay tests need root (network namespaces, VXLAN devices); they fail rather than skip"
-    );
-}
-
 /// The root namespace's links, to check that a test left them alone.
 fn root_links() -> BTreeSet<String> {
-    must("ip", &["-o", "link", "show"])
+    ip(&["-o", "link", "show"])
+        .unwrap()
         .lines()
         .filter_map(|l| {
             let mut f = l.split_whitespace();
@@ -78,78 +53,23 @@ fn root_links() -> BTreeSet<String> {
 }
 
 fn netns_names() -> Vec<String> {
-    must("ip", &["netns", "list"])
+    ip(&["netns", "list"])
+        .unwrap()
         .lines()
         .filter_map(|l| l.split_whitespace().next().map(str::to_owned))
         .collect()
 }
 
-/// A network namespace, deleted on drop.
-struct Ns {
-    name: String,
+trait Block {
+    /// Runs an async block on a current-thread runtime inside the namespace.
+    fn block<F, Fut>(&self, f: F) -> Fut::Output
+    where
+        F: FnOnce() -> Fut + Send + 'static,
+        Fut: Future,
+        Fut::Output: Send + 'static;
 }
 
-impl Ns {
-    fn new(prefix: &str, role: &str) -> Ns {
-        let name = format!("{prefix}-{role}");
-        if let Err(e) = run("ip", &["netns", "add", &name]) {
-            panic!("cannot create network namespace {name} (the overlay tests need them): {e}");
-        }
-        let ns = Ns { name };
-        ns.ip(&["link", "set", "lo", "up"]);
-        ns
-    }
-
-    /// `ip -n <ns> ...`: the command's netlink socket lives in the
-    /// namespace, so whatever it creates does too.
-    fn ip(&self, args: &[&str]) -> String {
-        let mut full = vec!["-n", self.name.as_str()];
-        full.extend_from_slice(args);
-        must("ip", &full)
-    }
-
-    fn bridge(&self, args: &[&str]) -> String {
-        let mut full = vec!["-n", self.name.as_str()];
-        full.extend_from_slice(args);
-        must("bridge", &full)
-    }
-
-    fn exec(&self, program: &str, args: &[&str]) -> Result<String, String> {
-        let mut full = vec!["netns", "exec", self.name.as_str(), program];
-        full.extend_from_slice(args);
-        run("ip", &full)
-    }
-
-    /// Runs `f` on a new thread inside the namespace and returns its
-    /// result; a panic in `f` fails the test with its message.
-    fn run<T: Send + 'static>(&self, f: impl FnOnce() -> T + Send + 'static) -> T {
-        self.spawn(f)
-            .join()
-            .unwrap_or_else(|p| std::panic::resume_unwind(p))
-    }
-
-    fn spawn<T: Send + 'static>(
-        &self,
-        f: impl FnOnce() -> T + Send + 'static,
-    ) -> std::thread::JoinHandle<T> {
-        let path = format!("/run/netns/{}", self.name);
-        let file = File::open(&path).unwrap_or_else(|e| panic!("opening {path}: {e}"));
-        std::thread::spawn(move || {
-            // SAFETY: setns on a namespace fd we opened; it changes only
-            // this thread, which never leaves the namespace again.
-            let rc = unsafe { libc::setns(file.as_raw_fd(), libc::CLONE_NEWNET) };
-            assert_eq!(
-                rc,
-                0,
-                "setns into {path}: {}",
-                std::io::Error::last_os_error()
-            );
-            drop(file);
-            f()
-        })
-    }
-
-    /// Runs an async block on a current-thread runtime inside the namespace.
+impl Block for NetNs {
     fn block<F, Fut>(&self, f: F) -> Fut::Output
     where
         F: FnOnce() -> Fut + Send + 'static,
@@ -163,21 +83,7 @@ impl Ns {
                 .expect("tokio runtime")
                 .block_on(f())
         })
-    }
-}
-
-impl Drop for Ns {
-    fn drop(&mut self) {
-        if let Ok(pids) = run("ip", &["netns", "pids", &self.name]) {
-            for pid in pids
-                .split_whitespace()
-                .filter_map(|p| p.parse::<i32>().ok())
-            {
-                // SAFETY: plain kill of a process inside our namespace.
-                unsafe { libc::kill(pid, libc::SIGKILL) };
-            }
-        }
-        let _ = run("ip", &["netns", "del", &self.name]);
+        .unwrap()
     }
 }
 
@@ -188,7 +94,7 @@ struct SimNode {
     name: String,
     addr: Ipv4Addr,
     pod_cidr: Ipv4Network,
-    ns: Ns,
+    ns: NetNs,
 }
 
 impl SimNode {
@@ -229,8 +135,8 @@ impl SimNode {
             .expect("inspect")
     }
 
-    fn ping(&self, from: Ipv4Addr, to: Ipv4Addr) -> Result<String, String> {
-        self.ns.exec(
+    fn ping(&self, from: Ipv4Addr, to: Ipv4Addr) -> anyhow::Result<String> {
+        self.ns.output(
             "ping",
             &[
                 "-c",
@@ -248,43 +154,31 @@ impl SimNode {
 /// The fabric and its nodes; dropping it deletes every namespace (nodes
 /// first, then the fabric).
 struct Sim {
-    prefix: String,
     nodes: Vec<SimNode>,
-    fabric: Ns,
+    fabric: Fabric,
 }
 
 impl Sim {
     /// `n` nodes: node i has 10.77.1.i on its uplink `eth0` and pod CIDR
     /// 10.244.i.0/24 with 10.244.i.1 on its `sluice0` bridge.
-    fn new(tag: &str, n: u8) -> Sim {
-        let prefix = format!("sl{}-ov-{tag}", std::process::id());
-        let fabric = Ns::new(&prefix, "fabric");
-        fabric.ip(&["link", "add", "br0", "type", "bridge"]);
-        fabric.ip(&["link", "set", "br0", "up"]);
+    fn new(n: u8) -> Sim {
         let mut sim = Sim {
-            prefix,
             nodes: Vec::new(),
-            fabric,
+            fabric: Fabric::new().expect("the fabric namespace"),
         };
         for i in 1..=n {
             let name = format!("node{i}");
-            let ns = Ns::new(&sim.prefix, &name);
-            let port = format!("p{i}");
-            // Both ends are born in test namespaces: the veth is created in
-            // the fabric with its peer placed straight into the node.
-            sim.fabric.ip(&[
-                "link", "add", &port, "mtu", "1500", "type", "veth", "peer", "name", "eth0", "mtu",
-                "1500", "netns", &ns.name,
-            ]);
-            sim.fabric
-                .ip(&["link", "set", &port, "master", "br0", "up"]);
+            let ns = NetNs::new(&name).expect("a node namespace");
             let addr = Ipv4Addr::new(10, 77, 1, i);
-            ns.ip(&["addr", "add", &format!("{addr}/24"), "dev", "eth0"]);
-            ns.ip(&["link", "set", "eth0", "up"]);
+            sim.fabric
+                .attach(&ns, &name, &format!("{addr}/24"))
+                .expect("the node on the fabric");
             let pod_cidr: Ipv4Network = format!("10.244.{i}.0/24").parse().unwrap();
-            ns.ip(&["link", "add", "sluice0", "type", "bridge"]);
-            ns.ip(&["addr", "add", &format!("10.244.{i}.1/24"), "dev", "sluice0"]);
-            ns.ip(&["link", "set", "sluice0", "up"]);
+            ns.ip(&["link", "add", "sluice0", "type", "bridge"])
+                .unwrap();
+            let gateway = format!("10.244.{i}.1/24");
+            ns.ip(&["addr", "add", &gateway, "dev", "sluice0"]).unwrap();
+            ns.ip(&["link", "set", "sluice0", "up"]).unwrap();
             sim.nodes.push(SimNode {
                 name,
                 addr,
@@ -312,11 +206,17 @@ impl Sim {
     /// Deletes every namespace and checks that none is left and that the
     /// root namespace's links are as they were.
     fn finish(self, root_before: &BTreeSet<String>) {
-        let prefix = self.prefix.clone();
+        let ours: Vec<String> = self
+            .nodes
+            .iter()
+            .map(|n| &n.ns)
+            .chain([self.fabric.ns()])
+            .map(|ns| ns.name().to_owned())
+            .collect();
         drop(self);
         let left: Vec<String> = netns_names()
             .into_iter()
-            .filter(|n| n.starts_with(&prefix))
+            .filter(|n| ours.contains(n))
             .collect();
         assert!(left.is_empty(), "namespaces left behind: {left:?}");
         assert_eq!(
@@ -361,25 +261,31 @@ fn mac_of(addr: Ipv4Addr) -> String {
 /// return through the overlay too).
 fn udp_echo(from: &SimNode, src: Ipv4Addr, to: &SimNode, dst: Ipv4Addr) -> (SocketAddr, bool) {
     let (ready_tx, ready_rx) = mpsc::channel();
-    let server = to.ns.spawn(move || {
-        let sock = UdpSocket::bind((dst, 7777)).expect("bind the echo server");
-        sock.set_read_timeout(Some(Duration::from_secs(3))).unwrap();
-        ready_tx.send(()).unwrap();
-        let mut buf = [0u8; 64];
-        let (n, peer) = sock
-            .recv_from(&mut buf)
-            .expect("datagram through the overlay");
-        sock.send_to(&buf[..n], peer).expect("echo");
-        peer
-    });
+    let server = to
+        .ns
+        .spawn(move || {
+            let sock = UdpSocket::bind((dst, 7777)).expect("bind the echo server");
+            sock.set_read_timeout(Some(Duration::from_secs(3))).unwrap();
+            ready_tx.send(()).unwrap();
+            let mut buf = [0u8; 64];
+            let (n, peer) = sock
+                .recv_from(&mut buf)
+                .expect("datagram through the overlay");
+            sock.send_to(&buf[..n], peer).expect("echo");
+            peer
+        })
+        .unwrap();
     ready_rx.recv().expect("echo server ready");
-    let echoed = from.ns.run(move || {
-        let sock = UdpSocket::bind((src, 0)).expect("bind the client");
-        sock.set_read_timeout(Some(Duration::from_secs(3))).unwrap();
-        sock.send_to(b"sluice", (dst, 7777)).expect("send");
-        let mut buf = [0u8; 64];
-        matches!(sock.recv_from(&mut buf), Ok((6, _)))
-    });
+    let echoed = from
+        .ns
+        .run(move || {
+            let sock = UdpSocket::bind((src, 0)).expect("bind the client");
+            sock.set_read_timeout(Some(Duration::from_secs(3))).unwrap();
+            sock.send_to(b"sluice", (dst, 7777)).expect("send");
+            let mut buf = [0u8; 64];
+            matches!(sock.recv_from(&mut buf), Ok((6, _)))
+        })
+        .unwrap();
     let seen = server
         .join()
         .unwrap_or_else(|p| std::panic::resume_unwind(p));
@@ -393,7 +299,7 @@ fn udp_echo(from: &SimNode, src: Ipv4Addr, to: &SimNode, dst: Ipv4Addr) -> (Sock
 fn overlay_carries_pod_traffic_and_follows_node_changes() {
     require_root();
     let root_before = root_links();
-    let sim = Sim::new("a", 3);
+    let sim = Sim::new(3);
     let mut cluster = sim.cluster();
 
     // Every node starts its overlay.
@@ -408,7 +314,7 @@ fn overlay_carries_pod_traffic_and_follows_node_changes() {
 
     // The device, as `ip` sees it.
     let n1 = sim.node(1);
-    let link = n1.ns.ip(&["-d", "link", "show", DEVICE]);
+    let link = n1.ns.ip(&["-d", "link", "show", DEVICE]).unwrap();
     for want in [
         "mtu 1450",
         "vxlan id 1 ",
@@ -421,18 +327,21 @@ fn overlay_carries_pod_traffic_and_follows_node_changes() {
     ] {
         assert!(link.contains(want), "{want:?} missing from:\n{link}");
     }
-    let addrs = n1.ns.ip(&["-4", "addr", "show", "dev", DEVICE]);
+    let addrs = n1.ns.ip(&["-4", "addr", "show", "dev", DEVICE]).unwrap();
     assert!(addrs.contains("inet 10.244.1.0/32"), "{addrs}");
-    let v6 = n1.ns.ip(&["-6", "addr", "show", "dev", DEVICE]);
+    let v6 = n1.ns.ip(&["-6", "addr", "show", "dev", DEVICE]).unwrap();
     assert!(
         v6.trim().is_empty(),
         "no IPv6 link-local on the overlay: {v6}"
     );
 
     // Its entries, as `ip`/`bridge` see them, in the order of peers.
-    let neigh = n1.ns.ip(&["neigh", "show", "dev", DEVICE]);
-    let fdb = n1.ns.bridge(&["fdb", "show", "dev", DEVICE]);
-    let routes = n1.ns.ip(&["route", "show", "dev", DEVICE]);
+    let neigh = n1.ns.ip(&["neigh", "show", "dev", DEVICE]).unwrap();
+    let fdb = n1
+        .ns
+        .output("bridge", &["fdb", "show", "dev", DEVICE])
+        .unwrap();
+    let routes = n1.ns.ip(&["route", "show", "dev", DEVICE]).unwrap();
     for (i, cidr) in [(2u8, "10.244.2.0/24"), (3, "10.244.3.0/24")] {
         let addr = Ipv4Addr::new(10, 77, 1, i);
         let vtep = format!("10.244.{i}.0");
@@ -484,10 +393,13 @@ fn overlay_carries_pod_traffic_and_follows_node_changes() {
     );
 
     // A daemon restart: ensure + sync on the existing device changes nothing.
-    let index_before = n1.ns.ip(&["-o", "link", "show", DEVICE]);
+    let index_before = n1.ns.ip(&["-o", "link", "show", DEVICE]).unwrap();
     let (_, report) = n1.start(peers1.clone()).expect("restart");
     assert!(report.is_noop(), "{report:#?}");
-    assert_eq!(n1.ns.ip(&["-o", "link", "show", DEVICE]), index_before);
+    assert_eq!(
+        n1.ns.ip(&["-o", "link", "show", DEVICE]).unwrap(),
+        index_before
+    );
 
     // node3 leaves the cluster: node1 drops its route, FDB and neighbour.
     cluster.nodes.remove("node3");
@@ -519,16 +431,19 @@ fn overlay_carries_pod_traffic_and_follows_node_changes() {
     assert!(
         !n1.ns
             .ip(&["route", "show", "dev", DEVICE])
+            .unwrap()
             .contains("10.244.3.0")
     );
     assert!(
         !n1.ns
             .ip(&["neigh", "show", "dev", DEVICE])
+            .unwrap()
             .contains("10.244.3.0")
     );
     assert!(
         !n1.ns
-            .bridge(&["fdb", "show", "dev", DEVICE])
+            .output("bridge", &["fdb", "show", "dev", DEVICE])
+            .unwrap()
             .contains("10.77.1.3")
     );
     assert!(n1.ping(n1.gateway(), sim.node(3).gateway()).is_err());
@@ -539,9 +454,12 @@ fn overlay_carries_pod_traffic_and_follows_node_changes() {
     // recreated with the new local address and MAC, node1 updates in place.
     let new_addr = Ipv4Addr::new(10, 77, 1, 22);
     let n2 = sim.node(2);
-    n2.ns.ip(&["addr", "del", "10.77.1.2/24", "dev", "eth0"]);
     n2.ns
-        .ip(&["addr", "add", &format!("{new_addr}/24"), "dev", "eth0"]);
+        .ip(&["addr", "del", "10.77.1.2/24", "dev", "eth0"])
+        .unwrap();
+    n2.ns
+        .ip(&["addr", "add", &format!("{new_addr}/24"), "dev", "eth0"])
+        .unwrap();
     cluster
         .nodes
         .insert("node2".into(), node_object("node2", new_addr, n2.pod_cidr));
@@ -574,13 +492,16 @@ fn overlay_carries_pod_traffic_and_follows_node_changes() {
             ),
         ]
     );
-    let fdb = n1.ns.bridge(&["fdb", "show", "dev", DEVICE]);
+    let fdb = n1
+        .ns
+        .output("bridge", &["fdb", "show", "dev", DEVICE])
+        .unwrap();
     assert_eq!(
         fdb.trim(),
         format!("{new_mac} dst 10.77.1.22 self permanent"),
         "{fdb}"
     );
-    let neigh = n1.ns.ip(&["neigh", "show", "dev", DEVICE]);
+    let neigh = n1.ns.ip(&["neigh", "show", "dev", DEVICE]).unwrap();
     assert!(
         neigh.contains(&format!("10.244.2.0 lladdr {new_mac} PERMANENT")),
         "{neigh}"
@@ -597,7 +518,7 @@ fn overlay_carries_pod_traffic_and_follows_node_changes() {
 fn device_is_repaired_and_reconfigured() {
     require_root();
     let root_before = root_links();
-    let sim = Sim::new("b", 2);
+    let sim = Sim::new(2);
     let cluster = sim.cluster();
     let n1 = sim.node(1);
     let peers = peers_of(&cluster, "node1");
@@ -615,8 +536,8 @@ fn device_is_repaired_and_reconfigured() {
     // Someone sets the device down and shrinks its MTU. Down flushes the
     // device's routes and neighbours (permanent ones too); the next sync
     // brings it up and puts them back.
-    n1.ns.ip(&["link", "set", DEVICE, "mtu", "1300"]);
-    n1.ns.ip(&["link", "set", DEVICE, "down"]);
+    n1.ns.ip(&["link", "set", DEVICE, "mtu", "1300"]).unwrap();
+    n1.ns.ip(&["link", "set", DEVICE, "down"]).unwrap();
     let (mtu, report) = n1.start(peers.clone()).expect("repair");
     assert_eq!(mtu, 1450);
     assert_eq!(
@@ -629,40 +550,48 @@ fn device_is_repaired_and_reconfigured() {
 
     // Someone edits the entries: a wrong neighbour, a missing route, a
     // stray route of ours (removed) and a route of someone else's (kept).
-    n1.ns.ip(&["route", "del", "10.244.2.0/24", "dev", DEVICE]);
-    n1.ns.ip(&[
-        "neigh",
-        "replace",
-        "10.244.2.0",
-        "lladdr",
-        "02:00:00:00:00:01",
-        "dev",
-        DEVICE,
-        "nud",
-        "permanent",
-    ]);
-    n1.ns.ip(&[
-        "route",
-        "add",
-        "10.244.9.0/24",
-        "via",
-        "10.244.9.0",
-        "dev",
-        DEVICE,
-        "onlink",
-        "proto",
-        "92",
-    ]);
-    n1.ns.ip(&[
-        "route",
-        "add",
-        "10.244.8.0/24",
-        "via",
-        "10.244.8.0",
-        "dev",
-        DEVICE,
-        "onlink",
-    ]);
+    n1.ns
+        .ip(&["route", "del", "10.244.2.0/24", "dev", DEVICE])
+        .unwrap();
+    n1.ns
+        .ip(&[
+            "neigh",
+            "replace",
+            "10.244.2.0",
+            "lladdr",
+            "02:00:00:00:00:01",
+            "dev",
+            DEVICE,
+            "nud",
+            "permanent",
+        ])
+        .unwrap();
+    n1.ns
+        .ip(&[
+            "route",
+            "add",
+            "10.244.9.0/24",
+            "via",
+            "10.244.9.0",
+            "dev",
+            DEVICE,
+            "onlink",
+            "proto",
+            "92",
+        ])
+        .unwrap();
+    n1.ns
+        .ip(&[
+            "route",
+            "add",
+            "10.244.8.0/24",
+            "via",
+            "10.244.8.0",
+            "dev",
+            DEVICE,
+            "onlink",
+        ])
+        .unwrap();
     let (_, report) = n1.start(peers.clone()).expect("repair");
     assert!(report.device.is_empty(), "{report:#?}");
     let applied: Vec<String> = report.applied.iter().map(ToString::to_string).collect();
@@ -674,7 +603,7 @@ fn device_is_repaired_and_reconfigured() {
             "delete route 10.244.9.0/24 via 10.244.9.0 onlink".to_string(),
         ]
     );
-    let routes = n1.ns.ip(&["route", "show", "dev", DEVICE]);
+    let routes = n1.ns.ip(&["route", "show", "dev", DEVICE]).unwrap();
     assert!(
         routes.contains("10.244.8.0/24 via 10.244.8.0"),
         "not ours, kept: {routes}"
@@ -684,23 +613,25 @@ fn device_is_repaired_and_reconfigured() {
 
     // A device with the right name but the wrong parameters (an older
     // configuration) is recreated.
-    n1.ns.ip(&["link", "del", DEVICE]);
-    n1.ns.ip(&[
-        "link",
-        "add",
-        DEVICE,
-        "type",
-        "vxlan",
-        "id",
-        "1",
-        "dstport",
-        "8472",
-        "dev",
-        "eth0",
-        "local",
-        "10.77.1.1",
-        "learning",
-    ]);
+    n1.ns.ip(&["link", "del", DEVICE]).unwrap();
+    n1.ns
+        .ip(&[
+            "link",
+            "add",
+            DEVICE,
+            "type",
+            "vxlan",
+            "id",
+            "1",
+            "dstport",
+            "8472",
+            "dev",
+            "eth0",
+            "local",
+            "10.77.1.1",
+            "learning",
+        ])
+        .unwrap();
     let (_, report) = n1.start(peers.clone()).expect("recreate");
     assert!(
         report
@@ -712,6 +643,7 @@ fn device_is_repaired_and_reconfigured() {
     assert!(
         n1.ns
             .ip(&["-d", "link", "show", DEVICE])
+            .unwrap()
             .contains("nolearning")
     );
 
@@ -727,9 +659,9 @@ fn device_is_repaired_and_reconfigured() {
         ov.device().to_owned()
     });
     assert_eq!(dev, "sluice.2");
-    let links = n1.ns.ip(&["-o", "link", "show"]);
+    let links = n1.ns.ip(&["-o", "link", "show"]).unwrap();
     assert!(!links.contains("sluice.1"), "{links}");
-    let routes = n1.ns.ip(&["route", "show", "dev", "sluice.2"]);
+    let routes = n1.ns.ip(&["route", "show", "dev", "sluice.2"]).unwrap();
     assert!(
         routes.contains("10.244.2.0/24 via 10.244.2.0 proto 92 onlink"),
         "{routes}"
@@ -742,26 +674,28 @@ fn device_is_repaired_and_reconfigured() {
 fn port_conflicts_are_reported_clearly() {
     require_root();
     let root_before = root_links();
-    let sim = Sim::new("c", 1);
+    let sim = Sim::new(1);
     let n1 = sim.node(1);
 
     // Another VXLAN device (flannel's, say) holds the port.
-    n1.ns.ip(&[
-        "link",
-        "add",
-        "flannel.1",
-        "type",
-        "vxlan",
-        "id",
-        "7",
-        "dstport",
-        "8472",
-        "dev",
-        "eth0",
-        "local",
-        "10.77.1.1",
-        "nolearning",
-    ]);
+    n1.ns
+        .ip(&[
+            "link",
+            "add",
+            "flannel.1",
+            "type",
+            "vxlan",
+            "id",
+            "7",
+            "dstport",
+            "8472",
+            "dev",
+            "eth0",
+            "local",
+            "10.77.1.1",
+            "nolearning",
+        ])
+        .unwrap();
     let err = n1.start(Vec::new()).expect_err("port taken");
     assert!(
         matches!(&err, OverlayError::PortTaken { device, port: 8472, .. } if device == "flannel.1"),
@@ -772,7 +706,7 @@ fn port_conflicts_are_reported_clearly() {
         assert!(msg.contains(want), "{want:?} missing from: {msg}");
     }
     assert!(
-        !n1.ns.ip(&["-o", "link", "show"]).contains(DEVICE),
+        !n1.ns.ip(&["-o", "link", "show"]).unwrap().contains(DEVICE),
         "nothing created on a conflict"
     );
     // The flag's remedy works.
@@ -783,8 +717,8 @@ fn port_conflicts_are_reported_clearly() {
     n1.ns
         .block(move || async move { Overlay::ensure(&cfg).await.map(|_| ()) })
         .expect("another port is fine");
-    n1.ns.ip(&["link", "del", DEVICE]);
-    n1.ns.ip(&["link", "del", "flannel.1"]);
+    n1.ns.ip(&["link", "del", DEVICE]).unwrap();
+    n1.ns.ip(&["link", "del", "flannel.1"]).unwrap();
 
     // A plain socket holds the port: bringing the device up fails.
     let cfg = n1.config();
@@ -808,7 +742,7 @@ fn port_conflicts_are_reported_clearly() {
     assert_eq!(report.device, ["sluice.1 up"], "{report:#?}");
 
     // inspect() of a missing device says so instead of failing.
-    n1.ns.ip(&["link", "del", DEVICE]);
+    n1.ns.ip(&["link", "del", DEVICE]).unwrap();
     let peer = Peer {
         node: "node9".into(),
         node_addr: Ipv4Addr::new(10, 77, 1, 9),

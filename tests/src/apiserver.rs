@@ -60,7 +60,7 @@ use hyper_util::rt::TokioIo;
 use serde_json::{Value, json};
 use tokio::sync::{broadcast, mpsc, watch};
 
-use crate::netns::NetNs;
+use sluice_testkit::netns::NetNs;
 
 /// The port the test API server listens on (kube-apiserver's usual one).
 pub const PORT: u16 = 6443;

@@ -19,7 +19,7 @@ use std::{
 
 use anyhow::{Context, Result, bail};
 
-use crate::netns::NetNs;
+use sluice_testkit::netns::NetNs;
 
 pub const IO_TIMEOUT: Duration = Duration::from_secs(3);
 

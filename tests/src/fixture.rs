@@ -11,25 +11,13 @@ use proxy_common::{
     service::{KIND_CLUSTER_IP, SCOPE_EXTERNAL, SVC_F_ADDR_ONLY},
 };
 use sluice::datapath::{Capacities, LoadedPrograms, Loader, PinnedMaps};
-
-use crate::bpffs::TempBpffs;
+use sluice_testkit::bpffs::TempBpffs;
 
 pub const TC_ACT_OK: u32 = 0;
 pub const TC_ACT_SHOT: u32 = 2;
 pub const TC_ACT_REDIRECT: u32 = 7;
 
 pub use proxy_common::codec::nbo;
-
-/// CLOCK_MONOTONIC seconds: the datapath's clock.
-pub fn monotonic_secs() -> u32 {
-    let mut ts = libc::timespec {
-        tv_sec: 0,
-        tv_nsec: 0,
-    };
-    // SAFETY: valid out-pointer.
-    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC_COARSE, &mut ts) };
-    ts.tv_sec as u32
-}
 
 /// A loaded datapath on a private bpffs, with its maps open.
 pub struct Datapath {
@@ -47,7 +35,7 @@ pub struct RunResult {
 
 impl Datapath {
     pub fn load(tag: &str, capacities: Capacities) -> Result<Self> {
-        crate::privileges::require_root();
+        sluice_testkit::privileges::require_root();
         let fs = TempBpffs::new(tag)?;
         let progs = Loader::new(fs.path(), capacities)
             .load()

@@ -1,6 +1,7 @@
-//! Test support for Sluice: packets with real checksums, private BPF
-//! filesystems, packet fixtures, and a simulated cluster in network
-//! namespaces with real binaries and real traffic.
+//! Test support for Sluice on top of `sluice_testkit`: packet fixtures
+//! against the real datapath, a simulated cluster in network namespaces
+//! with real binaries and real traffic, the scenarios end-to-end tests
+//! start from, a test API server, demo and benchmarks.
 //!
 //! Everything here creates its own kernel objects and removes them when
 //! dropped (or on SIGINT/SIGTERM); nothing touches the root network namespace.
@@ -8,13 +9,8 @@
 pub mod apiserver;
 pub mod apps;
 pub mod bench;
-pub mod bpffs;
-pub mod cleanup;
 pub mod fixture;
-pub mod floor;
 pub mod manifests;
-pub mod netns;
-pub mod packet;
 pub mod podman;
-pub mod privileges;
+pub mod scenarios;
 pub mod sim;

@@ -16,7 +16,11 @@ use std::{
 
 use anyhow::{Context, Result, bail};
 
-use crate::netns::command_entering;
+use sluice_testkit::{
+    bpffs,
+    cleanup::{self, Item},
+    netns::command_entering,
+};
 
 pub struct Podman {
     dir: PathBuf,
@@ -170,7 +174,7 @@ fn private_mount_namespace(dir: &Path) -> Result<PathBuf> {
     };
     let d = dir.display();
     sh(&format!("mount --bind {d} {d} && mount --make-private {d}"))?;
-    crate::cleanup::register(crate::cleanup::Item::Mount(dir.to_owned()));
+    cleanup::register(Item::Mount(dir.to_owned()));
     let ns = dir.join("mnt.ns");
     std::fs::write(&ns, "")?;
     sh(&format!(
@@ -179,7 +183,7 @@ fn private_mount_namespace(dir: &Path) -> Result<PathBuf> {
          mount --bind {d}/varlib /var/lib'",
         ns = ns.display()
     ))?;
-    crate::cleanup::register(crate::cleanup::Item::Mount(ns.clone()));
+    cleanup::register(Item::Mount(ns.clone()));
     Ok(ns)
 }
 
@@ -188,9 +192,9 @@ impl Drop for Podman {
         // Stops every container (their DEL runs now), then lets the mount
         // namespace go.
         let _ = self.output(&["rm", "-a", "-f", "-t", "0"]);
-        crate::bpffs::unmount(&self.mount_ns);
-        crate::bpffs::unmount(&self.dir);
-        crate::cleanup::unregister(&crate::cleanup::Item::Mount(self.mount_ns.clone()));
-        crate::cleanup::unregister(&crate::cleanup::Item::Mount(self.dir.clone()));
+        bpffs::unmount(&self.mount_ns);
+        bpffs::unmount(&self.dir);
+        cleanup::unregister(&Item::Mount(self.mount_ns.clone()));
+        cleanup::unregister(&Item::Mount(self.dir.clone()));
     }
 }

@@ -19,12 +19,16 @@ use std::{
 
 use anyhow::{Context, Result, bail};
 
-use crate::{
-    apiserver::{ApiServer, ApiServerConfig},
+use sluice_testkit::{
     bpffs::TempBpffs,
     cleanup::{self, Item},
-    manifests,
+    fabric::Fabric,
     netns::NetNs,
+};
+
+use crate::{
+    apiserver::{ApiServer, ApiServerConfig},
+    manifests,
 };
 
 pub const CLUSTER_CIDR: &str = "10.244.0.0/16";
@@ -120,7 +124,7 @@ pub struct Cluster {
     /// --`), so a test can run sluiced confined the way a pod would.
     pub daemon_wrapper: Vec<std::ffi::OsString>,
     // Dropped last, in this order: namespaces above go first.
-    pub fabric: NetNs,
+    pub fabric: Fabric,
     pub fs: TempBpffs,
 }
 
@@ -133,14 +137,12 @@ impl Cluster {
     /// writes each Node object into the manifests directory. Daemons are
     /// not started yet.
     pub fn new(nodes: usize) -> Result<Self> {
-        crate::privileges::require_root();
+        sluice_testkit::privileges::require_root();
         let bins = Bins::locate()?;
         let fs = TempBpffs::new("cluster")?;
         let manifests = fs.scratch().join("manifests");
         fs::create_dir_all(&manifests)?;
-        let fabric = NetNs::new("fabric")?;
-        fabric.ip(&["link", "add", "fab0", "type", "bridge"])?;
-        fabric.ip(&["link", "set", "fab0", "up"])?;
+        let fabric = Fabric::new()?;
 
         let mut c = Self {
             bins,
@@ -185,34 +187,10 @@ impl Cluster {
         Ok(c)
     }
 
-    /// Connects a host namespace to the fabric bridge with `eth0` = `ip`.
+    /// Connects a host namespace to the fabric with `eth0` = `ip`.
     fn attach_host(&self, ns: &NetNs, tag: &str, ip: Ipv4Addr) -> Result<()> {
-        let port = format!("fab-{tag}");
-        // Both ends are created inside the fabric namespace, then one moves:
-        // never in the root namespace.
-        self.fabric.ip(&[
-            "link",
-            "add",
-            &port,
-            "type",
-            "veth",
-            "peer",
-            "name",
-            "eth0",
-            "netns",
-            ns.name(),
-        ])?;
         self.fabric
-            .ip(&["link", "set", &port, "master", "fab0", "up"])?;
-        ns.ip(&[
-            "addr",
-            "add",
-            &format!("{ip}/{FABRIC_PREFIX}"),
-            "dev",
-            "eth0",
-        ])?;
-        ns.ip(&["link", "set", "eth0", "up"])?;
-        Ok(())
+            .attach(ns, tag, &format!("{ip}/{FABRIC_PREFIX}"))
     }
 
     /// Another host on the fabric (e.g. a second outside client).
@@ -267,6 +245,16 @@ impl Cluster {
         f.sync_all()?;
         fs::rename(&tmp, self.manifests.join(file))?;
         Ok(())
+    }
+
+    /// Applies a manifest where the daemons read the cluster: through the
+    /// API server when the cluster has one, else as `file` in the manifests
+    /// directory.
+    pub fn publish(&self, file: &str, yaml: &str) -> Result<()> {
+        match &self.api {
+            Some(api) => api.server.apply_yaml(yaml).map(drop),
+            None => self.apply(file, yaml),
+        }
     }
 
     pub fn delete(&self, file: &str) -> Result<()> {

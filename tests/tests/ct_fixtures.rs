@@ -16,10 +16,11 @@ use proxy_common::{
     proto, reason,
 };
 use sluice::datapath::Capacities;
-use sluice_tests::{
-    fixture::{Datapath, TC_ACT_OK, TC_ACT_SHOT, monotonic_secs, nbo},
+use sluice_testkit::{
+    clock::monotonic_secs,
     packet::{TCP_ACK, TCP_SYN, tcp, udp, verify_checksums},
 };
+use sluice_tests::fixture::{Datapath, TC_ACT_OK, TC_ACT_SHOT, nbo};
 
 const CLIENT: Ipv4Addr = Ipv4Addr::new(10, 244, 0, 5);
 const VIP: Ipv4Addr = Ipv4Addr::new(10, 96, 0, 10);

@@ -9,41 +9,25 @@ use std::{
     time::Duration,
 };
 
+use sluice_testkit::netns::NetNs;
 use sluice_tests::{
-    apps::{self, Server},
-    fixture,
+    apps, fixture,
     manifests::{self, Port, Service, ready, tcp_port},
-    sim::{Cluster, Pod, wait_until},
+    scenarios::{self, ThreeNodes},
+    sim::{Pod, wait_until},
 };
 
 const NODE_PORT: u16 = 30080;
 
-struct Setup {
-    pods: Vec<Pod>,
-    _servers: Vec<Server>,
-    cluster: Cluster,
-}
-
 /// Three nodes, two pods each, every pod serving its name on 8080 and the
 /// address it sees its clients from on 9000.
-fn three_nodes() -> Setup {
-    let mut cluster = Cluster::new(3).unwrap();
-    cluster.start_daemons().unwrap();
-    let mut pods = Vec::new();
-    let mut servers = Vec::new();
-    for n in 0..3 {
-        for p in 1..=2 {
-            let pod = cluster.add_pod(n, &format!("n{}-p{p}", n + 1)).unwrap();
-            servers.push(apps::serve_tcp(&pod.ns, &pod.name, 8080).unwrap());
-            servers.push(apps::serve_peer_address(&pod.ns, 9000).unwrap());
-            pods.push(pod);
-        }
-    }
-    Setup {
-        pods,
-        _servers: servers,
-        cluster,
-    }
+fn three_nodes() -> ThreeNodes {
+    scenarios::three_nodes(|pod| {
+        Ok(vec![
+            apps::serve_tcp(&pod.ns, &pod.name, 8080)?,
+            apps::serve_peer_address(&pod.ns, 9000)?,
+        ])
+    })
 }
 
 fn node_port(name: &'static str, port: u16, node_port: u16, target: u16) -> Port {
@@ -55,7 +39,7 @@ fn node_port(name: &'static str, port: u16, node_port: u16, target: u16) -> Port
 
 /// A Service `name` with ports http (80 -> 8080) and whoami (90 -> 9000),
 /// both as NodePorts, backed by `backends`.
-fn publish(s: &Setup, mut svc: Service, backends: &[&Pod]) -> Service {
+fn publish(s: &ThreeNodes, mut svc: Service, backends: &[&Pod]) -> Service {
     svc.ports = vec![
         node_port("http", 80, NODE_PORT, 8080),
         node_port("whoami", 90, NODE_PORT + 1, 9000),
@@ -79,12 +63,12 @@ fn publish(s: &Setup, mut svc: Service, backends: &[&Pod]) -> Service {
     svc
 }
 
-fn node_ip(s: &Setup, i: usize) -> Ipv4Addr {
+fn node_ip(s: &ThreeNodes, i: usize) -> Ipv4Addr {
     s.cluster.nodes[i].ip
 }
 
 /// Waits until `target` answers from the outside host.
-fn reachable_from_outside(s: &Setup, target: SocketAddr) -> bool {
+fn reachable_from_outside(s: &ThreeNodes, target: SocketAddr) -> bool {
     wait_until(Duration::from_secs(5), || {
         s.cluster
             .outside
@@ -93,14 +77,14 @@ fn reachable_from_outside(s: &Setup, target: SocketAddr) -> bool {
     })
 }
 
-fn outside_ask(s: &Setup, target: SocketAddr) -> anyhow::Result<String> {
+fn outside_ask(s: &ThreeNodes, target: SocketAddr) -> anyhow::Result<String> {
     s.cluster
         .outside
         .run(move || apps::tcp_ask(target))
         .unwrap()
 }
 
-fn outside_seen_as(s: &Setup, target: SocketAddr) -> String {
+fn outside_seen_as(s: &ThreeNodes, target: SocketAddr) -> String {
     // The node behind `target` may still be applying the Service.
     assert!(reachable_from_outside(s, target), "{target} never answered");
     s.cluster
@@ -112,7 +96,7 @@ fn outside_seen_as(s: &Setup, target: SocketAddr) -> String {
 
 /// Whether a connection attempt is silently dropped (times out), as
 /// opposed to refused or answered.
-fn dropped(ns: &sluice_tests::netns::NetNs, target: SocketAddr) -> bool {
+fn dropped(ns: &NetNs, target: SocketAddr) -> bool {
     ns.run(move || {
         matches!(TcpStream::connect_timeout(&target, Duration::from_millis(1500)),
             Err(e) if e.kind() == ErrorKind::TimedOut || e.kind() == ErrorKind::WouldBlock)

@@ -14,13 +14,14 @@ use proxy_common::{
     service::HAIRPIN_SNAT_ADDR,
 };
 use sluice::datapath::Capacities;
-use sluice_tests::{
-    fixture::{Datapath, TC_ACT_OK, TC_ACT_REDIRECT, TC_ACT_SHOT, monotonic_secs, nbo},
+use sluice_testkit::{
+    clock::monotonic_secs,
     packet::{
         self, CLIENT_MAC, Frame, GATEWAY_MAC, L4, TCP_ACK, TCP_FIN, TCP_PSH, TCP_RST, TCP_SYN,
         icmp_echo, tcp, udp, verify_checksums,
     },
 };
+use sluice_tests::fixture::{Datapath, TC_ACT_OK, TC_ACT_REDIRECT, TC_ACT_SHOT, nbo};
 
 const CLIENT: Ipv4Addr = Ipv4Addr::new(10, 244, 0, 5);
 const OTHER_POD: Ipv4Addr = Ipv4Addr::new(10, 244, 0, 9);
@@ -672,7 +673,7 @@ mod masquerade {
         config::NODE_CONFIG_VERSION,
         names::{PROG_FROM_NETDEV, PROG_TO_NETDEV},
     };
-    use sluice_tests::packet::icmp_echo_reply;
+    use sluice_testkit::packet::icmp_echo_reply;
 
     const NODE: Ipv4Addr = Ipv4Addr::new(10, 77, 0, 10);
     const OUTSIDE: Ipv4Addr = Ipv4Addr::new(10, 77, 0, 200);

@@ -22,92 +22,29 @@ use sluice::{
     datapath::PinnedMaps,
     source::kube::{self as kube_source, KubeSourceConfig},
 };
+use sluice_testkit::netns::NetNs;
 use sluice_tests::{
     apiserver::{ApiServer, ApiServerConfig, GoneMode, Kind},
-    apps::{self, Server, Stream},
-    fixture,
-    manifests::{self, Endpoint, Service, ready, tcp_port},
-    netns::NetNs,
-    sim::{Cluster, Pod, wait_until},
+    apps::{self, Stream},
+    fixture, manifests,
+    scenarios::Web,
+    sim::{Cluster, wait_until},
 };
 
 const VIP: Ipv4Addr = Ipv4Addr::new(10, 96, 0, 10);
 const TARGET: SocketAddr = SocketAddr::new(std::net::IpAddr::V4(VIP), 80);
 
-fn web_service() -> Service {
-    manifests::service("web", VIP, vec![tcp_port("http", 80, 8080)])
-}
-
-fn slice_yaml(svc: &Service, pods: &[&Pod]) -> String {
-    let eps: Vec<Endpoint> = pods.iter().map(|p| ready(p.ip, &p.node)).collect();
-    manifests::endpoint_slice(svc, &[("http", 8080, "TCP")], &eps)
-}
-
-struct Setup {
-    backends: Vec<Pod>,
-    client: Pod,
-    svc: Service,
-    _servers: Vec<Server>,
-    // Last: torn down after the pods and servers above.
-    cluster: Cluster,
-}
-
-impl Setup {
-    fn api(&self) -> &ApiServer {
-        self.cluster.api_server()
-    }
-
-    fn set_endpoints(&self, pods: &[&Pod]) {
-        self.api()
-            .apply_yaml(&slice_yaml(&self.svc, pods))
-            .expect("EndpointSlice applied");
-    }
-
-    /// Which pods answer `n` new connections to the VIP (all must succeed).
-    fn spread(&self, n: usize) -> BTreeMap<String, usize> {
-        apps::tcp_spread(&self.client.ns, TARGET, n)
-    }
-
-    fn log(&self) -> String {
-        self.cluster.nodes[0].log_tail()
-    }
-}
-
 /// One node running sluiced on the API server, `backends` backend pods
 /// serving TCP 8080, a client pod, and Service `web` (10.96.0.10:80 ->
 /// 8080) with the first `ready` backends as endpoints, answering.
-fn setup(backends: usize, ready: usize) -> Setup {
+fn setup(backends: usize, ready: usize) -> Web {
     let mut cluster = Cluster::new(1).expect("cluster");
     cluster
         .start_api_server(ApiServerConfig::default())
         .expect("test API server");
     cluster.start_daemons().expect("sluiced on the API server");
-    let mut pods = Vec::new();
-    let mut servers = Vec::new();
-    for i in 1..=backends {
-        let pod = cluster.add_pod(0, &format!("web-{i}")).expect("pod");
-        servers.push(apps::serve_tcp(&pod.ns, &pod.name, 8080).expect("server"));
-        pods.push(pod);
-    }
-    let client = cluster.add_pod(0, "client").expect("client pod");
-    let svc = web_service();
-    let s = Setup {
-        backends: pods,
-        client,
-        svc,
-        _servers: servers,
-        cluster,
-    };
-    s.api().apply_yaml(&s.svc.yaml()).expect("Service applied");
-    s.set_endpoints(&s.backends.iter().take(ready).collect::<Vec<_>>());
-    let ok = wait_until(Duration::from_secs(10), || {
-        s.client
-            .ns
-            .run(|| apps::tcp_ask(TARGET).is_ok())
-            .unwrap_or(false)
-    });
-    assert!(ok, "the Service never answered: {}", s.log());
-    s
+    let svc = manifests::service("web", VIP, vec![manifests::tcp_port("http", 80, 8080)]);
+    Web::start(cluster, svc, backends, ready, Duration::from_secs(10))
 }
 
 fn names(seen: &BTreeMap<String, usize>) -> BTreeSet<String> {
@@ -118,7 +55,7 @@ fn names(seen: &BTreeMap<String, usize>) -> BTreeSet<String> {
 fn a_services_created_scaled_and_deleted_through_the_api() {
     let s = setup(3, 1);
     // One endpoint: every connection goes to it.
-    let seen = s.spread(30);
+    let seen = s.spread(TARGET, 30);
     assert_eq!(
         names(&seen),
         BTreeSet::from(["web-1".to_string()]),
@@ -128,7 +65,9 @@ fn a_services_created_scaled_and_deleted_through_the_api() {
     // Scale up through the API: the new backends get connections.
     s.set_endpoints(&s.backends.iter().collect::<Vec<_>>());
     let all: BTreeSet<String> = s.backends.iter().map(|b| b.name.clone()).collect();
-    let scaled_up = wait_until(Duration::from_secs(5), || names(&s.spread(40)) == all);
+    let scaled_up = wait_until(Duration::from_secs(5), || {
+        names(&s.spread(TARGET, 40)) == all
+    });
     assert!(
         scaled_up,
         "new endpoints never got connections: {}",
@@ -138,7 +77,7 @@ fn a_services_created_scaled_and_deleted_through_the_api() {
     // Scale down: removed backends get nothing 1 s after the change.
     s.set_endpoints(&[&s.backends[2]]);
     std::thread::sleep(Duration::from_secs(1));
-    let seen = s.spread(60);
+    let seen = s.spread(TARGET, 60);
     assert_eq!(
         names(&seen),
         BTreeSet::from(["web-3".to_string()]),
@@ -146,7 +85,8 @@ fn a_services_created_scaled_and_deleted_through_the_api() {
     );
 
     // Delete the Service: new connections fail.
-    s.api()
+    s.cluster
+        .api_server()
         .delete(Kind::Service, "default", "web")
         .expect("Service deleted");
     let failing = wait_until(Duration::from_secs(1), || {
@@ -176,7 +116,7 @@ fn b_api_server_down_for_30s_traffic_flows_and_changes_converge_after() {
         stream.exchanged.load(Ordering::SeqCst) > 0,
         "stream did not start"
     );
-    let watches_before = s.api().stats().watches;
+    let watches_before = s.cluster.api_server().stats().watches;
 
     // New connections all through the outage, from another thread of the
     // client pod.
@@ -201,7 +141,10 @@ fn b_api_server_down_for_30s_traffic_flows_and_changes_converge_after() {
             .unwrap()
     };
 
-    s.api().stop_listening().expect("API server stopped");
+    s.cluster
+        .api_server()
+        .stop_listening()
+        .expect("API server stopped");
     let down = Instant::now();
     // A change made while this API server is away (through another one,
     // as far as the cluster is concerned): the third backend joins.
@@ -209,13 +152,16 @@ fn b_api_server_down_for_30s_traffic_flows_and_changes_converge_after() {
     s.set_endpoints(&s.backends.iter().collect::<Vec<_>>());
     std::thread::sleep(Duration::from_secs(30).saturating_sub(down.elapsed()));
     let during = made.load(Ordering::SeqCst);
-    let web3_during = s.spread(30).contains_key("web-3");
-    s.api().start_listening().expect("API server back");
+    let web3_during = s.spread(TARGET, 30).contains_key("web-3");
+    s.cluster
+        .api_server()
+        .start_listening()
+        .expect("API server back");
     let back = Instant::now();
 
     // The change converges once the daemon reconnects.
     let converged = wait_until(Duration::from_secs(20), || {
-        s.spread(20).contains_key("web-3")
+        s.spread(TARGET, 20).contains_key("web-3")
     });
     let took = back.elapsed();
     stop.store(true, Ordering::SeqCst);
@@ -257,7 +203,8 @@ fn b_api_server_down_for_30s_traffic_flows_and_changes_converge_after() {
         s.log()
     );
     assert!(
-        s.api().stats().watches.iter().sum::<u64>() > watches_before.iter().sum::<u64>(),
+        s.cluster.api_server().stats().watches.iter().sum::<u64>()
+            > watches_before.iter().sum::<u64>(),
         "the daemon never re-established its watches"
     );
     eprintln!(
@@ -306,24 +253,26 @@ fn c_expired_resource_version_relists_without_flapping() {
         .into_iter()
         .enumerate()
     {
-        s.api().set_gone_mode(mode);
+        s.cluster.api_server().set_gone_mode(mode);
         // Relists take a while, as in a large cluster: far longer than the
         // daemon's coalescing window.
-        s.api().set_list_delay(Duration::from_millis(400));
-        let before = s.api().stats();
+        s.cluster
+            .api_server()
+            .set_list_delay(Duration::from_millis(400));
+        let before = s.cluster.api_server().stats();
         // Every watcher's resourceVersion expires and its connection is
         // cut; a change lands while the daemon relists.
-        s.api().expire_watches();
+        s.cluster.api_server().expire_watches();
         if round == 1 {
             s.set_endpoints(&s.backends.iter().collect::<Vec<_>>());
         }
         let relisted = wait_until(Duration::from_secs(15), || {
-            let now = s.api().stats();
+            let now = s.cluster.api_server().stats();
             Kind::ALL
                 .iter()
                 .all(|&k| now.list_starts(k) > before.list_starts(k))
         });
-        let after = s.api().stats();
+        let after = s.cluster.api_server().stats();
         assert!(
             relisted,
             "{mode:?}: not every kind was relisted after the expiry: {before:?} -> {after:?}: {}",
@@ -334,7 +283,9 @@ fn c_expired_resource_version_relists_without_flapping() {
     }
     // The change made during the second relist converges.
     let all: BTreeSet<String> = s.backends.iter().map(|b| b.name.clone()).collect();
-    let converged = wait_until(Duration::from_secs(5), || names(&s.spread(40)) == all);
+    let converged = wait_until(Duration::from_secs(5), || {
+        names(&s.spread(TARGET, 40)) == all
+    });
     std::thread::sleep(Duration::from_millis(200));
     stop.store(true, Ordering::SeqCst);
     let (polls, dips) = poller.join().unwrap();
@@ -376,11 +327,11 @@ struct SourceHarness {
 
 impl SourceHarness {
     fn new() -> Self {
-        sluice_tests::privileges::require_root();
+        sluice_testkit::privileges::require_root();
         let ns = NetNs::new("apisrc").expect("namespace");
         let server = ApiServer::start(&ns, Ipv4Addr::LOCALHOST, ApiServerConfig::default())
             .expect("test API server");
-        let dir = sluice_tests::bpffs::scratch_dir("apisrc").expect("scratch directory");
+        let dir = sluice_testkit::bpffs::scratch_dir("apisrc").expect("scratch directory");
         let kubeconfig = dir.join("kubeconfig");
         server.write_kubeconfig(&kubeconfig).unwrap();
         Self {

@@ -8,41 +8,15 @@ use std::{
 };
 
 use sluice_tests::{
-    apps::{self, Server},
+    apps,
     manifests::{self, ready, tcp_port},
+    scenarios::{self, ThreeNodes},
     sim::{Cluster, Pod, wait_until},
 };
 
-struct Setup {
-    pods: Vec<Pod>,
-    _servers: Vec<Server>,
-    cluster: Cluster,
-}
-
 /// Three nodes, two pods each, every pod serving its name on TCP 8080.
-fn three_nodes() -> Setup {
-    let mut cluster = Cluster::new(3).unwrap();
-    cluster.start_daemons().unwrap();
-    let mut pods = Vec::new();
-    let mut servers = Vec::new();
-    for n in 0..3 {
-        for p in 1..=2 {
-            let pod = cluster.add_pod(n, &format!("n{}-p{p}", n + 1)).unwrap();
-            servers.push(apps::serve_tcp(&pod.ns, &pod.name, 8080).unwrap());
-            pods.push(pod);
-        }
-    }
-    Setup {
-        pods,
-        _servers: servers,
-        cluster,
-    }
-}
-
-fn ping(from: &Pod, to: Ipv4Addr) -> bool {
-    from.ns
-        .output("ping", &["-c", "1", "-W", "2", &to.to_string()])
-        .is_ok()
+fn three_nodes() -> ThreeNodes {
+    scenarios::three_nodes(|pod| Ok(vec![apps::serve_tcp(&pod.ns, &pod.name, 8080)?]))
 }
 
 #[test]
@@ -52,7 +26,7 @@ fn every_pod_reaches_every_other_pod_across_nodes_with_tcp_and_icmp() {
     let first = &s.pods[0];
     let last = s.pods.last().unwrap().ip;
     assert!(
-        wait_until(Duration::from_secs(5), || ping(first, last)),
+        wait_until(Duration::from_secs(5), || first.ns.ping(last)),
         "overlay never came up: {}",
         s.cluster.nodes[0].log_tail()
     );
@@ -63,7 +37,7 @@ fn every_pod_reaches_every_other_pod_across_nodes_with_tcp_and_icmp() {
                 continue;
             }
             // Every daemon adds its peers at its own pace.
-            if !wait_until(Duration::from_secs(5), || ping(a, b.ip)) {
+            if !wait_until(Duration::from_secs(5), || a.ns.ping(b.ip)) {
                 failures.push(format!("no path {} -> {} within 5 s", a.name, b.name));
                 continue;
             }
@@ -72,7 +46,7 @@ fn every_pod_reaches_every_other_pod_across_nodes_with_tcp_and_icmp() {
                 Ok(who) if who == b.name => {}
                 other => failures.push(format!("TCP {} -> {}: {other:?}", a.name, b.name)),
             }
-            if !ping(a, b.ip) {
+            if !a.ns.ping(b.ip) {
                 failures.push(format!("ICMP {} -> {}", a.name, b.name));
             }
         }
@@ -87,10 +61,9 @@ fn pod_addresses_survive_the_overlay_and_outside_traffic_is_masqueraded() {
     let _seen_by_outside = apps::serve_peer_address(&s.cluster.outside, 9000).unwrap();
     let to_pod = SocketAddr::from((s.pods[5].ip, 9000));
     let to_outside = SocketAddr::from((s.cluster.outside_ip, 9000));
-    assert!(wait_until(Duration::from_secs(5), || ping(
-        &s.pods[0],
-        s.pods[5].ip
-    )));
+    assert!(wait_until(Duration::from_secs(5), || s.pods[0]
+        .ns
+        .ping(s.pods[5].ip)));
     for (i, pod) in s.pods.iter().enumerate().take(4) {
         let node_ip = s.cluster.node(&pod.node).ip;
         let (across, outside) = pod
@@ -115,7 +88,7 @@ fn pod_addresses_survive_the_overlay_and_outside_traffic_is_masqueraded() {
     }
     // And ping leaves masqueraded too (the outside host has no route to pods).
     assert!(
-        ping(&s.pods[0], s.cluster.outside_ip),
+        s.pods[0].ns.ping(s.cluster.outside_ip),
         "masqueraded ping failed"
     );
 }
@@ -173,7 +146,7 @@ fn a_cluster_ip_with_all_backends_on_other_nodes_works_from_every_pod() {
     }
 }
 
-fn overlay_entries(s: &Setup, node: usize) -> String {
+fn overlay_entries(s: &ThreeNodes, node: usize) -> String {
     let ns = &s.cluster.nodes[node].ns;
     let route = ns.output("ip", &["route", "show"]).unwrap_or_default();
     let fdb = ns.output("bridge", &["fdb", "show"]).unwrap_or_default();
@@ -209,7 +182,7 @@ fn a_removed_node_loses_its_route_fdb_and_neighbour_entries_everywhere() {
         );
     }
     // The others still reach each other.
-    assert!(ping(&s.pods[0], s.pods[2].ip));
+    assert!(s.pods[0].ns.ping(s.pods[2].ip));
 }
 
 #[test]

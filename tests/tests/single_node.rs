@@ -9,21 +9,13 @@ use std::{
 };
 
 use sluice_tests::{
-    apps::{self, Server, Stream},
-    manifests::{self, Endpoint, Service, ready, tcp_port, udp_port},
+    apps::{self, Stream},
+    manifests::{self, Service, tcp_port, udp_port},
+    scenarios::{Web, endpoints},
     sim::{Cluster, Pod, wait_until},
 };
 
 const VIP: Ipv4Addr = Ipv4Addr::new(10, 96, 0, 10);
-
-struct Setup {
-    backends: Vec<Pod>,
-    client: Pod,
-    svc: Service,
-    _servers: Vec<Server>,
-    // Last: torn down after the pods and servers above.
-    cluster: Cluster,
-}
 
 fn web_service() -> Service {
     manifests::service(
@@ -37,62 +29,17 @@ fn slice_ports() -> Vec<(&'static str, u16, &'static str)> {
     vec![("http", 8080, "TCP"), ("dns", 5353, "UDP")]
 }
 
-fn endpoints(pods: &[&Pod]) -> Vec<Endpoint> {
-    pods.iter().map(|p| ready(p.ip, &p.node)).collect()
-}
-
 /// One node, three backend pods serving TCP 8080 and UDP 5353, a client pod,
 /// and Service `web` (10.96.0.10: 80/TCP -> 8080, 53/UDP -> 5353).
-fn setup() -> Setup {
+fn setup() -> Web {
     setup_with(&[])
 }
 
 /// [`setup`] with extra `sluiced` arguments.
-fn setup_with(daemon_args: &[&str]) -> Setup {
+fn setup_with(daemon_args: &[&str]) -> Web {
     let mut cluster = Cluster::new(1).unwrap();
     cluster.start_daemon_with_args(0, daemon_args).unwrap();
-    let mut backends = Vec::new();
-    let mut servers = Vec::new();
-    for i in 1..=3 {
-        let pod = cluster.add_pod(0, &format!("web-{i}")).unwrap();
-        servers.push(apps::serve_tcp(&pod.ns, &pod.name, 8080).unwrap());
-        servers.push(apps::serve_udp(&pod.ns, &pod.name, 5353).unwrap());
-        backends.push(pod);
-    }
-    let client = cluster.add_pod(0, "client").unwrap();
-    let svc = web_service();
-    cluster.apply("web-svc.yaml", &svc.yaml()).unwrap();
-    let eps = endpoints(&backends.iter().collect::<Vec<_>>());
-    cluster
-        .apply(
-            "web-slice.yaml",
-            &manifests::endpoint_slice(&svc, &slice_ports(), &eps),
-        )
-        .unwrap();
-    let s = Setup {
-        backends,
-        client,
-        svc,
-        _servers: servers,
-        cluster,
-    };
-    let target = SocketAddr::from((VIP, 80));
-    let ok = wait_until(Duration::from_secs(5), || {
-        s.client
-            .ns
-            .run(move || apps::tcp_ask(target).is_ok())
-            .unwrap_or(false)
-    });
-    assert!(
-        ok,
-        "service never answered: {}",
-        s.cluster.nodes[0].log_tail()
-    );
-    s
-}
-
-fn tcp_spread(client: &Pod, target: SocketAddr, n: usize) -> BTreeMap<String, usize> {
-    apps::tcp_spread(&client.ns, target, n)
+    Web::start(cluster, web_service(), 3, 3, Duration::from_secs(5))
 }
 
 fn assert_fair(seen: &BTreeMap<String, usize>, backends: &[Pod], n: usize) {
@@ -112,7 +59,7 @@ fn a_tcp_connections_spread_over_backends_and_replies_come_from_the_vip() {
     let s = setup();
     // A connected TCP socket accepts segments only from the address it
     // dialled: each answer proves the reply came from VIP:80.
-    let seen = tcp_spread(&s.client, SocketAddr::from((VIP, 80)), 300);
+    let seen = s.spread(SocketAddr::from((VIP, 80)), 300);
     assert_fair(&seen, &s.backends, 300);
 }
 
@@ -172,15 +119,10 @@ fn c_removed_endpoint_gets_no_new_connections_and_other_streams_live_on() {
         .iter()
         .filter(|b| b.name != victim.name)
         .collect();
-    s.cluster
-        .apply(
-            "web-slice.yaml",
-            &manifests::endpoint_slice(&s.svc, &slice_ports(), &endpoints(&remaining)),
-        )
-        .unwrap();
+    s.set_endpoints(&remaining);
     let written = Instant::now();
     std::thread::sleep(Duration::from_secs(1).saturating_sub(written.elapsed()));
-    let seen = tcp_spread(&s.client, target, 100);
+    let seen = s.spread(target, 100);
     assert!(
         !seen.contains_key(&victim.name),
         "{} still got new connections 1 s after its removal: {seen:?}",
@@ -298,7 +240,7 @@ fn e_a_pod_reaches_itself_through_its_service() {
         })
         .unwrap();
     // Through the shared service, a backend sometimes lands on itself.
-    let seen = tcp_spread(me, SocketAddr::from((VIP, 80)), 60);
+    let seen = apps::tcp_spread(&me.ns, SocketAddr::from((VIP, 80)), 60);
     assert!(seen.contains_key(&me.name), "never hairpinned: {seen:?}");
 }
 
@@ -325,7 +267,7 @@ fn f_a_changed_service_port_is_applied_live() {
         "port change not applied: {}",
         s.cluster.nodes[0].log_tail()
     );
-    let seen = tcp_spread(&s.client, new, 60);
+    let seen = s.spread(new, 60);
     assert_eq!(seen.values().sum::<usize>(), 60);
 }
 
@@ -339,11 +281,11 @@ fn g_daemon_restart_keeps_established_streams() {
     let during = stream.exchanged.load(std::sync::atomic::Ordering::SeqCst);
     // With the daemon gone the datapath carries on alone, new flows included.
     std::thread::sleep(Duration::from_millis(500));
-    let seen = tcp_spread(&s.client, target, 30);
+    let seen = s.spread(target, 30);
     assert_eq!(seen.values().sum::<usize>(), 30);
     s.cluster.start_daemon(0).unwrap();
     std::thread::sleep(Duration::from_millis(500));
-    let seen = tcp_spread(&s.client, target, 30);
+    let seen = s.spread(target, 30);
     assert_eq!(seen.values().sum::<usize>(), 30);
     let report = stream.stop();
     assert!(
@@ -370,7 +312,7 @@ fn h_bad_manifests_are_skipped_and_the_rest_keeps_working() {
         .unwrap();
     let target = SocketAddr::from((VIP, 80));
     std::thread::sleep(Duration::from_millis(500));
-    let seen = tcp_spread(&s.client, target, 30);
+    let seen = s.spread(target, 30);
     assert_eq!(seen.values().sum::<usize>(), 30);
     let log_has = |needle: &str| {
         wait_until(Duration::from_secs(3), || {
@@ -424,7 +366,7 @@ fn i_metrics_and_health_endpoints_report_the_datapath() {
     ];
     let conns = sample(&before, "sluice_service_connections_total", &http);
     let n = 40;
-    let seen = tcp_spread(&s.client, SocketAddr::from((VIP, 80)), n);
+    let seen = s.spread(SocketAddr::from((VIP, 80)), n);
     assert_eq!(seen.values().sum::<usize>(), n);
     let (_, after) = scrape();
     assert_eq!(
@@ -552,7 +494,7 @@ fn j_a_full_maglev_map_falls_back_to_random_choice_and_is_reported() {
     let s = setup_with(&["--max-maglev-tables", "1"]);
     let tcp = SocketAddr::from((VIP, 80));
     // Both frontends serve every backend, with or without a table.
-    let seen = tcp_spread(&s.client, tcp, 60);
+    let seen = s.spread(tcp, 60);
     assert_eq!(seen.len(), 3, "{seen:?}");
     let udp = SocketAddr::from((VIP, 53));
     let answered: BTreeSet<String> = s
@@ -748,6 +690,6 @@ fn m_a_cluster_dump_loads_and_unusable_files_and_orphan_slices_are_counted() {
         node.log_tail()
     );
     // The existing Service still works.
-    let seen = tcp_spread(&s.client, SocketAddr::from((VIP, 80)), 10);
+    let seen = s.spread(SocketAddr::from((VIP, 80)), 10);
     assert_eq!(seen.values().sum::<usize>(), 10);
 }

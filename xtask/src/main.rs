@@ -4,7 +4,6 @@
 mod preflight;
 mod run;
 mod setup;
-mod sweep;
 
 use std::{
     path::{Path, PathBuf},
@@ -13,6 +12,7 @@ use std::{
 
 use anyhow::Result;
 use clap::{Parser, Subcommand};
+use sluice_testkit::sweep::sweep;
 
 use crate::run::run;
 
@@ -120,7 +120,7 @@ fn lint() -> Result<()> {
 
 fn test(no_lint: bool, filter: Option<String>) -> Result<()> {
     preflight::check()?;
-    sweep::sweep();
+    sweep();
     if !no_lint {
         lint()?;
     }
@@ -145,7 +145,7 @@ fn test(no_lint: bool, filter: Option<String>) -> Result<()> {
         .args(["--test-threads", "1"])
         .args(&filter)
         .env("SLUICE_BIN_DIR", &bin_dir));
-    sweep::sweep();
+    sweep();
     result
 }
 
@@ -177,7 +177,7 @@ fn run_task(task: Task) -> Result<()> {
         Task::Demo => {
             setup::setup()?;
             preflight::check()?;
-            sweep::sweep();
+            sweep();
             build()?;
             run(
                 Command::new(workspace_root().join("target/release/sluice-demo"))
@@ -187,7 +187,7 @@ fn run_task(task: Task) -> Result<()> {
         Task::Bench { which } => {
             setup::setup()?;
             preflight::check()?;
-            sweep::sweep();
+            sweep();
             build()?;
             run(
                 Command::new(workspace_root().join("target/release/sluice-bench"))

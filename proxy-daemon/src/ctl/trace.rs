@@ -26,6 +26,7 @@ use proxy_common::{
     service::{SCOPE_EXTERNAL, SCOPE_INTERNAL, SVC_F_ADDR_ONLY, SVC_F_AFFINITY, SVC_F_MAGLEV},
 };
 use serde::Serialize;
+use sluice_testkit::packet::{self, TCP_ACK, TCP_SYN};
 
 use crate::{
     conntrack::monotonic_secs,
@@ -85,41 +86,12 @@ impl Outcome {
 }
 
 fn packet(req: &Request, syn: bool) -> Vec<u8> {
-    let mut f = vec![0x02, 0, 0, 0, 0, 0xfe, 0x02, 0, 0, 0, 0, 0x01, 0x08, 0x00];
-    let l4: Vec<u8> = if req.proto == proto::TCP {
-        let mut t = Vec::with_capacity(20);
-        t.extend_from_slice(&req.sport.to_be_bytes());
-        t.extend_from_slice(&req.dport.to_be_bytes());
-        t.extend_from_slice(&1u32.to_be_bytes());
-        t.extend_from_slice(&if syn { 0u32 } else { 1u32 }.to_be_bytes());
-        t.push(5 << 4);
-        t.push(if syn { 0x02 } else { 0x10 });
-        t.extend_from_slice(&[0xff, 0xff, 0, 0, 0, 0]);
-        t
+    let (src, dst) = ((req.from, req.sport), (req.to, req.dport));
+    if req.proto == proto::TCP {
+        packet::tcp(src, dst, if syn { TCP_SYN } else { TCP_ACK }).bytes()
     } else {
-        let mut u = Vec::with_capacity(8);
-        u.extend_from_slice(&req.sport.to_be_bytes());
-        u.extend_from_slice(&req.dport.to_be_bytes());
-        u.extend_from_slice(&8u16.to_be_bytes());
-        u.extend_from_slice(&[0, 0]);
-        u
-    };
-    let tot = 20 + l4.len() as u16;
-    let mut ip = vec![0x45, 0, 0, 0, 0, 1, 0x40, 0, 64, req.proto, 0, 0];
-    ip[2..4].copy_from_slice(&tot.to_be_bytes());
-    ip.extend_from_slice(&req.from.octets());
-    ip.extend_from_slice(&req.to.octets());
-    let mut sum: u32 = ip
-        .chunks(2)
-        .map(|w| u32::from(u16::from_be_bytes([w[0], w[1]])))
-        .sum();
-    while sum > 0xffff {
-        sum = (sum & 0xffff) + (sum >> 16);
+        packet::udp(src, dst, &[]).bytes()
     }
-    ip[10..12].copy_from_slice(&(!(sum as u16)).to_be_bytes());
-    f.extend_from_slice(&ip);
-    f.extend_from_slice(&l4);
-    f
 }
 
 /// "src:sport -> dst:dport" of a frame the program wrote.
@@ -501,26 +473,19 @@ mod tests {
 
     #[test]
     fn synthetic_packets_are_well_formed() {
-        for (p, syn, len) in [(proto::TCP, true, 54), (proto::UDP, false, 42)] {
+        for (p, syn, len) in [
+            (proto::TCP, true, 54),
+            (proto::TCP, false, 54),
+            (proto::UDP, false, 42),
+        ] {
             let f = packet(&req(p), syn);
             assert_eq!(f.len(), len);
-            assert_eq!(u16::from_be_bytes([f[16], f[17]]) as usize, len - 14);
-            // A correct IPv4 header checksum folds to 0xffff.
-            let mut sum: u32 = f[14..34]
-                .chunks(2)
-                .map(|w| u32::from(u16::from_be_bytes([w[0], w[1]])))
-                .sum();
-            while sum > 0xffff {
-                sum = (sum & 0xffff) + (sum >> 16);
-            }
-            assert_eq!(sum, 0xffff);
-            if p == proto::TCP {
-                assert_eq!(f[47], 0x02, "SYN only");
-            }
+            packet::verify_checksums(&f).unwrap();
         }
+        assert_eq!(packet(&req(proto::TCP), true)[47], TCP_SYN, "SYN only");
         assert_eq!(
             packet(&req(proto::TCP), false)[47],
-            0x10,
+            TCP_ACK,
             "ACK for a tracked flow"
         );
     }

@@ -20,9 +20,10 @@ use std::{
 
 use anyhow::{Context, Result, bail};
 
+use sluice_testkit::netns::{NetNs, command_entering};
+
 use crate::{
     bench::percentile,
-    netns::{NetNs, command_entering},
     sim::{Cluster, wait_until},
 };
 
@@ -289,7 +290,7 @@ fn throughput(cluster: &mut Cluster) -> Result<()> {
 }
 
 pub fn run() -> Result<()> {
-    crate::privileges::require_root();
+    sluice_testkit::privileges::require_root();
     let mut cluster = Cluster::new(2)?;
     cluster.start_daemons()?;
     latency(&cluster)?;

@@ -39,12 +39,12 @@ use std::{
 use anyhow::{Context, Result, bail};
 use serde_json::{Value, json};
 use sluice::datapath::PinnedMaps;
+use sluice_testkit::netns::{NetNs, command_entering};
 
 use crate::{
     apiserver::ApiServerConfig,
     bench::percentile,
     fixture::frontend_backends,
-    netns::{NetNs, command_entering},
     sim::{CLUSTER_CIDR, Cluster},
 };
 
@@ -557,7 +557,7 @@ fn program_exists(program: &str) -> bool {
 }
 
 pub fn run() -> Result<()> {
-    crate::privileges::require_root();
+    sluice_testkit::privileges::require_root();
     let services = env_usize("SLUICE_BENCH_SERVICES", SERVICES);
     let changes = env_usize("SLUICE_BENCH_CHANGES", CHANGES);
     let only = std::env::var("SLUICE_BENCH_ONLY").unwrap_or_default();

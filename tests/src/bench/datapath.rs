@@ -29,12 +29,12 @@ use proxy_common::{
     service::{KIND_CLUSTER_IP, SCOPE_EXTERNAL, SVC_F_ADDR_ONLY},
 };
 use sluice::datapath::{Capacities, map_path};
-
-use crate::{
-    fixture::{Datapath, TC_ACT_OK, nbo},
-    floor::EmptyProgram,
+use sluice_testkit::{
+    bpf::{ProgType, TrivialProgram},
     packet::{TCP_ACK, TCP_SYN, tcp},
 };
+
+use crate::fixture::{Datapath, TC_ACT_OK, nbo};
 
 const CLIENT: Ipv4Addr = Ipv4Addr::new(10, 244, 0, 5);
 const OTHER_POD: Ipv4Addr = Ipv4Addr::new(10, 244, 0, 9);
@@ -216,12 +216,14 @@ fn measure(n: u32) -> Result<(Row, Memory)> {
     seed_mirror(&mut dp, mirror, n + 1)?;
     let seed_secs = t.elapsed().as_secs_f64();
 
-    let floor = EmptyProgram::load()?;
+    let floor = TrivialProgram::load(ProgType::SchedCls, "sluice_floor")
+        .context("loading the empty program")?;
     let plain = tcp((CLIENT, 40000), (OTHER_POD, 80), TCP_ACK).bytes();
     let floor_repeat = median(
         (0..ROUNDS)
-            .map(|_| floor.run(&plain, REPEAT))
-            .collect::<Result<_>>()?,
+            .map(|_| floor.test_run(&plain, REPEAT))
+            .collect::<std::io::Result<_>>()
+            .context("test run of the empty program")?,
     );
 
     // SLUICE_BENCH_PHASE limits the run to one path (for profiling).
@@ -286,7 +288,11 @@ fn measure(n: u32) -> Result<(Row, Memory)> {
             };
             dp.ct_remove(&fwd_key)?;
             dp.ct_remove(&rev_key)?;
-            floor_singles.push(floor.run(&syn, 1)?);
+            floor_singles.push(
+                floor
+                    .test_run(&syn, 1)
+                    .context("test run of the empty program")?,
+            );
             // Calibration: the established path timed the same way (one
             // run per call), to tell what single runs cost on their own.
             hit_singles.push(dp.run(PROG_FROM_POD, &fwd)?.duration_ns);
@@ -338,7 +344,7 @@ struct Memory {
 }
 
 pub fn run() -> Result<()> {
-    crate::privileges::require_root();
+    sluice_testkit::privileges::require_root();
     pin_to_cpu(1);
     let counts: Vec<u32> = std::env::var("SLUICE_BENCH_SERVICES")
         .ok()

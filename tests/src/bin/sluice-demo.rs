@@ -16,6 +16,7 @@ use std::{
 };
 
 use anyhow::{Context, Result, bail};
+use sluice_testkit::netns::NetNs;
 use sluice_tests::{
     apps,
     manifests::{self, Port, ready, tcp_port},
@@ -44,7 +45,7 @@ fn http_get(target: SocketAddr) -> Result<String> {
 }
 
 /// `REQUESTS` GETs to `target` from `ns`; answers counted by pod.
-fn spread(ns: &sluice_tests::netns::NetNs, target: SocketAddr) -> Result<BTreeMap<String, usize>> {
+fn spread(ns: &NetNs, target: SocketAddr) -> Result<BTreeMap<String, usize>> {
     let results = ns.run(move || (0..REQUESTS).map(|_| http_get(target)).collect::<Vec<_>>())?;
     let mut by_pod = BTreeMap::new();
     for r in results {

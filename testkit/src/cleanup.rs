@@ -3,8 +3,8 @@
 //! A failing test unwinds and its guards' `Drop` remove what it made. An
 //! interrupt (Ctrl-C, a CI timeout's SIGTERM) unwinds nothing, so every
 //! guard also registers what it made here, and the first signal removes all
-//! of it before the process exits. `cargo xtask test` additionally sweeps
-//! leftovers of processes that died harder (SIGKILL).
+//! of it before the process exits. What dies harder (SIGKILL) is left to
+//! [`crate::sweep`].
 
 use std::{
     path::PathBuf,

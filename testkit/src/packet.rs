@@ -1,6 +1,6 @@
-//! Ethernet/IPv4/TCP/UDP/ICMP frames with correct checksums, for packet
-//! fixtures, and a checker that recomputes checksums of frames the datapath
-//! wrote.
+//! Ethernet/IPv4/TCP/UDP/ICMP frames with correct checksums, to feed
+//! programs through BPF_PROG_TEST_RUN, and a checker that recomputes the
+//! checksums of frames a program wrote.
 
 use std::net::Ipv4Addr;
 

@@ -1,15 +1,14 @@
-//! Removing what an interrupted test run left behind.
+//! Removing what interrupted test runs left behind.
 //!
 //! Every test object is named after the process that made it: namespaces
-//! `sl<pid>-...` (and the CNI tests' `slcni-<pid>-...`), scratch
-//! directories and bpffs mounts `/run/sluice-test/<pid>-...`. Objects of
-//! processes that are gone are removed; a running test's are left alone.
+//! `sl<pid>-...` ([`crate::netns`]), scratch directories and bpffs mounts
+//! `/run/sluice-test/<pid>-...` ([`crate::bpffs`]). Objects of processes
+//! that are gone are removed; a running test's are left alone, so any
+//! number of test processes may sweep at once.
 
-use std::{path::Path, process::Command};
+use std::{path::Path, process::Command, sync::Once};
 
-use crate::run::output;
-
-const TEST_RUN_DIR: &str = "/run/sluice-test";
+use crate::{bpffs::TEST_RUN_DIR, netns::ip};
 
 fn alive(pid: u32) -> bool {
     Path::new(&format!("/proc/{pid}")).exists()
@@ -17,36 +16,41 @@ fn alive(pid: u32) -> bool {
 
 /// The pid a test object's name starts with, if it is one of ours.
 fn owner(name: &str) -> Option<u32> {
-    let rest = name
-        .strip_prefix("cni/")
-        .or_else(|| name.strip_prefix("slcni-"))
-        .or_else(|| name.strip_prefix("sl"))
-        .or(Some(name))?;
+    let rest = name.strip_prefix("sl").unwrap_or(name);
     let digits: String = rest.chars().take_while(|c| c.is_ascii_digit()).collect();
     digits.parse().ok()
 }
 
+/// Sweeps on the first call in this process: a test run straight through
+/// `cargo test` (no `cargo xtask test` around it) still starts clean.
+pub(crate) fn once() {
+    static SWEEP: Once = Once::new();
+    SWEEP.call_once(sweep);
+}
+
 pub fn sweep() {
     let mut removed = 0;
-    if let Ok(list) = output(Command::new("ip").args(["netns", "list"])) {
+    if let Ok(list) = ip(&["netns", "list"]) {
         for line in list.lines() {
             let name = line.split_whitespace().next().unwrap_or("");
-            if !(name.starts_with("sl")) {
+            if !name.starts_with("sl") {
                 continue;
             }
             if let Some(pid) = owner(name)
                 && !alive(pid)
             {
-                let _ = output(Command::new("ip").args(["netns", "pids", name])).map(|pids| {
+                if let Ok(pids) = ip(&["netns", "pids", name]) {
                     for p in pids.split_whitespace() {
                         let _ = Command::new("kill").args(["-9", p]).status();
                     }
-                });
-                let _ = output(Command::new("ip").args(["netns", "del", name]));
+                }
+                let _ = ip(&["netns", "del", name]);
                 removed += 1;
             }
         }
     }
+    // Mounts before directories: removing a directory that still holds a
+    // bpffs would descend into it.
     if let Ok(mounts) = std::fs::read_to_string("/proc/self/mounts") {
         for line in mounts.lines() {
             let Some(target) = line.split_whitespace().nth(1) else {
@@ -78,10 +82,8 @@ pub fn sweep() {
 mod tests {
     #[test]
     fn owners() {
-        assert_eq!(super::owner("sl1234-n1"), Some(1234));
-        assert_eq!(super::owner("slcni-77-host"), Some(77));
+        assert_eq!(super::owner("sl1234-0-n1"), Some(1234));
         assert_eq!(super::owner("99-3-fixtures"), Some(99));
         assert_eq!(super::owner("slx"), None);
-        assert_eq!(super::owner("cni/4242-1"), Some(4242));
     }
 }

@@ -8,6 +8,8 @@ use std::{
 
 use anyhow::{Context, Result, bail};
 
+use crate::cleanup::{self, Item};
+
 /// Root of every mount and state directory the tests create.
 pub const TEST_RUN_DIR: &str = "/run/sluice-test";
 
@@ -16,6 +18,7 @@ static NEXT: AtomicU32 = AtomicU32::new(0);
 /// A unique scratch directory under [`TEST_RUN_DIR`], named after the
 /// process so a later run can tell stale ones (of dead processes) apart.
 pub fn scratch_dir(tag: &str) -> Result<PathBuf> {
+    crate::sweep::once();
     let n = NEXT.fetch_add(1, Ordering::Relaxed);
     let dir = Path::new(TEST_RUN_DIR).join(format!("{}-{n}-{tag}", std::process::id()));
     std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
@@ -50,8 +53,8 @@ impl TempBpffs {
                 std::io::Error::last_os_error()
             );
         }
-        crate::cleanup::register(crate::cleanup::Item::Dir(root.clone()));
-        crate::cleanup::register(crate::cleanup::Item::Mount(mount.clone()));
+        cleanup::register(Item::Dir(root.clone()));
+        cleanup::register(Item::Mount(mount.clone()));
         Ok(Self { root, mount })
     }
 
@@ -70,8 +73,8 @@ impl Drop for TempBpffs {
     fn drop(&mut self) {
         unmount(&self.mount);
         let _ = std::fs::remove_dir_all(&self.root);
-        crate::cleanup::unregister(&crate::cleanup::Item::Mount(self.mount.clone()));
-        crate::cleanup::unregister(&crate::cleanup::Item::Dir(self.root.clone()));
+        cleanup::unregister(&Item::Mount(self.mount.clone()));
+        cleanup::unregister(&Item::Dir(self.root.clone()));
     }
 }
 

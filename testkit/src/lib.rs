@@ -1,0 +1,19 @@
+//! What Sluice's tests, benchmarks and tools share, kept free of every
+//! Sluice crate so that any of them can use it: network namespaces, an L2
+//! fabric between them, private BPF filesystems, trivial BPF programs,
+//! Ethernet/IPv4 frames with real checksums and the datapath's clock.
+//!
+//! Every kernel object made here is named after the process that made it
+//! (see [`sweep`]), removed when its guard drops, removed on SIGINT/SIGTERM
+//! ([`cleanup`]), and swept once its process is gone. Nothing touches the
+//! root network namespace.
+
+pub mod bpf;
+pub mod bpffs;
+pub mod cleanup;
+pub mod clock;
+pub mod fabric;
+pub mod netns;
+pub mod packet;
+pub mod privileges;
+pub mod sweep;
