@@ -467,7 +467,11 @@ fn gc_releases_stale_reservations() {
     assert_eq!(node.allocations().len(), 3);
     // A reservation whose veth is already gone (DEL died half-way).
     node.ns
-        .ip(&["link", "del", &sluice_net::pods::host_veth_name("c2", "eth0")])
+        .ip(&[
+            "link",
+            "del",
+            &sluice_net::pods::host_veth_name("c2", "eth0"),
+        ])
         .unwrap();
     // A veth on the bridge with no reservation and no valid attachment.
     node.ns

@@ -5,6 +5,7 @@ pub mod conntrack;
 pub mod ctl;
 pub mod daemon;
 pub mod datapath;
+pub mod frame;
 pub mod health_check_ports;
 pub mod model;
 pub mod overlay;

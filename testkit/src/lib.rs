@@ -1,7 +1,7 @@
 //! What Sluice's tests, benchmarks and tools share, kept free of every
 //! Sluice crate so that any of them can use it: network namespaces, an L2
 //! fabric between them, private BPF filesystems, trivial BPF programs,
-//! Ethernet/IPv4 frames with real checksums and the datapath's clock.
+//! and the privilege check.
 //!
 //! Every kernel object made here is named after the process that made it
 //! (see [`sweep`]), removed when its guard drops, removed on SIGINT/SIGTERM
@@ -11,9 +11,7 @@
 pub mod bpf;
 pub mod bpffs;
 pub mod cleanup;
-pub mod clock;
 pub mod fabric;
 pub mod netns;
-pub mod packet;
 pub mod privileges;
 pub mod sweep;

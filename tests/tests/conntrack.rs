@@ -123,7 +123,7 @@ fn sweeps_that_straddle_a_second_never_break_established_streams() {
     // entries of made-up connections (they expire in hours).
     let node = &s.cluster.nodes[0];
     let mut maps = PinnedMaps::open(&node.bpffs).unwrap();
-    let now = sluice_testkit::clock::monotonic_secs();
+    let now = sluice::conntrack::monotonic_secs();
     for i in 0..150_000u32 {
         let key = CtKey {
             saddr: u32::from_ne_bytes([10, 200, (i >> 16) as u8, (i >> 8) as u8]),

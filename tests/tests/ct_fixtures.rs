@@ -15,10 +15,10 @@ use proxy_common::{
     names::{PROG_FROM_POD, PROG_TO_POD},
     proto, reason,
 };
-use sluice::datapath::Capacities;
-use sluice_testkit::{
-    clock::monotonic_secs,
-    packet::{TCP_ACK, TCP_SYN, tcp, udp, verify_checksums},
+use sluice::{
+    conntrack::monotonic_secs,
+    datapath::Capacities,
+    frame::{TCP_ACK, TCP_SYN, tcp, udp, verify_checksums},
 };
 use sluice_tests::fixture::{Datapath, TC_ACT_OK, TC_ACT_SHOT, nbo};
 

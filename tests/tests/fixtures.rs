@@ -13,12 +13,12 @@ use proxy_common::{
     proto, reason,
     service::HAIRPIN_SNAT_ADDR,
 };
-use sluice::datapath::Capacities;
-use sluice_testkit::{
-    clock::monotonic_secs,
-    packet::{
-        self, CLIENT_MAC, Frame, GATEWAY_MAC, L4, TCP_ACK, TCP_FIN, TCP_PSH, TCP_RST, TCP_SYN,
-        icmp_echo, tcp, udp, verify_checksums,
+use sluice::{
+    conntrack::monotonic_secs,
+    datapath::Capacities,
+    frame::{
+        self as packet, CLIENT_MAC, Frame, GATEWAY_MAC, L4, TCP_ACK, TCP_FIN, TCP_PSH, TCP_RST,
+        TCP_SYN, icmp_echo, tcp, udp, verify_checksums,
     },
 };
 use sluice_tests::fixture::{Datapath, TC_ACT_OK, TC_ACT_REDIRECT, TC_ACT_SHOT, nbo};
@@ -673,7 +673,7 @@ mod masquerade {
         config::NODE_CONFIG_VERSION,
         names::{PROG_FROM_NETDEV, PROG_TO_NETDEV},
     };
-    use sluice_testkit::packet::icmp_echo_reply;
+    use sluice::frame::icmp_echo_reply;
 
     const NODE: Ipv4Addr = Ipv4Addr::new(10, 77, 0, 10);
     const OUTSIDE: Ipv4Addr = Ipv4Addr::new(10, 77, 0, 200);

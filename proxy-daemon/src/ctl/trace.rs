@@ -15,6 +15,7 @@ use std::{
     path::{Path, PathBuf},
 };
 
+use crate::frame::{self as packet, TCP_ACK, TCP_SYN};
 use aya::{
     maps::{Array, Map, MapData, lpm_trie::Key},
     programs::{TestRun, TestRunOptions},
@@ -26,7 +27,6 @@ use proxy_common::{
     service::{SCOPE_EXTERNAL, SCOPE_INTERNAL, SVC_F_ADDR_ONLY, SVC_F_AFFINITY, SVC_F_MAGLEV},
 };
 use serde::Serialize;
-use sluice_testkit::packet::{self, TCP_ACK, TCP_SYN};
 
 use crate::{
     conntrack::monotonic_secs,
@@ -193,7 +193,6 @@ fn seed(
     req: &Request,
     entry: Entry,
 ) -> Result<(bool, Selection), DatapathError> {
-    let svc = names::MAP_SERVICES;
     if let Ok(c) = live.config.get(&0, 0) {
         private
             .config
@@ -205,90 +204,115 @@ fn seed(
         private
             .services
             .insert(addr_key, v, 0)
-            .map_err(map_err(svc))?;
+            .map_err(map_err(names::MAP_SERVICES))?;
     }
     // The frontend the program will use: pods see the in-cluster scope first.
-    let mut used: Option<(ServiceValue, bool)> = None;
     let scopes = match entry {
         Entry::Pod => &[SCOPE_INTERNAL, SCOPE_EXTERNAL][..],
         Entry::Uplink => &[SCOPE_EXTERNAL][..],
     };
+    let mut used = None;
     for &scope in scopes {
-        let fe = ServiceKey::frontend(nbo(req.to), req.dport.to_be(), req.proto, scope);
-        let Ok(master) = live.services.get(&fe, 0) else {
+        let seeded = seed_frontend(live, private, req, scope)?;
+        used = used.or(seeded);
+    }
+    let established = seed_flow(live, private, req)?;
+    Ok((established, selection(used, established)))
+}
+
+/// Copies the frontend of `req` in `scope` with its slots, backends, Maglev
+/// table, source-range match and the client's affinity; returns the
+/// frontend and whether that affinity is still live.
+fn seed_frontend(
+    live: &PinnedMaps,
+    private: &mut PinnedMaps,
+    req: &Request,
+    scope: u8,
+) -> Result<Option<(ServiceValue, bool)>, DatapathError> {
+    let svc = names::MAP_SERVICES;
+    let fe = ServiceKey::frontend(nbo(req.to), req.dport.to_be(), req.proto, scope);
+    let Ok(master) = live.services.get(&fe, 0) else {
+        return Ok(None);
+    };
+    if master.flags & SVC_F_ADDR_ONLY != 0 {
+        return Ok(None);
+    }
+    private
+        .services
+        .insert(fe, master, 0)
+        .map_err(map_err(svc))?;
+    for slot in 1..=master.count {
+        let Ok(s) = live.services.get(&fe.with_slot(slot), 0) else {
             continue;
         };
-        if master.flags & SVC_F_ADDR_ONLY != 0 {
-            continue;
-        }
         private
             .services
-            .insert(fe, master, 0)
+            .insert(fe.with_slot(slot), s, 0)
             .map_err(map_err(svc))?;
-        for slot in 1..=master.count {
-            let Ok(s) = live.services.get(&fe.with_slot(slot), 0) else {
-                continue;
-            };
+        if let Ok(b) = live.backends.get(&s.backend_id, 0) {
             private
-                .services
-                .insert(fe.with_slot(slot), s, 0)
-                .map_err(map_err(svc))?;
-            if let Ok(b) = live.backends.get(&s.backend_id, 0) {
-                private
-                    .backends
-                    .insert(s.backend_id, b, 0)
-                    .map_err(map_err(names::MAP_BACKENDS))?;
-            }
+                .backends
+                .insert(s.backend_id, b, 0)
+                .map_err(map_err(names::MAP_BACKENDS))?;
         }
-        copy_maglev(live, private, master.svc_id)?;
-        let range = Key::new(
-            64,
-            SourceRangeKey {
-                svc_id: master.svc_id,
-                addr: nbo(req.from),
-            },
-        );
-        if let Ok(v) = live.source_ranges.get(&range, 0) {
-            private
-                .source_ranges
-                .insert(&range, v, 0)
-                .map_err(map_err(names::MAP_SOURCE_RANGES))?;
-        }
-        let aff = AffinityKey {
-            client: nbo(req.from),
-            svc_id: master.svc_id,
-        };
-        let mut has_affinity = false;
-        if let Ok(a) = live.affinity.get(&aff, 0) {
-            has_affinity = monotonic_secs().saturating_sub(a.last_used) <= master.affinity_timeout;
-            private
-                .affinity
-                .insert(aff, a, 0)
-                .map_err(map_err(names::MAP_AFFINITY))?;
-        }
-        used.get_or_insert((master, has_affinity));
     }
-    let key = ct_key(req);
-    let ct_name = crate::conntrack::CtClass::of(req.proto).map_name();
-    let established = match live.ct_for(req.proto).get(&key, 0) {
-        Ok(e) => {
-            private
-                .ct_for_mut(req.proto)
-                .insert(key, e, 0)
-                .map_err(map_err(ct_name))?;
-            !e.expired(req.proto, monotonic_secs())
-        }
-        Err(_) => false,
+    copy_maglev(live, private, master.svc_id)?;
+    let range = Key::new(
+        64,
+        SourceRangeKey {
+            svc_id: master.svc_id,
+            addr: nbo(req.from),
+        },
+    );
+    if let Ok(v) = live.source_ranges.get(&range, 0) {
+        private
+            .source_ranges
+            .insert(&range, v, 0)
+            .map_err(map_err(names::MAP_SOURCE_RANGES))?;
+    }
+    let aff = AffinityKey {
+        client: nbo(req.from),
+        svc_id: master.svc_id,
     };
-    let selection = match used {
+    let mut has_affinity = false;
+    if let Ok(a) = live.affinity.get(&aff, 0) {
+        has_affinity = monotonic_secs().saturating_sub(a.last_used) <= master.affinity_timeout;
+        private
+            .affinity
+            .insert(aff, a, 0)
+            .map_err(map_err(names::MAP_AFFINITY))?;
+    }
+    Ok(Some((master, has_affinity)))
+}
+
+/// Copies the flow's connection-tracking entry; true when it is live.
+fn seed_flow(
+    live: &PinnedMaps,
+    private: &mut PinnedMaps,
+    req: &Request,
+) -> Result<bool, DatapathError> {
+    let key = ct_key(req);
+    let Ok(e) = live.ct_for(req.proto).get(&key, 0) else {
+        return Ok(false);
+    };
+    private
+        .ct_for_mut(req.proto)
+        .insert(key, e, 0)
+        .map_err(map_err(crate::conntrack::CtClass::of(req.proto).map_name()))?;
+    Ok(!e.expired(req.proto, monotonic_secs()))
+}
+
+/// How a new packet of the flow picks its backend, given the frontend it
+/// meets (and whether its client has live affinity there).
+fn selection(used: Option<(ServiceValue, bool)>, established: bool) -> Selection {
+    match used {
         _ if established => Selection::Tracked,
         None => Selection::None,
         Some((m, true)) if m.flags & SVC_F_AFFINITY != 0 => Selection::Affinity,
         Some((m, _)) if m.flags & SVC_F_MAGLEV != 0 => Selection::Maglev,
         Some((m, _)) if m.count <= 1 => Selection::Only,
         Some(_) => Selection::Random,
-    };
-    Ok((established, selection))
+    }
 }
 
 /// Runs `req`'s packet through a private copy of the node's datapath.
@@ -468,6 +492,36 @@ mod tests {
             dport: 80,
             proto,
             entry: None,
+        }
+    }
+
+    #[test]
+    fn selection_follows_what_the_program_would_consult_first() {
+        let fe = |flags, count| ServiceValue {
+            flags,
+            count,
+            ..Default::default()
+        };
+        let cases = [
+            (Some((fe(SVC_F_MAGLEV, 3), false)), true, Selection::Tracked),
+            (None, false, Selection::None),
+            (
+                Some((fe(SVC_F_AFFINITY, 3), true)),
+                false,
+                Selection::Affinity,
+            ),
+            (
+                Some((fe(SVC_F_AFFINITY, 3), false)),
+                false,
+                Selection::Random,
+            ),
+            (Some((fe(0, 3), true)), false, Selection::Random),
+            (Some((fe(SVC_F_MAGLEV, 3), false)), false, Selection::Maglev),
+            (Some((fe(0, 1), false)), false, Selection::Only),
+            (Some((fe(0, 0), false)), false, Selection::Only),
+        ];
+        for (used, established, want) in cases {
+            assert_eq!(selection(used, established), want, "{used:?} {established}");
         }
     }
 

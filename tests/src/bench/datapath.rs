@@ -28,11 +28,11 @@ use proxy_common::{
     proto,
     service::{KIND_CLUSTER_IP, SCOPE_EXTERNAL, SVC_F_ADDR_ONLY},
 };
-use sluice::datapath::{Capacities, map_path};
-use sluice_testkit::{
-    bpf::{ProgType, TrivialProgram},
-    packet::{TCP_ACK, TCP_SYN, tcp},
+use sluice::{
+    datapath::{Capacities, map_path},
+    frame::{TCP_ACK, TCP_SYN, tcp},
 };
+use sluice_testkit::bpf::{ProgType, TrivialProgram};
 
 use crate::fixture::{Datapath, TC_ACT_OK, nbo};
 

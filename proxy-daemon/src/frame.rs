@@ -1,5 +1,6 @@
-//! Ethernet/IPv4/TCP/UDP/ICMP frames with correct checksums, to feed
-//! programs through BPF_PROG_TEST_RUN, and a checker that recomputes the
+//! Synthetic Ethernet/IPv4/TCP/UDP/ICMP frames with correct checksums, to feed
+//! programs through BPF_PROG_TEST_RUN (`sluicectl trace`, the packet
+//! fixtures, the datapath benchmark), and a checker that recomputes the
 //! checksums of frames a program wrote.
 
 use std::net::Ipv4Addr;
