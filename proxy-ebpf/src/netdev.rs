@@ -158,19 +158,10 @@ pub fn from_netdev(ctx: &TcContext, pkt: &mut Packet) -> Verdict {
 #[inline(always)]
 fn arriving<C: Table>(ctx: &TcContext, pkt: &mut Packet, c: &NodeConfig) -> Verdict {
     let now = conntrack::now();
-    if pkt.has_ports() {
-        let fwd_key = conntrack::key(pkt, CT_DIR_SERVICE);
-        if let Some(entry) = C::get(&fwd_key) {
-            // SAFETY: pointer to a live map value, copied.
-            let current = unsafe { *entry };
-            if !conntrack::is_stale(&current, pkt, now) {
-                if let Some(r) = untranslatable(pkt) {
-                    return Verdict::drop(r);
-                }
-                return service::established::<C>(ctx, pkt, entry, now);
-            }
-            conntrack::retire::<C>(&fwd_key, &current);
-        }
+    if pkt.has_ports()
+        && let Some(v) = service::established::<C>(ctx, pkt, now)
+    {
+        return v;
     }
     if pkt.daddr == c.node_addr
         && let Some(entry) = C::get(&conntrack::key(pkt, CT_DIR_REPLY))

@@ -57,19 +57,8 @@ fn to_service(ctx: &TcContext, pkt: &mut Packet) -> Verdict {
 #[inline(always)]
 fn tracked_to_service<C: Table>(ctx: &TcContext, pkt: &mut Packet) -> Verdict {
     let now = conntrack::now();
-    let fwd_key = conntrack::key(pkt, CT_DIR_SERVICE);
-    if let Some(entry) = C::get(&fwd_key) {
-        // SAFETY: pointer to a live map value, copied.
-        let current = unsafe { *entry };
-        if !conntrack::is_stale(&current, pkt, now) {
-            if let Some(r) = untranslatable(pkt) {
-                return Verdict::drop(r);
-            }
-            return service::established::<C>(ctx, pkt, entry, now);
-        }
-        // A dead flow, or a new connection reusing its ports: its state
-        // goes, and the packet is judged afresh.
-        conntrack::retire::<C>(&fwd_key, &current);
+    if let Some(v) = service::established::<C>(ctx, pkt, now) {
+        return v;
     }
     let Some(flags) = lb::address_flags(pkt.daddr) else {
         conntrack::clear_port_reuse(pkt, now);

@@ -39,15 +39,23 @@ pub fn refuse(ctx: &TcContext, pkt: &Packet, why: u32) -> Verdict {
     }
 }
 
-/// A packet of a flow that has its backend.
+/// A packet of a flow that may already have its backend: translated when
+/// its forward entry is live. A dead flow, or a new connection reusing its
+/// ports, loses that state and gets `None`, to be judged afresh.
 #[inline(always)]
-pub fn established<C: Table>(
-    ctx: &TcContext,
-    pkt: &mut Packet,
-    entry: *mut CtEntry,
-    now: u32,
-) -> Verdict {
-    tracked::translate::<C>(
+pub fn established<C: Table>(ctx: &TcContext, pkt: &mut Packet, now: u32) -> Option<Verdict> {
+    let fwd_key = conntrack::key(pkt, CT_DIR_SERVICE);
+    let entry = C::get(&fwd_key)?;
+    // SAFETY: pointer to a live map value, copied.
+    let current = unsafe { *entry };
+    if conntrack::is_stale(&current, pkt, now) {
+        conntrack::retire::<C>(&fwd_key, &current);
+        return None;
+    }
+    if let Some(r) = untranslatable(pkt) {
+        return Some(Verdict::drop(r));
+    }
+    Some(tracked::translate::<C>(
         ctx,
         pkt,
         entry,
@@ -55,7 +63,7 @@ pub fn established<C: Table>(
         CT_DIR_REPLY,
         reason::FWD_ESTABLISHED,
         now,
-    )
+    ))
 }
 
 /// The first packet of a flow to `fe`: choose a backend, create both CT

@@ -327,12 +327,8 @@ impl Netlink {
             .controller(controller)
             .set_info_data(InfoData::Veth(InfoVeth::Peer(peer_msg)))
             .build();
-        self.h
-            .link()
-            .add(msg)
-            .execute()
+        self.create_link(msg, &format!("veth {host} (peer {peer})"))
             .await
-            .map_err(request(format!("create veth {host} (peer {peer})")))
     }
 
     /// Creates a link from a prepared message (a VXLAN device, say).
@@ -362,26 +358,27 @@ impl Netlink {
         }
     }
 
+    /// Applies a prepared change to a link.
+    async fn set_link(&self, msg: LinkMessage, what: String) -> Result<(), NetlinkError> {
+        self.h
+            .link()
+            .set(msg)
+            .execute()
+            .await
+            .map_err(request(what))
+    }
+
     /// Brings the link up. A VXLAN device binds its UDP socket here, so the
     /// error's errno may be EADDRINUSE.
     pub async fn set_up(&self, index: u32) -> Result<(), NetlinkError> {
         let msg = LinkUnspec::new_with_index(index).up().build();
-        self.h
-            .link()
-            .set(msg)
-            .execute()
-            .await
-            .map_err(request(format!("set link #{index} up")))
+        self.set_link(msg, format!("set link #{index} up")).await
     }
 
     pub async fn set_mtu(&self, index: u32, mtu: u32) -> Result<(), NetlinkError> {
         let msg = LinkUnspec::new_with_index(index).mtu(mtu).build();
-        self.h
-            .link()
-            .set(msg)
-            .execute()
+        self.set_link(msg, format!("set MTU {mtu} on link #{index}"))
             .await
-            .map_err(request(format!("set MTU {mtu} on link #{index}")))
     }
 
     /// Hairpin lets a pod reach itself through a Service address: the
@@ -403,12 +400,8 @@ impl Netlink {
                 vec![AfSpecInet6::AddrGenMode(In6AddrGenMode::None)],
             )]))
             .build();
-        self.h
-            .link()
-            .set(msg)
-            .execute()
+        self.set_link(msg, format!("disable IPv6 addresses on link #{index}"))
             .await
-            .map_err(request(format!("disable IPv6 addresses on link #{index}")))
     }
 
     /// Adds `ip/prefix` to the link; an identical existing address is fine.
@@ -618,53 +611,51 @@ impl Netlink {
     /// The permanent IPv4 neighbours of link `index` (entries the kernel
     /// made by itself, ARP attempts, age out on their own).
     pub async fn neighbours(&self, index: u32) -> Result<Vec<Neighbour>, NetlinkError> {
-        let msgs = self
-            .neighbour_dump(AddressFamily::Inet, "list neighbours")
-            .await?;
-        Ok(msgs
-            .iter()
-            .filter(|m| m.header.ifindex == index && m.header.state == NeighbourState::Permanent)
-            .filter_map(|m| {
-                Some(Neighbour {
-                    addr: neigh_dst(m)?,
-                    mac: lladdr(m)?,
-                })
+        self.permanent_neighbours(index, AddressFamily::Inet, "list neighbours", |m| {
+            Some(Neighbour {
+                addr: neigh_dst(m)?,
+                mac: lladdr(m)?,
             })
-            .collect())
+        })
+        .await
     }
 
     /// The permanent FDB entries of link `index`.
     pub async fn fdb(&self, index: u32) -> Result<Vec<FdbEntry>, NetlinkError> {
-        // The kernel filters an FDB dump by device only for strict-checking
-        // sockets; filtering here works on every kernel.
-        let msgs = self
-            .neighbour_dump(AddressFamily::Bridge, "list FDB entries")
-            .await?;
-        Ok(msgs
-            .iter()
-            .filter(|m| m.header.ifindex == index && m.header.state == NeighbourState::Permanent)
-            .filter_map(|m| {
-                Some(FdbEntry {
-                    mac: lladdr(m)?,
-                    dst: neigh_dst(m).unwrap_or(Ipv4Addr::UNSPECIFIED),
-                })
+        self.permanent_neighbours(index, AddressFamily::Bridge, "list FDB entries", |m| {
+            Some(FdbEntry {
+                mac: lladdr(m)?,
+                dst: neigh_dst(m).unwrap_or(Ipv4Addr::UNSPECIFIED),
             })
-            .collect())
+        })
+        .await
     }
 
-    async fn neighbour_dump(
+    /// The permanent entries of link `index` in the `family` neighbour
+    /// table, read by `entry`.
+    async fn permanent_neighbours<T>(
         &self,
+        index: u32,
         family: AddressFamily,
         what: &str,
-    ) -> Result<Vec<NeighbourMessage>, NetlinkError> {
-        self.h
+        entry: impl Fn(&NeighbourMessage) -> Option<T>,
+    ) -> Result<Vec<T>, NetlinkError> {
+        // The kernel filters an FDB dump by device only for strict-checking
+        // sockets; filtering here works on every kernel.
+        let msgs: Vec<NeighbourMessage> = self
+            .h
             .neighbours()
             .get()
             .set_address_family(family)
             .execute()
             .try_collect()
             .await
-            .map_err(request(what))
+            .map_err(request(what))?;
+        Ok(msgs
+            .iter()
+            .filter(|m| m.header.ifindex == index && m.header.state == NeighbourState::Permanent)
+            .filter_map(entry)
+            .collect())
     }
 
     /// Sets a permanent neighbour on link `index`, replacing its MAC.
