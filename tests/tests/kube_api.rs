@@ -153,6 +153,7 @@ fn b_api_server_down_for_30s_traffic_flows_and_changes_converge_after() {
     std::thread::sleep(Duration::from_secs(30).saturating_sub(down.elapsed()));
     let during = made.load(Ordering::SeqCst);
     let web3_during = s.spread(TARGET, 30).contains_key("web-3");
+    let log_down = std::fs::read_to_string(&s.cluster.nodes[0].log).unwrap_or_default();
     s.cluster
         .api_server()
         .start_listening()
@@ -172,6 +173,28 @@ fn b_api_server_down_for_30s_traffic_flows_and_changes_converge_after() {
     assert!(
         log.contains("API watch failed"),
         "the daemon never noticed the outage: {}",
+        s.log()
+    );
+    // Jittered exponential backoff capped at 30 s: 250 ms, 0.5, 1, 2, 4, 8,
+    // 16 s ... is about 7 attempts per kind in 30 s. A backoff reset by
+    // kube-runtime's Init event (sent before any request) gave ~120.
+    for kind in ["Service", "EndpointSlice", "Node"] {
+        let attempts = log_lines(&log_down, "API watch failed", kind);
+        assert!(
+            (1..=10).contains(&attempts),
+            "{attempts} failed {kind} watch attempts in 30 s of outage (want 1..=10): {}",
+            s.log()
+        );
+    }
+    assert_eq!(
+        log_down.matches("API server reachable again").count(),
+        0,
+        "a recovery was logged while the API server was still down: {}",
+        s.log()
+    );
+    assert!(
+        log.contains("API server reachable again"),
+        "the recovery was never logged: {}",
         s.log()
     );
     assert!(
@@ -528,4 +551,14 @@ fn d_the_source_publishes_only_complete_views() {
         );
     }
     eprintln!("{} distinct views published: {views:?}", views.len());
+}
+
+/// Lines of a daemon log with `message` logged for `kind` (the `kind`
+/// field, however the formatter quotes it).
+fn log_lines(log: &str, message: &str, kind: &str) -> usize {
+    let quoted = format!("kind=\"{kind}\"");
+    let bare = format!("kind={kind} ");
+    log.lines()
+        .filter(|l| l.contains(message) && (l.contains(&quoted) || l.contains(&bare)))
+        .count()
 }

@@ -65,9 +65,9 @@ pub struct KubeSourceConfig {
     pub coalesce: Duration,
     /// First retry delay after a failed list or watch.
     pub backoff_min: Duration,
-    /// Longest retry delay. A node proxy wants to converge soon after the
-    /// API server is back; client-go's 30 s is kinder to a struggling API
-    /// server, 10 s is still gentle at three requests per node.
+    /// Longest retry delay: client-go's 30 s. Every node retries against
+    /// the same recovering API server, so the cap decides the load it
+    /// meets (5 000 nodes x 3 kinds at 30 s: 500 requests/s).
     pub backoff_max: Duration,
     /// A watcher that has not failed for this long starts again at
     /// `backoff_min` (a failed watch start gives no success event to reset
@@ -82,7 +82,7 @@ impl Default for KubeSourceConfig {
         Self {
             coalesce: Duration::from_millis(20),
             backoff_min: Duration::from_millis(250),
-            backoff_max: Duration::from_secs(10),
+            backoff_max: Duration::from_secs(30),
             backoff_reset: Duration::from_secs(60),
             page_size: 500,
         }

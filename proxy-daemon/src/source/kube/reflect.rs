@@ -50,7 +50,11 @@ pub(super) async fn reflect<K>(
             let Some(item) = item else { break };
             match item {
                 Ok(event) => {
-                    if let Some(since) = failing_since.take() {
+                    // kube-runtime emits `Init` before it sends the list
+                    // request, so it proves nothing about the server; any
+                    // other event came from a request that succeeded.
+                    let answered = !matches!(event, Event::Init);
+                    if answered && let Some(since) = failing_since.take() {
                         info!(
                             kind,
                             failures,
@@ -59,7 +63,9 @@ pub(super) async fn reflect<K>(
                         );
                         failures = 0;
                     }
-                    backoff.reset();
+                    if answered {
+                        backoff.reset();
+                    }
                     match &event {
                         Event::Init => {
                             listed = 0;
