@@ -1,6 +1,7 @@
-//! The manifests directory as a running source: inotify events (and a
-//! periodic rescan, for anything inotify misses) lead to a reread of the
-//! files that changed and, when the objects changed, a new [`Update`].
+//! The manifests directory as a running source: inotify events that can
+//! change content (and a periodic rescan, for anything inotify misses)
+//! lead to a reread of the files that changed and, when the objects
+//! changed, a new [`Update`].
 
 use std::{path::PathBuf, sync::Arc, time::Duration, time::Instant};
 
@@ -9,10 +10,24 @@ use tracing::warn;
 
 use super::{Update, manifest_dir::ManifestDir};
 
-/// Editors and `kubectl` write in bursts: wait this long after the first
-/// event before rereading.
-const QUIET: Duration = Duration::from_millis(30);
 const RESCAN: Duration = Duration::from_secs(10);
+
+/// Whether an inotify event may change what the directory holds: a file
+/// created, written and closed, renamed or removed. Opening or reading a
+/// file does not (the source's own reads would wake it forever), nor does
+/// a write still in progress (its close follows) or a metadata change
+/// (the periodic rescan sees one that matters). An event notify cannot
+/// classify counts, to be safe.
+fn changes_content(event: &notify::Event) -> bool {
+    use notify::event::{AccessKind, AccessMode, EventKind, ModifyKind};
+    match event.kind {
+        EventKind::Access(AccessKind::Close(AccessMode::Write)) => true,
+        EventKind::Access(_) => false,
+        EventKind::Modify(ModifyKind::Data(_) | ModifyKind::Metadata(_)) => false,
+        EventKind::Create(_) | EventKind::Modify(_) | EventKind::Remove(_) => true,
+        EventKind::Any | EventKind::Other => true,
+    }
+}
 
 #[derive(Debug, thiserror::Error)]
 pub enum ManifestSourceError {
@@ -55,8 +70,11 @@ pub fn spawn(dir: PathBuf) -> Result<watch::Receiver<Option<Update>>, ManifestSo
         return Err(ManifestSourceError::Missing(dir));
     }
     let (dirty_tx, mut dirty) = mpsc::channel::<()>(1);
-    let mut watcher = notify::recommended_watcher(move |_event| {
-        let _ = dirty_tx.try_send(());
+    let mut watcher = notify::recommended_watcher(move |event: notify::Result<notify::Event>| {
+        // An error (a queue overflow, say) may hide any change.
+        if event.as_ref().map_or(true, changes_content) {
+            let _ = dirty_tx.try_send(());
+        }
     })
     .map_err(|source| ManifestSourceError::Watch {
         path: dir.clone(),
@@ -86,12 +104,10 @@ pub fn spawn(dir: PathBuf) -> Result<watch::Receiver<Option<Update>>, ManifestSo
         rescan.tick().await;
         loop {
             let alive = tokio::select! {
-                Some(()) = dirty.recv() => {
-                    let seen = Instant::now();
-                    tokio::time::sleep(QUIET).await;
-                    while dirty.try_recv().is_ok() {}
-                    scan(&mut files, seen, &tx)
-                }
+                // No waiting for a burst to end: a lone change is read at
+                // once, and events arriving while a scan runs are coalesced
+                // into the next one (the channel holds one).
+                Some(()) = dirty.recv() => scan(&mut files, Instant::now(), &tx),
                 _ = rescan.tick() => scan(&mut files, Instant::now(), &tx),
             };
             if !alive {
