@@ -21,13 +21,11 @@ use crate::{
         migrate::{self, Legacy},
     },
     health_check_ports::{HealthServers, health_checks},
-    model::{
-        ClusterState, DesiredState, NodeContext, NodeInfo, Skip, SkipKind, desired_state, node_info,
-    },
+    model::{ClusterState, IncrementalModel, NodeContext, NodeInfo, Skip, SkipKind, node_info},
     overlay::{self, Overlay, OverlayConfig, OverlayError},
     telemetry::Telemetry,
     writer::{
-        ApplyReport, PlanOptions, Writer,
+        ApplyReport, PlanOptions, Touch, Writer,
         meta::{self, NodeMeta, OverlayMeta},
     },
 };
@@ -241,6 +239,7 @@ pub fn uplink(addr: Ipv4Addr) -> Option<(String, u32)> {
 /// Turns views of the cluster into datapath state for one node.
 pub struct Reconciler {
     cfg: DaemonConfig,
+    model: IncrementalModel,
     writer: Writer,
     node: Option<NodeInfo>,
     overlay: Option<Overlay>,
@@ -269,6 +268,7 @@ impl Reconciler {
         )?;
         Ok(Self {
             cfg,
+            model: IncrementalModel::new(),
             writer,
             node: None,
             overlay: None,
@@ -314,13 +314,28 @@ impl Reconciler {
             },
             NodeInfo::context,
         );
-        let desired: DesiredState = desired_state(&cluster, &ctx);
+        let changes = self.model.update(&cluster, &ctx);
+        let desired = self.model.desired();
+        let touch = if changes.full {
+            Touch::All
+        } else {
+            Touch::Frontends {
+                keys: &changes.frontends,
+                addresses: changes.addresses,
+            }
+        };
+        debug!(
+            services = changes.services,
+            frontends = changes.frontends.len(),
+            full = changes.full,
+            "desired state updated"
+        );
         let mut skips = desired.skipped.clone();
-        let report = self.writer.apply(&desired)?;
+        let report = self.writer.apply(desired, touch)?;
         for f in &report.failures {
             warn!(failure = %f, "datapath update incomplete; retried on the next change");
         }
-        self.health.sync(health_checks(&desired)).await;
+        self.health.sync(health_checks(desired)).await;
         let mut overlay_meta = OverlayMeta {
             node: self.node.as_ref().and_then(|n| {
                 Some(NodeMeta {
@@ -355,6 +370,13 @@ impl Reconciler {
         self.log_skips(&skips);
         self.last = Some(cluster);
         Ok(report)
+    }
+
+    /// The periodic full resync: reads the maps back and rewrites whatever
+    /// differs from the desired state (entries changed or removed behind
+    /// the daemon's back). On an untouched node it writes nothing.
+    pub fn resync(&mut self) -> Result<ApplyReport, DaemonError> {
+        Ok(self.writer.resync(self.model.desired())?)
     }
 
     /// Re-syncs the overlay with the last view: repairs a device someone

@@ -197,8 +197,10 @@ impl Sim {
     fn cluster(&self) -> ClusterState {
         let mut c = ClusterState::default();
         for n in &self.nodes {
-            c.nodes
-                .insert(n.name.clone(), node_object(&n.name, n.addr, n.pod_cidr));
+            c.nodes.insert(
+                n.name.clone(),
+                node_object(&n.name, n.addr, n.pod_cidr).into(),
+            );
         }
         c
     }
@@ -460,9 +462,10 @@ fn overlay_carries_pod_traffic_and_follows_node_changes() {
     n2.ns
         .ip(&["addr", "add", &format!("{new_addr}/24"), "dev", "eth0"])
         .unwrap();
-    cluster
-        .nodes
-        .insert("node2".into(), node_object("node2", new_addr, n2.pod_cidr));
+    cluster.nodes.insert(
+        "node2".into(),
+        node_object("node2", new_addr, n2.pod_cidr).into(),
+    );
     let cfg2 = OverlayConfig {
         node_addr: new_addr,
         ..n2.config()

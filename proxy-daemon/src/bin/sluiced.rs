@@ -83,6 +83,14 @@ struct Args {
     #[arg(long, default_value_t = 30)]
     ct_gc_interval: u64,
 
+    /// Period of the full resync: the maps are read back and every entry
+    /// that differs from the desired state (changed or removed behind the
+    /// daemon's back) is rewritten and counted; on an untouched node it
+    /// writes nothing. Changes themselves are applied as they come. A
+    /// number with a unit: 90s, 30m, 1h.
+    #[arg(long, default_value = "1h", value_parser = parse_period)]
+    sync_period: Duration,
+
     /// Capacity of TCP connection tracking, in entries (a connection uses
     /// two). Nothing is ever evicted from it: when it is full, new TCP
     /// connections are dropped (reason drop-ct-full) until the sweep frees
@@ -113,11 +121,15 @@ struct Args {
     #[arg(long, default_value = "61000-65535", value_parser = parse_port_range)]
     snat_ports: (u16, u16),
 
-    /// How frontends choose a backend for a new connection, unless the
-    /// Service says otherwise with the annotation
-    /// `sluice.dev/lb-algorithm: random|maglev`. Maglev sends a flow to the
-    /// same backend through every node and moves few flows when backends
-    /// change, for a table per frontend (see --maglev-table-size).
+    /// How external frontends (NodePort, LoadBalancer, externalIPs) choose
+    /// a backend for a new connection, unless the Service says otherwise
+    /// with the annotation `sluice.dev/lb-algorithm: random|maglev`. Maglev
+    /// sends a flow to the same backend through every node, which matters
+    /// when its packets may arrive through different nodes, and moves few
+    /// flows when backends change, for a table per frontend (see
+    /// --maglev-table-size). ClusterIPs are balanced at random unless the
+    /// annotation asks for Maglev: a ClusterIP flow is always balanced on
+    /// the client's node, where connection tracking pins it.
     #[arg(long, value_enum, default_value_t = LbAlgorithm::Maglev)]
     lb_algorithm: LbAlgorithm,
 
@@ -268,8 +280,8 @@ async fn apply(reconciler: &mut Reconciler, telemetry: &Telemetry, update: &Upda
                     partial: !r.failures.is_empty(),
                 },
             );
-            if let Some(meta) = writer.meta() {
-                telemetry.set_frontend_names(&meta.frontends);
+            if r.names_changed {
+                telemetry.set_frontend_names(writer.names());
             }
             info!(
                 frontends = r.frontends,
@@ -429,6 +441,10 @@ async fn run_daemon(args: Args, cfg: DaemonConfig) -> Result<()> {
     // Setting the VXLAN device down drops its routes and neighbours; this
     // puts them back even when no object changes.
     let mut repair = tokio::time::interval(Duration::from_secs(10));
+    let mut resync = tokio::time::interval_at(
+        tokio::time::Instant::now() + args.sync_period,
+        args.sync_period,
+    );
     loop {
         tokio::select! {
             changed = source.changed() => {
@@ -441,6 +457,7 @@ async fn run_daemon(args: Args, cfg: DaemonConfig) -> Result<()> {
                 }
             }
             _ = repair.tick() => reconciler.repair_overlay().await,
+            _ = resync.tick() => full_resync(&mut reconciler, &telemetry),
             _ = gc.tick() => sweep_conntrack(&mut reconciler, &telemetry, Policy::Expired),
             _ = pressure.tick() => {
                 if ct_pressure.check(reconciler.writer().maps()) {
@@ -453,6 +470,30 @@ async fn run_daemon(args: Args, cfg: DaemonConfig) -> Result<()> {
     }
     info!("stopping; pinned maps and attached programs stay in place");
     Ok(())
+}
+
+/// The periodic full resync, reported (a repair means something outside
+/// sluiced changed the maps).
+fn full_resync(reconciler: &mut Reconciler, telemetry: &Telemetry) {
+    let started = Instant::now();
+    match reconciler.resync() {
+        Ok(r) => {
+            telemetry.resynced(r.ops);
+            if r.ops > 0 {
+                warn!(
+                    repaired = r.ops,
+                    failures = r.failures.len(),
+                    "full resync rewrote map entries that differed from the desired state"
+                );
+            } else {
+                info!(
+                    micros = started.elapsed().as_micros() as u64,
+                    "full resync: maps agree with the desired state"
+                );
+            }
+        }
+        Err(e) => warn!(error = %e, "full resync failed; retried at the next period"),
+    }
 }
 
 /// One conntrack sweep of both maps, reported.
@@ -528,6 +569,25 @@ impl CtPressure {
         }
         sweep
     }
+}
+
+fn parse_period(s: &str) -> Result<Duration, String> {
+    let s = s.trim();
+    let split = s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len());
+    let (number, unit) = s.split_at(split);
+    let n: u64 = number
+        .parse()
+        .map_err(|_| format!("{s:?} is not a period (a number with a unit: 90s, 30m, 1h)"))?;
+    let secs = match unit {
+        "s" => n,
+        "m" => n.saturating_mul(60),
+        "h" => n.saturating_mul(3600),
+        _ => return Err(format!("{s:?}: the unit must be s, m or h")),
+    };
+    if secs == 0 {
+        return Err(format!("{s:?}: the period must be at least 1s"));
+    }
+    Ok(Duration::from_secs(secs))
 }
 
 fn parse_maglev_size(s: &str) -> Result<u32, String> {

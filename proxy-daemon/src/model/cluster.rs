@@ -1,6 +1,6 @@
 //! The Kubernetes objects the model reads, as the sources last saw them.
 
-use std::collections::BTreeMap;
+use std::{collections::BTreeMap, sync::Arc};
 
 use k8s_openapi::api::{
     core::v1::{Endpoints, Node, Service},
@@ -30,14 +30,17 @@ impl std::fmt::Display for ObjectKey {
 }
 
 /// Every object of the kinds Sluice watches. Sources replace entries as
-/// objects change; the model recomputes the desired state from the whole.
+/// objects change. Objects are shared: a view is a map of pointers, so a
+/// new view costs its map nodes only, and an object that did not change
+/// between two views is the same allocation in both (the model compares
+/// pointers first to find what a change touched).
 #[derive(Clone, Debug, Default)]
 pub struct ClusterState {
-    pub services: BTreeMap<ObjectKey, Service>,
-    pub endpoint_slices: BTreeMap<ObjectKey, EndpointSlice>,
+    pub services: BTreeMap<ObjectKey, Arc<Service>>,
+    pub endpoint_slices: BTreeMap<ObjectKey, Arc<EndpointSlice>>,
     /// v1 Endpoints, used for Services without a selector that have no
     /// EndpointSlice (what the EndpointSlice mirroring controller would do).
-    pub endpoints: BTreeMap<ObjectKey, Endpoints>,
+    pub endpoints: BTreeMap<ObjectKey, Arc<Endpoints>>,
     /// Nodes by name.
-    pub nodes: BTreeMap<String, Node>,
+    pub nodes: BTreeMap<String, Arc<Node>>,
 }

@@ -55,9 +55,9 @@ pub(crate) struct Candidate {
 }
 
 /// The datapath's view of a frontend address, whatever the scope.
-type Slot = (Ipv4Addr, u16, Protocol);
+pub(crate) type Slot = (Ipv4Addr, u16, Protocol);
 
-fn slot(key: &FrontendKey) -> Slot {
+pub(crate) fn slot(key: &FrontendKey) -> Slot {
     (key.addr, key.port, key.protocol)
 }
 
@@ -79,50 +79,64 @@ pub(crate) fn resolve(
     candidates: Vec<Candidate>,
     skips: &mut Vec<Skip>,
 ) -> BTreeMap<FrontendKey, Frontend> {
-    let mut by_slot: BTreeMap<Slot, Vec<Candidate>> = BTreeMap::new();
-    for candidate in candidates {
+    let mut by_slot: BTreeMap<Slot, Vec<&Candidate>> = BTreeMap::new();
+    for candidate in &candidates {
         by_slot
             .entry(slot(&candidate.frontend.key))
             .or_default()
             .push(candidate);
     }
-
     let mut frontends = BTreeMap::new();
-    let mut lost: BTreeMap<(Owner, Slot), Owner> = BTreeMap::new();
-    for (slot, mut claims) in by_slot {
-        claims.sort_by(|a, b| {
-            (&a.owner, kind_rank(a.frontend.kind)).cmp(&(&b.owner, kind_rank(b.frontend.kind)))
-        });
-        let winner = claims[0].owner.clone();
-        for claim in claims {
-            if claim.owner != winner {
-                lost.insert((claim.owner, slot), winner.clone());
-            } else {
-                // The first (best-ranked) frontend of each scope wins.
-                frontends
-                    .entry(claim.frontend.key)
-                    .or_insert(claim.frontend);
-            }
-        }
-    }
-
-    for ((loser, (addr, port, protocol)), winner) in lost {
-        let holder = if winner.service == loser.service {
-            format!("{} of this Service", winner.port_label)
-        } else {
-            let why = match (&winner.age, &loser.age) {
-                (Age::Created(_), _) if winner.age < loser.age => "older",
-                _ => "first by namespace/name",
-            };
-            format!("Service {} ({why})", winner.service)
-        };
-        skips.push(service_skip(
-            &loser.service,
-            format!(
-                "{}: frontend {addr}:{port}/{protocol} already belongs to {holder}",
-                loser.port_label
-            ),
-        ));
+    for (slot, claims) in by_slot {
+        let (won, lost) = resolve_slot(slot, claims);
+        frontends.extend(won.into_iter().map(|f| (f.key, f)));
+        skips.extend(lost);
     }
     frontends
+}
+
+/// The frontends (one per scope) the strongest claim on `slot` gets, and
+/// a skip for every other Service port that claimed it.
+pub(crate) fn resolve_slot(slot: Slot, mut claims: Vec<&Candidate>) -> (Vec<Frontend>, Vec<Skip>) {
+    claims.sort_by(|a, b| {
+        (&a.owner, kind_rank(a.frontend.kind)).cmp(&(&b.owner, kind_rank(b.frontend.kind)))
+    });
+    let Some(winner) = claims.first().map(|c| &c.owner) else {
+        return (Vec::new(), Vec::new());
+    };
+    let mut won: Vec<Frontend> = Vec::new();
+    let mut losers: Vec<&Owner> = Vec::new();
+    for claim in &claims {
+        if claim.owner != *winner {
+            if !losers.contains(&&claim.owner) {
+                losers.push(&claim.owner);
+            }
+        } else if !won.iter().any(|f| f.key == claim.frontend.key) {
+            // The first (best-ranked) frontend of each scope wins.
+            won.push(claim.frontend.clone());
+        }
+    }
+    let (addr, port, protocol) = slot;
+    let lost = losers
+        .into_iter()
+        .map(|loser| {
+            let holder = if winner.service == loser.service {
+                format!("{} of this Service", winner.port_label)
+            } else {
+                let why = match (&winner.age, &loser.age) {
+                    (Age::Created(_), _) if winner.age < loser.age => "older",
+                    _ => "first by namespace/name",
+                };
+                format!("Service {} ({why})", winner.service)
+            };
+            service_skip(
+                &loser.service,
+                format!(
+                    "{}: frontend {addr}:{port}/{protocol} already belongs to {holder}",
+                    loser.port_label
+                ),
+            )
+        })
+        .collect();
+    (won, lost)
 }

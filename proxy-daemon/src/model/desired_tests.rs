@@ -22,20 +22,19 @@ fn svc_with(name: &str, spec: Value, extra: Value) -> KubeObject {
         "spec": spec,
     });
     merge(&mut v, extra);
-    KubeObject::Service(serde_json::from_value(v).unwrap())
+    KubeObject::Service(std::sync::Arc::new(serde_json::from_value(v).unwrap()))
 }
 
 /// An IPv4 EndpointSlice of Service `service`.
 fn slice(name: &str, service: &str, ports: Value, endpoints: Value) -> KubeObject {
-    KubeObject::EndpointSlice(
-        serde_json::from_value(json!({
+    KubeObject::EndpointSlice(std::sync::Arc::new(serde_json::from_value(json!({
             "apiVersion": "discovery.k8s.io/v1", "kind": "EndpointSlice",
             "metadata": {"name": name, "namespace": "default", "labels": {SERVICE_NAME_LABEL: service}},
             "addressType": "IPv4",
             "ports": ports,
             "endpoints": endpoints,
         }))
-        .unwrap(),
+        .unwrap()),
     )
 }
 
@@ -80,8 +79,46 @@ fn ip(s: &str) -> Ipv4Addr {
     s.parse().unwrap()
 }
 
+/// The desired state for `objects`, computed from scratch; on the way,
+/// the incremental model is checked against it at every step of adding
+/// the objects one by one and of taking them away again.
 fn state(objects: Vec<KubeObject>) -> DesiredState {
-    desired_state(&ClusterState::from_objects(objects), &node())
+    let full = desired_state(&ClusterState::from_objects(objects.clone()), &node());
+    incremental_agrees(&objects);
+    full
+}
+
+/// Feeds views that grow by one object, then shrink by one, to the
+/// incremental model; after each, its state must be the one computed from
+/// scratch (skips in any order).
+fn incremental_agrees(objects: &[KubeObject]) {
+    let mut model = IncrementalModel::new();
+    let mut view = ClusterState::default();
+    let mut check = |view: &ClusterState, step: &str| {
+        let changes = model.update(&std::sync::Arc::new(view.clone()), &node());
+        let full = desired_state(view, &node());
+        let got = model.desired();
+        assert_eq!(got.frontends, full.frontends, "{step}: frontends differ");
+        assert_eq!(got.service_addrs, full.service_addrs, "{step}: addresses");
+        assert_eq!(got.node_addrs, full.node_addrs, "{step}: node addresses");
+        let sorted = |s: &[Skip]| {
+            let mut s = s.to_vec();
+            s.sort();
+            s
+        };
+        assert_eq!(sorted(&got.skipped), sorted(&full.skipped), "{step}: skips");
+        changes
+    };
+    check(&view, "empty");
+    for (i, o) in objects.iter().enumerate() {
+        view.insert(o.clone());
+        let changes = check(&view, &format!("after adding object {i}"));
+        assert!(!changes.full, "adding object {i} recomputed everything");
+    }
+    for (i, o) in objects.iter().enumerate().rev() {
+        view.remove(o.kind(), &o.key().unwrap());
+        check(&view, &format!("after removing object {i}"));
+    }
 }
 
 // ---- reading the result ----------------------------------------------------
@@ -603,8 +640,43 @@ fn internal_traffic_policy_local() {
         ),
     ]);
     assert!(fe(&s, "10.96.0.10:80/TCP").backends.is_empty());
-    // kube-proxy counts only the endpoints the Service's policies can use:
-    // a Service that only uses local ones has none here, so it rejects.
+    // kube-proxy's CategorizeEndpoints counts every ready endpoint anywhere
+    // towards hasAnyEndpoints, even for a Service that only uses local
+    // ones: it drops (the nftables proxier's TestInternalTrafficPolicy
+    // case "no local endpoints").
+    assert!(fe(&s, "10.96.0.10:80/TCP").drop_when_empty);
+
+    // Only a serving-terminating endpoint elsewhere counts too.
+    let s = state(vec![
+        svc(
+            "web",
+            json!({"clusterIP": "10.96.0.10", "internalTrafficPolicy": "Local", "ports": [{"name": "http", "port": 80}]}),
+        ),
+        slice(
+            "web-1",
+            "web",
+            json!([{"name": "http", "port": 8080}]),
+            json!([{"addresses": ["10.1.0.2"], "nodeName": "node-b",
+                    "conditions": {"ready": false, "serving": true, "terminating": true}}]),
+        ),
+    ]);
+    assert!(fe(&s, "10.96.0.10:80/TCP").backends.is_empty());
+    assert!(fe(&s, "10.96.0.10:80/TCP").drop_when_empty);
+
+    // Nothing usable anywhere (terminating and no longer serving): reject.
+    let s = state(vec![
+        svc(
+            "web",
+            json!({"clusterIP": "10.96.0.10", "internalTrafficPolicy": "Local", "ports": [{"name": "http", "port": 80}]}),
+        ),
+        slice(
+            "web-1",
+            "web",
+            json!([{"name": "http", "port": 8080}]),
+            json!([{"addresses": ["10.1.0.2"], "nodeName": "node-b",
+                    "conditions": {"ready": false, "serving": false, "terminating": true}}]),
+        ),
+    ]);
     assert!(!fe(&s, "10.96.0.10:80/TCP").drop_when_empty);
 
     // The same with a Cluster external policy in play: the Service has
@@ -900,12 +972,11 @@ fn slices_are_merged_and_deduplicated() {
         slice("web-a", "web", ports.clone(), json!([ep("10.1.0.1", None), with(ep("10.1.0.2", None), json!({"conditions": {"ready": false}}))])),
         slice("web-b", "web", ports.clone(), json!([ep("10.1.0.2", None), ep("10.1.0.3", None), ep("10.1.0.1", None)])),
         // Another namespace's slice with the same service name is not ours.
-        KubeObject::EndpointSlice(
-            serde_json::from_value(json!({
+        KubeObject::EndpointSlice(std::sync::Arc::new(serde_json::from_value(json!({
                 "metadata": {"name": "web-x", "namespace": "other", "labels": {SERVICE_NAME_LABEL: "web"}},
                 "addressType": "IPv4", "ports": ports, "endpoints": [ep("10.9.9.9", None)],
             }))
-            .unwrap(),
+            .unwrap()),
         ),
     ]);
     assert_eq!(
@@ -916,7 +987,7 @@ fn slices_are_merged_and_deduplicated() {
 
 #[test]
 fn selectorless_service_uses_its_endpoints_object() {
-    let endpoints = KubeObject::Endpoints(
+    let endpoints = KubeObject::Endpoints(std::sync::Arc::new(
         serde_json::from_value(json!({
             "apiVersion": "v1", "kind": "Endpoints",
             "metadata": {"name": "db", "namespace": "default"},
@@ -927,7 +998,7 @@ fn selectorless_service_uses_its_endpoints_object() {
             }],
         }))
         .unwrap(),
-    );
+    ));
     let s = state(vec![
         svc(
             "db",

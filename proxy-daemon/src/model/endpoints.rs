@@ -81,32 +81,18 @@ impl<'a> SliceIndex<'a> {
     pub fn new(cluster: &'a ClusterState, skips: &mut Vec<Skip>) -> Self {
         let mut by_service: BTreeMap<ObjectKey, Vec<_>> = BTreeMap::new();
         for (key, slice) in &cluster.endpoint_slices {
-            let labels = slice.metadata.labels.as_ref();
-            // kube-proxy's informer never sees these (same selector as for
-            // Services).
-            if labels.is_some_and(|l| {
-                l.contains_key(SERVICE_PROXY_NAME_LABEL) || l.contains_key(HEADLESS_LABEL)
-            }) {
-                continue;
-            }
-            match labels
-                .and_then(|l| l.get(SERVICE_NAME_LABEL))
-                .filter(|s| !s.is_empty())
-            {
-                Some(service) => by_service
-                    .entry(ObjectKey::new(key.namespace.clone(), service.clone()))
-                    .or_default()
-                    .push((key, slice)),
-                None => skips.push(slice_skip(
-                    key,
-                    format!("no {SERVICE_NAME_LABEL} label: belongs to no Service"),
-                )),
+            match slice_owner(key, slice) {
+                SliceOwner::Invisible => {}
+                SliceOwner::Nobody(skip) => skips.push(skip),
+                SliceOwner::Service(service) => {
+                    by_service.entry(service).or_default().push((key, &**slice))
+                }
             }
         }
         Self { by_service }
     }
 
-    fn slices(&self, service: &ObjectKey) -> &[(&'a ObjectKey, &'a EndpointSlice)] {
+    pub fn slices(&self, service: &ObjectKey) -> &[(&'a ObjectKey, &'a EndpointSlice)] {
         self.by_service.get(service).map_or(&[], Vec::as_slice)
     }
 
@@ -116,16 +102,50 @@ impl<'a> SliceIndex<'a> {
             if cluster.services.contains_key(service) {
                 continue;
             }
-            for (key, _) in slices {
-                skips.push(Skip {
-                    object: format!("EndpointSlice {key}"),
-                    reason: format!(
-                        "its {SERVICE_NAME_LABEL} label names Service {service}, which does not exist"
-                    ),
-                    kind: SkipKind::NoService,
-                });
-            }
+            skips.extend(slices.iter().map(|(key, _)| orphan_skip(key, service)));
         }
+    }
+}
+
+/// Which Service an EndpointSlice belongs to, as kube-proxy sees it.
+pub(crate) enum SliceOwner {
+    /// kube-proxy's informer never sees it (another proxy's, or headless).
+    Invisible,
+    /// It names no Service.
+    Nobody(Skip),
+    Service(ObjectKey),
+}
+
+pub(crate) fn slice_owner(key: &ObjectKey, slice: &EndpointSlice) -> SliceOwner {
+    let labels = slice.metadata.labels.as_ref();
+    // Same selector as for Services.
+    if labels
+        .is_some_and(|l| l.contains_key(SERVICE_PROXY_NAME_LABEL) || l.contains_key(HEADLESS_LABEL))
+    {
+        return SliceOwner::Invisible;
+    }
+    match labels
+        .and_then(|l| l.get(SERVICE_NAME_LABEL))
+        .filter(|s| !s.is_empty())
+    {
+        Some(service) => {
+            SliceOwner::Service(ObjectKey::new(key.namespace.clone(), service.clone()))
+        }
+        None => SliceOwner::Nobody(slice_skip(
+            key,
+            format!("no {SERVICE_NAME_LABEL} label: belongs to no Service"),
+        )),
+    }
+}
+
+/// A slice naming a Service that does not exist.
+pub(crate) fn orphan_skip(key: &ObjectKey, service: &ObjectKey) -> Skip {
+    Skip {
+        object: format!("EndpointSlice {key}"),
+        reason: format!(
+            "its {SERVICE_NAME_LABEL} label names Service {service}, which does not exist"
+        ),
+        kind: SkipKind::NoService,
     }
 }
 
@@ -147,15 +167,14 @@ fn endpoints_skip(key: &ObjectKey, reason: impl Into<String>) -> Skip {
 
 /// The endpoints of the Service `key`, merged over all its slices.
 pub(crate) fn service_endpoints(
-    cluster: &ClusterState,
-    index: &SliceIndex<'_>,
+    slices: &[(&ObjectKey, &EndpointSlice)],
+    endpoints: Option<&Endpoints>,
     key: &ObjectKey,
     has_selector: bool,
     node_name: &str,
     skips: &mut Vec<Skip>,
 ) -> EndpointsByPort {
     let mut merged = Merger::default();
-    let slices = index.slices(key);
     for (slice_key, slice) in slices {
         if let Some(group) = slice_group(slice_key, slice, node_name, skips) {
             merged.add(&group);
@@ -166,7 +185,7 @@ pub(crate) fn service_endpoints(
     // manifests (or an old dump) may hold only the Endpoints.
     if slices.is_empty()
         && !has_selector
-        && let Some(endpoints) = cluster.endpoints.get(key)
+        && let Some(endpoints) = endpoints
     {
         for group in mirrored_groups(key, endpoints, node_name, skips) {
             merged.add(&group);
@@ -433,17 +452,18 @@ mod tests {
         for (k, val) in body.as_object().unwrap() {
             v[k] = val.clone();
         }
-        KubeObject::EndpointSlice(serde_json::from_value(v).unwrap())
+        KubeObject::EndpointSlice(std::sync::Arc::new(serde_json::from_value(v).unwrap()))
     }
 
     fn collect(objects: Vec<KubeObject>, has_selector: bool) -> (EndpointsByPort, Vec<Skip>) {
         let cluster = ClusterState::from_objects(objects);
         let mut skips = Vec::new();
         let index = SliceIndex::new(&cluster, &mut skips);
+        let web = ObjectKey::new("default", "web");
         let eps = service_endpoints(
-            &cluster,
-            &index,
-            &ObjectKey::new("default", "web"),
+            index.slices(&web),
+            cluster.endpoints.get(&web).map(|e| &**e),
+            &web,
             has_selector,
             "node-a",
             &mut skips,
@@ -666,13 +686,13 @@ mod tests {
                         ],
                     }),
                 ),
-                KubeObject::EndpointSlice(
+                KubeObject::EndpointSlice(std::sync::Arc::new(
                     serde_json::from_value(json!({
                         "metadata": {"name": "orphan", "namespace": "default"},
                         "addressType": "IPv4", "ports": ports, "endpoints": ep,
                     }))
                     .unwrap(),
-                ),
+                )),
             ],
             true,
         );
@@ -714,8 +734,7 @@ mod tests {
     }
 
     fn endpoints(labels: serde_json::Value) -> KubeObject {
-        KubeObject::Endpoints(
-            serde_json::from_value(json!({
+        KubeObject::Endpoints(std::sync::Arc::new(serde_json::from_value(json!({
                 "metadata": {"name": "web", "namespace": "default", "labels": labels},
                 "subsets": [
                     {
@@ -726,7 +745,7 @@ mod tests {
                     {"addresses": [{"ip": "10.2.0.9"}], "ports": [{"name": "http", "port": 8081}]},
                 ],
             }))
-            .unwrap(),
+            .unwrap()),
         )
     }
 

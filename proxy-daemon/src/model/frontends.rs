@@ -57,8 +57,9 @@ pub(crate) fn port_frontends(
         FrontendKind::ClusterIp,
     );
     // kube-proxy drops what a Local policy cannot serve on this node, but
-    // rejects when the Service has no endpoints at all.
-    let drop_when_no_local = local.is_empty() && !cluster.is_empty();
+    // rejects when the Service has no usable endpoint anywhere (whether or
+    // not any of its frontends uses the cluster-wide list).
+    let drop_when_no_local = local.is_empty() && endpoints.has_any;
     if service.internal_local {
         cluster_ip.backends = local.clone();
         cluster_ip.local_only = true;

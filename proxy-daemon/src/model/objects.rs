@@ -9,6 +9,8 @@ use k8s_openapi::{
     apimachinery::pkg::apis::meta::v1::ObjectMeta,
 };
 
+use std::sync::Arc;
+
 use super::{ClusterState, ObjectKey};
 
 /// Namespace of a namespaced object that does not name one, as `kubectl
@@ -16,18 +18,14 @@ use super::{ClusterState, ObjectKey};
 pub const DEFAULT_NAMESPACE: &str = "default";
 
 /// One object of a kind the model reads.
-// Unboxed like k8s-openapi's own types: these are moved a handful of
-// times between parsing and the state map, never stored in bulk.
-#[expect(
-    clippy::large_enum_variant,
-    reason = "objects are moved once, from the source into the view, never copied around"
-)]
+// Shared: the manifests source keeps each file's objects and puts the
+// same allocations into every view it publishes.
 #[derive(Clone, Debug)]
 pub enum KubeObject {
-    Service(Service),
-    EndpointSlice(EndpointSlice),
-    Endpoints(Endpoints),
-    Node(Node),
+    Service(Arc<Service>),
+    EndpointSlice(Arc<EndpointSlice>),
+    Endpoints(Arc<Endpoints>),
+    Node(Arc<Node>),
 }
 
 impl KubeObject {
@@ -133,7 +131,9 @@ mod tests {
     use super::*;
 
     fn service(meta: serde_json::Value) -> KubeObject {
-        KubeObject::Service(serde_json::from_value(json!({ "metadata": meta })).unwrap())
+        KubeObject::Service(Arc::new(
+            serde_json::from_value(json!({ "metadata": meta })).unwrap(),
+        ))
     }
 
     #[test]
@@ -148,8 +148,9 @@ mod tests {
         );
         assert_eq!(service(json!({"namespace": "shop"})).key(), None);
         assert_eq!(service(json!({"name": ""})).key(), None);
-        let node =
-            KubeObject::Node(serde_json::from_value(json!({"metadata": {"name": "n1"}})).unwrap());
+        let node = KubeObject::Node(Arc::new(
+            serde_json::from_value(json!({"metadata": {"name": "n1"}})).unwrap(),
+        ));
         assert_eq!(node.key(), Some(ObjectKey::new("", "n1")));
     }
 
@@ -158,8 +159,9 @@ mod tests {
         let first = service(json!({"name": "web", "labels": {"v": "1"}}));
         let second = service(json!({"name": "web", "labels": {"v": "2"}}));
         let nameless = service(json!({}));
-        let node =
-            KubeObject::Node(serde_json::from_value(json!({"metadata": {"name": "n1"}})).unwrap());
+        let node = KubeObject::Node(Arc::new(
+            serde_json::from_value(json!({"metadata": {"name": "n1"}})).unwrap(),
+        ));
         let mut state = ClusterState::from_objects([first, second, nameless, node]);
         assert_eq!(state.services.len(), 1);
         let web = &state.services[&ObjectKey::new("default", "web")];

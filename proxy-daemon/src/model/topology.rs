@@ -50,6 +50,10 @@ pub(crate) struct Categorized<'a> {
     pub cluster: Option<Usable<'a>>,
     pub local: Option<Usable<'a>>,
     pub mode: TopologyMode,
+    /// Some endpoint anywhere is ready, or serving while terminating:
+    /// kube-proxy's hasAnyEndpoints, which decides between dropping what
+    /// a Local policy cannot serve here and rejecting it.
+    pub has_any: bool,
 }
 
 /// Categorizes `endpoints` for a port that uses cluster and/or local
@@ -95,10 +99,16 @@ pub(crate) fn categorize<'a>(
         )
     });
 
+    let has_any = cluster.as_ref().is_some_and(|c| !c.endpoints.is_empty())
+        || (uses_local
+            && endpoints
+                .iter()
+                .any(|ep| ep.ready || (ep.serving && ep.terminating)));
     Categorized {
         cluster,
         local,
         mode,
+        has_any,
     }
 }
 

@@ -110,7 +110,7 @@ fn overlaps(a: Ipv4Network, b: Ipv4Network) -> bool {
 /// skipped; a node overlapping this node's own pod CIDR, or claiming this
 /// node's address, is skipped too.
 pub fn peers(cluster: &ClusterState, own_node: &str) -> (Vec<Peer>, Vec<Skip>) {
-    let own = cluster.nodes.get(own_node);
+    let own = cluster.nodes.get(own_node).map(|n| &**n);
     let own_addr = own.and_then(internal_ipv4);
     let own_cidr = own.and_then(|n| node_info(n).ok()).and_then(|i| i.pod_cidr);
 
@@ -200,7 +200,7 @@ mod tests {
     fn cluster(nodes: Vec<Node>) -> ClusterState {
         let mut c = ClusterState::default();
         for n in nodes {
-            c.nodes.insert(n.metadata.name.clone().unwrap(), n);
+            c.nodes.insert(n.metadata.name.clone().unwrap(), n.into());
         }
         c
     }

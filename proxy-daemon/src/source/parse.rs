@@ -8,7 +8,10 @@
 //! Each document stands alone: one that fails is reported with the file,
 //! its position and the reason, and the others are still read.
 
-use std::path::{Path, PathBuf};
+use std::{
+    path::{Path, PathBuf},
+    sync::Arc,
+};
 
 use serde::de::DeserializeOwned;
 use serde_json::{Map, Value};
@@ -16,10 +19,6 @@ use serde_json::{Map, Value};
 use crate::model::{DEFAULT_NAMESPACE, KubeObject};
 
 /// One object read from a manifest.
-#[expect(
-    clippy::large_enum_variant,
-    reason = "a parsed object moves once into the file's state, as KubeObject does"
-)]
 #[derive(Clone, Debug)]
 pub enum ParsedObject {
     /// A Service, EndpointSlice, Endpoints or Node.
@@ -405,10 +404,10 @@ fn object(value: Value, inherited: Option<&Inherited>) -> Result<ParsedObject, S
     map.insert("kind".into(), Value::String(kind.clone()));
     let value = Value::Object(map);
     let object = match kind.as_str() {
-        "Service" => typed(value).map(KubeObject::Service),
-        "Endpoints" => typed(value).map(KubeObject::Endpoints),
-        "EndpointSlice" => typed(value).map(KubeObject::EndpointSlice),
-        _ => typed(value).map(KubeObject::Node),
+        "Service" => typed(value).map(|o| KubeObject::Service(Arc::new(o))),
+        "Endpoints" => typed(value).map(|o| KubeObject::Endpoints(Arc::new(o))),
+        "EndpointSlice" => typed(value).map(|o| KubeObject::EndpointSlice(Arc::new(o))),
+        _ => typed(value).map(|o| KubeObject::Node(Arc::new(o))),
     };
     object
         .map(ParsedObject::Object)

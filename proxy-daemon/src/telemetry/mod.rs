@@ -37,6 +37,9 @@ pub struct State {
     pub latency: Histogram,
     pub syncs: u64,
     pub sync_errors: u64,
+    /// Full resyncs done, and map entries they had to rewrite.
+    pub resyncs: u64,
+    pub resync_repairs: u64,
     pub frontends: usize,
     pub backends: usize,
     pub service_entries: usize,
@@ -59,6 +62,8 @@ impl Default for State {
             latency: Histogram::new(&LATENCY_BUCKETS),
             syncs: 0,
             sync_errors: 0,
+            resyncs: 0,
+            resync_repairs: 0,
             frontends: 0,
             backends: 0,
             service_entries: 0,
@@ -135,13 +140,21 @@ impl Telemetry {
     }
 
     /// Programming failed as a whole; the change stays pending.
+    /// A full resync rewrote `repaired` map entries.
+    pub fn resynced(&self, repaired: usize) {
+        self.with(|s| {
+            s.resyncs += 1;
+            s.resync_repairs += repaired as u64;
+        });
+    }
+
     pub fn failed(&self) {
         self.with(|s| s.sync_errors += 1);
     }
 
-    pub fn set_frontend_names(&self, names: &[FrontendMeta]) {
+    pub fn set_frontend_names<'a>(&self, names: impl IntoIterator<Item = &'a FrontendMeta>) {
         self.with(|s| {
-            s.frontend_names = names.iter().map(|m| (m.id, m.clone())).collect();
+            s.frontend_names = names.into_iter().map(|m| (m.id, m.clone())).collect();
         });
     }
 

@@ -119,6 +119,18 @@ fn control_loop(o: &mut Out, s: &State) {
         s.sync_errors,
     );
     o.single(
+        "sluice_resyncs_total",
+        "counter",
+        "Periodic full resyncs (--sync-period): the maps read back and compared with the desired state.",
+        s.resyncs,
+    );
+    o.single(
+        "sluice_resync_repairs_total",
+        "counter",
+        "Map entries full resyncs rewrote because they differed from the desired state (changed behind sluiced's back).",
+        s.resync_repairs,
+    );
+    o.single(
         "sluice_frontends_programmed",
         "gauge",
         "Service frontends (address, port, protocol) in the datapath.",

@@ -3,7 +3,8 @@
 //! Ids index per-CPU counter arrays and are stored in CT entries, so a freed
 //! id is not handed out again until the cursor has gone round the whole
 //! range: counters and flows of an old frontend are not mistaken for a new
-//! one's. Which ids are in use is re-derived from the maps for every plan.
+//! one's. Which ids are in use is derived from the maps when the planner is
+//! built and followed from plan to plan after that.
 
 use std::collections::BTreeSet;
 
@@ -35,6 +36,12 @@ impl IdAllocator {
         if id >= self.next && id + 1 < self.limit {
             self.next = id + 1;
         }
+    }
+
+    /// Frees `id`; it is handed out again only after the cursor has gone
+    /// round.
+    pub fn release(&mut self, id: u32) {
+        self.used.remove(&id);
     }
 
     /// The next free id after the cursor, or `None` when all are in use.

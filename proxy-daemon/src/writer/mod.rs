@@ -6,7 +6,10 @@ mod maglev_batch;
 pub mod meta;
 pub mod plan;
 
-use std::path::{Path, PathBuf};
+use std::{
+    collections::{BTreeMap, BTreeSet},
+    path::{Path, PathBuf},
+};
 
 use aya::maps::{MapData, MapError, PerCpuValues, lpm_trie::Key};
 use proxy_common::{
@@ -17,15 +20,15 @@ use proxy_common::{
 use tracing::{debug, warn};
 
 pub use self::ids::IdAllocator;
-pub use self::plan::PlanOptions;
+pub use self::plan::{PlanOptions, Touch};
 use self::{
     meta::{DatapathMeta, FrontendMeta},
-    plan::{MapContents, Op, Plan},
+    plan::{MapContents, Op, Plan, Planner},
 };
 use crate::{
     conntrack,
     datapath::{self, Capacities, DatapathError, PinnedMaps},
-    model::DesiredState,
+    model::{DesiredState, FrontendKey},
 };
 
 /// The LPM key of one source range of a frontend: the frontend id (all 32
@@ -54,19 +57,23 @@ pub struct ApplyReport {
     pub flushed_flows: usize,
     /// When the last map write finished.
     pub written_at: Option<std::time::Instant>,
+    /// The names of the programmed frontends changed ([`Writer::names`]).
+    pub names_changed: bool,
 }
 
 pub struct Writer {
     maps: PinnedMaps,
     current: MapContents,
-    svc_ids: IdAllocator,
-    backend_ids: IdAllocator,
+    planner: Planner,
+    /// Frontends whose group failed: planned again with the next change.
+    retry: BTreeSet<FrontendKey>,
     state_dir: PathBuf,
     node: String,
     capacities: Capacities,
-    options: PlanOptions,
-    /// The names last recorded for `sluicectl` and metrics.
-    meta: Option<DatapathMeta>,
+    /// Names of the programmed frontends, for `sluicectl` and metrics.
+    names: BTreeMap<FrontendKey, FrontendMeta>,
+    /// Whether `names` changed since `frontends.json` was last written.
+    names_dirty: bool,
     /// Tables written in the current apply, by fingerprint: the frontends
     /// of one Service port (ClusterIP, NodePort, load balancer IPs) have
     /// the same backends, so they share one inner array instead of holding
@@ -102,56 +109,28 @@ impl Writer {
         options: PlanOptions,
     ) -> Result<Self, DatapathError> {
         let maps = PinnedMaps::open(bpffs)?;
-        let mut current = MapContents::default();
-        for item in maps.services.iter() {
-            let (k, v) = item.map_err(|source| DatapathError::Map {
-                name: names::MAP_SERVICES,
-                source,
-            })?;
-            current.services.insert(k, v);
-        }
-        for item in maps.backends.iter() {
-            let (k, v) = item.map_err(|source| DatapathError::Map {
-                name: names::MAP_BACKENDS,
-                source,
-            })?;
-            current.backends.insert(k, v);
-        }
-        for key in maps.source_ranges.keys() {
-            let key = key.map_err(|source| DatapathError::Map {
-                name: names::MAP_SOURCE_RANGES,
-                source,
-            })?;
-            let data = key.data();
-            let prefix = key.prefix_len().saturating_sub(32) as u8;
-            if let Ok(net) = ipnetwork::Ipv4Network::new(from_nbo(data.addr), prefix) {
-                current.source_ranges.insert((data.svc_id, net));
-            }
-        }
-        // Tables are not read back: a fingerprint of 0 makes the first
-        // plan rewrite each (same content, swapped in atomically).
-        for key in maps.maglev.keys() {
-            let key = key.map_err(|source| DatapathError::Map {
-                name: names::MAP_MAGLEV,
-                source,
-            })?;
-            current.maglev.insert(key, 0);
-        }
+        let current = read_back(&maps)?;
         debug!(
             entries = current.services.len(),
             backends = current.backends.len(),
             "read programmed state back from the maps"
         );
+        let planner = Planner::new(
+            &current,
+            IdAllocator::new(capacities.service_ids),
+            IdAllocator::new(capacities.backends.saturating_add(1)),
+            options,
+        );
         Ok(Self {
             maps,
             current,
-            svc_ids: IdAllocator::new(capacities.service_ids),
-            backend_ids: IdAllocator::new(capacities.backends.saturating_add(1)),
+            planner,
+            retry: BTreeSet::new(),
             state_dir: state_dir.to_owned(),
             node: node.to_owned(),
             capacities,
-            options,
-            meta: None,
+            names: BTreeMap::new(),
+            names_dirty: true,
             maglev_written: std::collections::HashMap::new(),
             maglev_outer: datapath::open_pinned(bpffs, names::MAP_MAGLEV)?,
             maglev_batched_puts: Default::default(),
@@ -159,9 +138,9 @@ impl Writer {
         })
     }
 
-    /// Names of the programmed frontends, after the first apply.
-    pub fn meta(&self) -> Option<&DatapathMeta> {
-        self.meta.as_ref()
+    /// Names of the programmed frontends (complete after the first apply).
+    pub fn names(&self) -> impl Iterator<Item = &FrontendMeta> {
+        self.names.values()
     }
 
     /// Entries in the service map (frontends and backend slots).
@@ -171,23 +150,29 @@ impl Writer {
 
     /// Number of programmed frontends and backends.
     pub fn programmed(&self) -> (usize, usize) {
-        let fes = self
-            .current
-            .services
-            .iter()
-            .filter(|(k, v)| k.slot == 0 && v.flags & proxy_common::service::SVC_F_ADDR_ONLY == 0)
-            .count();
-        (fes, self.current.backends.len())
+        (self.names.len(), self.current.backends.len())
     }
 
-    pub fn apply(&mut self, desired: &DesiredState) -> Result<ApplyReport, DatapathError> {
-        let plan = plan::plan(
-            &self.current,
-            desired,
-            &mut self.svc_ids,
-            &mut self.backend_ids,
-            self.options,
-        );
+    /// Programs what `desired` asks for the frontends `touch` names (and
+    /// those whose programming failed before).
+    pub fn apply(
+        &mut self,
+        desired: &DesiredState,
+        touch: Touch<'_>,
+    ) -> Result<ApplyReport, DatapathError> {
+        let retry = std::mem::take(&mut self.retry);
+        let keys;
+        let touch = match touch {
+            Touch::Frontends { keys: k, addresses } if !retry.is_empty() => {
+                keys = k.union(&retry).copied().collect::<BTreeSet<_>>();
+                Touch::Frontends {
+                    keys: &keys,
+                    addresses,
+                }
+            }
+            t => t,
+        };
+        let plan = self.planner.plan(&self.current, desired, touch);
         let mut report = ApplyReport::default();
         self.reset_counters(&plan, &mut report);
         self.execute(&plan, &mut report);
@@ -210,24 +195,23 @@ impl Writer {
                     });
         }
         report.written_at = Some(std::time::Instant::now());
+        self.follow_names(&plan, desired);
         let (fes, bes) = self.programmed();
         report.frontends = fes;
         report.backends = bes;
-        let meta = DatapathMeta {
-            node: self.node.clone(),
-            version: env!("CARGO_PKG_VERSION").to_string(),
-            frontends: plan
-                .frontends_by_id
-                .iter()
-                .filter(|(_, fe)| self.current.services.contains_key(&fe.key.service_key()))
-                .map(|(id, fe)| FrontendMeta::new(*id, fe))
-                .collect(),
-        };
         // Rewritten on change only: with 10k Services the file is large and
         // most applies change endpoints, not frontends.
-        if self.meta.as_ref() != Some(&meta) {
+        report.names_changed = self.names_dirty;
+        if self.names_dirty {
+            let mut frontends: Vec<FrontendMeta> = self.names.values().cloned().collect();
+            frontends.sort_by_key(|f| f.id);
+            let meta = DatapathMeta {
+                node: self.node.clone(),
+                version: env!("CARGO_PKG_VERSION").to_string(),
+                frontends,
+            };
             match meta::write(&self.state_dir, &meta) {
-                Ok(()) => self.meta = Some(meta),
+                Ok(()) => self.names_dirty = false,
                 Err(e) => report.failures.push(format!(
                     "writing {}: {e}",
                     meta::meta_path(&self.state_dir).display()
@@ -235,6 +219,40 @@ impl Writer {
             }
         }
         Ok(report)
+    }
+
+    /// Reads the maps back and plans everything against what they really
+    /// hold: entries changed or removed behind the daemon's back are
+    /// repaired (the report's `ops` counts them); on untouched maps it
+    /// writes nothing.
+    pub fn resync(&mut self, desired: &DesiredState) -> Result<ApplyReport, DatapathError> {
+        let mut fresh = read_back(&self.maps)?;
+        // Tables are not read back: an id whose table is still in the
+        // outer map keeps the fingerprint of what was written.
+        for (id, print) in fresh.maglev.iter_mut() {
+            if let Some(known) = self.current.maglev.get(id) {
+                *print = *known;
+            }
+        }
+        self.current = fresh;
+        self.apply(desired, Touch::All)
+    }
+
+    /// Keeps the names of the frontends the plan touched in step with what
+    /// the maps now hold.
+    fn follow_names(&mut self, plan: &Plan, desired: &DesiredState) {
+        for (key, id) in &plan.touched {
+            let programmed = self.current.services.contains_key(&key.service_key());
+            let name = match (id, desired.frontends.get(key)) {
+                (Some(id), Some(fe)) if programmed => Some(FrontendMeta::new(*id, fe)),
+                _ => None,
+            };
+            let changed = match name {
+                Some(n) => self.names.insert(*key, n.clone()).as_ref() != Some(&n),
+                None => self.names.remove(key).is_some(),
+            };
+            self.names_dirty |= changed;
+        }
     }
 
     /// New ids start with zeroed counters, whatever an earlier user left.
@@ -256,7 +274,7 @@ impl Writer {
     }
 
     fn execute(&mut self, plan: &Plan, report: &mut ApplyReport) {
-        let mut failed_backends = std::collections::BTreeSet::new();
+        let mut failed_backends = BTreeSet::new();
         let (mut puts_batched, mut deletes_batched) = (false, false);
         'groups: for (i, g) in plan.groups.iter().enumerate() {
             if !puts_batched && g.ops.iter().any(|op| matches!(op, Op::PutMaglev(..))) {
@@ -272,6 +290,7 @@ impl Writer {
                     "skipped {} operations: a backend they need failed",
                     g.ops.len()
                 ));
+                self.retry.extend(g.frontend);
                 continue;
             }
             for op in &g.ops {
@@ -279,7 +298,7 @@ impl Writer {
                 match result {
                     Ok(()) => {
                         report.ops += 1;
-                        self.record(op);
+                        self.current.record(op);
                     }
                     // No room for another table: the frontend is still
                     // written and its flows fall back to a random backend
@@ -295,6 +314,7 @@ impl Writer {
                         if let Op::PutBackend(id, _) = op {
                             failed_backends.insert(*id);
                         }
+                        self.retry.extend(g.frontend);
                         continue 'groups;
                     }
                 }
@@ -371,37 +391,47 @@ impl Writer {
         Ok(())
     }
 
-    /// Mirrors a successful operation in the in-memory view of the maps.
-    fn record(&mut self, op: &Op) {
-        match op {
-            Op::PutBackend(id, b) => {
-                self.current.backends.insert(*id, *b);
-            }
-            Op::PutService(k, v) => {
-                self.current.services.insert(*k, *v);
-            }
-            Op::DeleteService(k) => {
-                self.current.services.remove(k);
-            }
-            Op::DeleteBackend(id) => {
-                self.current.backends.remove(id);
-            }
-            Op::PutSourceRange(id, net) => {
-                self.current.source_ranges.insert((*id, *net));
-            }
-            Op::DeleteSourceRange(id, net) => {
-                self.current.source_ranges.remove(&(*id, *net));
-            }
-            Op::PutMaglev(id, _, print) => {
-                self.current.maglev.insert(*id, *print);
-            }
-            Op::DeleteMaglev(id) => {
-                self.current.maglev.remove(id);
-            }
-        }
-    }
-
     pub fn maps(&mut self) -> &mut PinnedMaps {
         &mut self.maps
     }
+}
+
+/// What the pinned maps hold, read back (Maglev tables by presence only).
+fn read_back(maps: &PinnedMaps) -> Result<MapContents, DatapathError> {
+    let mut current = MapContents::default();
+    for item in maps.services.iter() {
+        let (k, v) = item.map_err(|source| DatapathError::Map {
+            name: names::MAP_SERVICES,
+            source,
+        })?;
+        current.services.insert(k, v);
+    }
+    for item in maps.backends.iter() {
+        let (k, v) = item.map_err(|source| DatapathError::Map {
+            name: names::MAP_BACKENDS,
+            source,
+        })?;
+        current.backends.insert(k, v);
+    }
+    for key in maps.source_ranges.keys() {
+        let key = key.map_err(|source| DatapathError::Map {
+            name: names::MAP_SOURCE_RANGES,
+            source,
+        })?;
+        let data = key.data();
+        let prefix = key.prefix_len().saturating_sub(32) as u8;
+        if let Ok(net) = ipnetwork::Ipv4Network::new(from_nbo(data.addr), prefix) {
+            current.source_ranges.insert((data.svc_id, net));
+        }
+    }
+    // Tables are not read back: a fingerprint of 0 makes the first plan
+    // rewrite each (same content, swapped in atomically).
+    for key in maps.maglev.keys() {
+        let key = key.map_err(|source| DatapathError::Map {
+            name: names::MAP_MAGLEV,
+            source,
+        })?;
+        current.maglev.insert(key, 0);
+    }
+    Ok(current)
 }

@@ -1,6 +1,12 @@
 //! Turning a desired state into map operations, in an order that never
 //! leaves the datapath inconsistent (pure; the executor applies the result).
 //!
+//! Planning is incremental: the [`Planner`] remembers what it planned for
+//! every frontend and how often each backend is used, so a change plans
+//! only the frontends it touched (kube-proxy's partial sync). A full plan
+//! (every frontend touched) is the same code with every key touched, and
+//! on an unchanged state it emits nothing.
+//!
 //! The maps are the source of truth for what is programmed: on start the
 //! writer reads them back, so ids stay stable across restarts and only the
 //! difference is written. Within one frontend, backend slots are written
@@ -10,7 +16,8 @@
 //! refers to them and removed after nothing does.
 
 use std::{
-    collections::{BTreeMap, BTreeSet},
+    collections::{BTreeMap, BTreeSet, HashMap},
+    net::Ipv4Addr,
     sync::Arc,
 };
 
@@ -26,7 +33,9 @@ use proxy_common::{
 };
 
 use super::{ids::IdAllocator, maglev};
-use crate::model::{DesiredState, Frontend, FrontendKey, LbAlgorithm};
+use crate::model::{
+    BackendAddr, DesiredState, Frontend, FrontendKey, FrontendKind, LbAlgorithm, Protocol,
+};
 
 /// What the writer knows is programmed.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
@@ -99,20 +108,32 @@ pub struct Group {
     pub ops: Vec<Op>,
     /// Backend ids the group's slots point at.
     pub needs_backends: Vec<u32>,
+    /// The frontend the group programs, if any: when the group fails, that
+    /// frontend is planned again with the next change.
+    pub frontend: Option<FrontendKey>,
+}
+
+impl Group {
+    fn single(op: Op) -> Self {
+        Self {
+            ops: vec![op],
+            needs_backends: Vec::new(),
+            frontend: None,
+        }
+    }
 }
 
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct Plan {
     pub groups: Vec<Group>,
-    /// The contents after a fully successful apply.
-    pub target: MapContents,
     /// Backends no longer used, by id: their UDP flows are flushed from CT
     /// (kube-proxy clears conntrack for removed UDP endpoints).
     pub removed_backends: BTreeSet<u32>,
     /// Frontend ids assigned in this plan (their counters start at zero).
     pub new_service_ids: BTreeSet<u32>,
-    /// The metadata of every programmed frontend, by id.
-    pub frontends_by_id: BTreeMap<u32, Frontend>,
+    /// The frontends this plan touched, with their id (`None`: removed, or
+    /// no id left for it).
+    pub touched: Vec<(FrontendKey, Option<u32>)>,
     /// Affinity entries to forget: (frontend id, backend id) pairs whose
     /// backend left the frontend, and frontends that are gone (all theirs).
     pub affinity_flush: BTreeSet<(u32, u32)>,
@@ -132,361 +153,734 @@ fn identity(b: &Backend) -> BackendIdentity {
     (b.addr, b.port, b.proto)
 }
 
-/// Computes the operations that take `current` to the contents `desired`
-/// asks for, reusing the ids already in `current`.
-pub fn plan(
+fn backend_identity(b: &BackendAddr, protocol: Protocol) -> BackendIdentity {
+    (nbo(b.addr), b.port.to_be(), protocol.number())
+}
+
+/// How the planned frontends use one backend. Its flags follow from the
+/// uses (local if any use says so, terminating only if every use is), and
+/// it lives as long as one frontend uses it: a backend shared by two
+/// Services survives the removal of one.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+struct Uses {
+    frontends: u32,
+    local: u32,
+    serving: u32,
+}
+
+impl Uses {
+    fn backend(&self, ident: BackendIdentity) -> Backend {
+        let mut flags = 0;
+        if self.local > 0 {
+            flags |= BE_F_LOCAL;
+        }
+        if self.serving == 0 {
+            flags |= BE_F_TERMINATING;
+        }
+        Backend {
+            addr: ident.0,
+            port: ident.1,
+            proto: ident.2,
+            flags,
+        }
+    }
+}
+
+/// Which frontends a plan covers.
+#[derive(Clone, Copy, Debug)]
+pub enum Touch<'a> {
+    /// Every frontend, desired or programmed, and every entry the maps
+    /// hold: the first plan after a start, and the periodic resync.
+    All,
+    /// Only these frontends (added, changed or removed); `addresses` when
+    /// the set of service or node addresses may have changed too.
+    Frontends {
+        keys: &'a BTreeSet<FrontendKey>,
+        addresses: bool,
+    },
+}
+
+/// Plans map operations, remembering between plans what it planned, so
+/// that ids stay stable and a change costs what it touches.
+#[derive(Debug)]
+pub struct Planner {
+    options: PlanOptions,
+    svc_ids: IdAllocator,
+    backend_ids: IdAllocator,
+    /// Ids of the frontends the maps hold or this planner planned.
+    frontend_ids: BTreeMap<FrontendKey, u32>,
+    /// Ids of the backends the maps hold or this planner planned.
+    backend_index: BTreeMap<BackendIdentity, u32>,
+    /// What was last planned for each frontend.
+    planned: BTreeMap<FrontendKey, Frontend>,
+    uses: BTreeMap<BackendIdentity, Uses>,
+    /// Addresses with an address-only entry, planned or programmed.
+    planned_addrs: BTreeSet<Ipv4Addr>,
+}
+
+/// What one plan collects on the way, phase by phase.
+#[derive(Default)]
+struct Phases {
+    backends: BTreeMap<u32, Backend>,
+    frontends: Vec<Group>,
+    new_addrs: Vec<Group>,
+    removed_masters: Vec<Group>,
+    removed_parts: Vec<Group>,
+    removed_addrs: Vec<Group>,
+    removed_backends: Vec<u32>,
+}
+
+impl Planner {
+    /// A planner for maps holding `current` (read back after a start): ids
+    /// of what they hold are kept.
+    pub fn new(
+        current: &MapContents,
+        mut svc_ids: IdAllocator,
+        mut backend_ids: IdAllocator,
+        options: PlanOptions,
+    ) -> Self {
+        svc_ids.clear_used();
+        backend_ids.clear_used();
+        let mut frontend_ids = BTreeMap::new();
+        let mut planned_addrs = BTreeSet::new();
+        for (k, v) in &current.services {
+            if k.slot != 0 {
+                continue;
+            }
+            if v.flags & SVC_F_ADDR_ONLY != 0 {
+                planned_addrs.insert(k.ip());
+            } else if let Some(fk) = FrontendKey::from_service_key(k) {
+                frontend_ids.insert(fk, v.svc_id);
+                svc_ids.mark_used(v.svc_id);
+            }
+        }
+        let mut backend_index = BTreeMap::new();
+        for (id, b) in &current.backends {
+            backend_index.entry(identity(b)).or_insert(*id);
+            backend_ids.mark_used(*id);
+        }
+        Self {
+            options,
+            svc_ids,
+            backend_ids,
+            frontend_ids,
+            backend_index,
+            planned: BTreeMap::new(),
+            uses: BTreeMap::new(),
+            planned_addrs,
+        }
+    }
+
+    /// The id allocators back (for a planner rebuilt from the maps).
+    pub fn into_allocators(self) -> (IdAllocator, IdAllocator) {
+        (self.svc_ids, self.backend_ids)
+    }
+
+    /// The operations that take `current` to what `desired` asks for, for
+    /// the frontends `touch` names.
+    pub fn plan(
+        &mut self,
+        current: &MapContents,
+        desired: &DesiredState,
+        touch: Touch<'_>,
+    ) -> Plan {
+        let all = matches!(touch, Touch::All);
+        let keys: BTreeSet<FrontendKey> = match touch {
+            Touch::All => desired
+                .frontends
+                .keys()
+                .chain(self.planned.keys())
+                .chain(self.frontend_ids.keys())
+                .copied()
+                .collect(),
+            Touch::Frontends { keys, .. } => keys.clone(),
+        };
+        let addresses = match touch {
+            Touch::All => true,
+            Touch::Frontends { addresses, .. } => addresses,
+        };
+        let mut plan = Plan::default();
+        let mut phases = Phases::default();
+        let mut touched_backends = self.follow_uses(&keys, desired);
+        if all {
+            touched_backends.extend(self.backend_index.keys().copied());
+        }
+        self.plan_backends(current, &touched_backends, all, &mut phases);
+        self.plan_frontends(current, desired, &keys, &mut plan, &mut phases);
+        if addresses {
+            self.plan_addresses(current, desired, all, &mut phases);
+        }
+        if all {
+            self.plan_strays(current, desired, &mut phases);
+        }
+        plan.groups.extend(
+            phases
+                .backends
+                .into_iter()
+                .map(|(id, be)| Group::single(Op::PutBackend(id, be))),
+        );
+        plan.groups.extend(phases.frontends);
+        // New address-only entries come after the frontends: until its
+        // address entry exists a new address is not a service address and
+        // its packets pass as before, where the other way round a packet
+        // in between would be refused as an unknown port.
+        plan.groups.extend(phases.new_addrs);
+        // Masters of removed frontends before any of their slots, then
+        // what they used, address-only entries nothing uses any more, and
+        // last the backends nothing refers to.
+        plan.groups.extend(phases.removed_masters);
+        plan.groups.extend(phases.removed_parts);
+        plan.groups.extend(phases.removed_addrs);
+        for id in phases.removed_backends {
+            plan.groups.push(Group::single(Op::DeleteBackend(id)));
+            plan.removed_backends.insert(id);
+        }
+        plan
+    }
+
+    /// Moves the use counts of the touched frontends from what was planned
+    /// for them to what is desired; returns the backends whose uses changed.
+    fn follow_uses(
+        &mut self,
+        keys: &BTreeSet<FrontendKey>,
+        desired: &DesiredState,
+    ) -> BTreeSet<BackendIdentity> {
+        let mut touched = BTreeSet::new();
+        for k in keys {
+            let new = desired.frontends.get(k);
+            if self.planned.get(k) == new {
+                continue;
+            }
+            if let Some(old) = self.planned.remove(k) {
+                self.count(&old, false, &mut touched);
+            }
+            if let Some(new) = new {
+                self.count(new, true, &mut touched);
+                self.planned.insert(*k, new.clone());
+            }
+        }
+        touched
+    }
+
+    fn count(&mut self, fe: &Frontend, add: bool, touched: &mut BTreeSet<BackendIdentity>) {
+        for b in &fe.backends {
+            let ident = backend_identity(b, fe.key.protocol);
+            touched.insert(ident);
+            let uses = self.uses.entry(ident).or_default();
+            let step = |n: &mut u32, counts: bool| {
+                if counts {
+                    *n = if add { *n + 1 } else { n.saturating_sub(1) };
+                }
+            };
+            step(&mut uses.frontends, true);
+            step(&mut uses.local, b.local);
+            step(&mut uses.serving, !b.terminating);
+            if uses.frontends == 0 {
+                self.uses.remove(&ident);
+            }
+        }
+    }
+
+    /// New or changed backends are written first; unused ones go last.
+    fn plan_backends(
+        &mut self,
+        current: &MapContents,
+        touched: &BTreeSet<BackendIdentity>,
+        all: bool,
+        phases: &mut Phases,
+    ) {
+        for ident in touched {
+            match self.uses.get(ident).copied() {
+                Some(uses) => {
+                    if let Some(id) = self.backend_id(*ident) {
+                        let be = uses.backend(*ident);
+                        if current.backends.get(&id) != Some(&be) {
+                            phases.backends.insert(id, be);
+                        }
+                    }
+                    // Out of ids: left out; the frontends needing it are
+                    // programmed without it.
+                }
+                None => {
+                    if let Some(id) = self.backend_index.remove(ident) {
+                        self.backend_ids.release(id);
+                        if current.backends.contains_key(&id) {
+                            phases.removed_backends.push(id);
+                        }
+                    }
+                }
+            }
+        }
+        if all {
+            // A second entry for an identity that already has an id (left
+            // by an earlier release or written by hand) is never used.
+            for (id, b) in &current.backends {
+                if self.backend_index.get(&identity(b)) != Some(id)
+                    && !phases.removed_backends.contains(id)
+                {
+                    phases.removed_backends.push(*id);
+                }
+            }
+        }
+    }
+
+    fn backend_id(&mut self, ident: BackendIdentity) -> Option<u32> {
+        if let Some(id) = self.backend_index.get(&ident) {
+            return Some(*id);
+        }
+        let id = self.backend_ids.allocate()?;
+        self.backend_index.insert(ident, id);
+        Some(id)
+    }
+
+    fn plan_frontends(
+        &mut self,
+        current: &MapContents,
+        desired: &DesiredState,
+        keys: &BTreeSet<FrontendKey>,
+        plan: &mut Plan,
+        phases: &mut Phases,
+    ) {
+        // Populating a table is the costly part of planning (M x backends
+        // steps): done only for tables that changed, once per distinct one.
+        let mut tables: HashMap<u64, Arc<[u32]>> = HashMap::new();
+        for k in keys {
+            let Some(fe) = desired.frontends.get(k) else {
+                plan.touched.push((*k, None));
+                if let Some(id) = self.frontend_ids.remove(k) {
+                    self.svc_ids.release(id);
+                    self.plan_removal(current, k, id, plan, phases);
+                }
+                continue;
+            };
+            let svc_id = match self.frontend_ids.get(k) {
+                Some(id) => *id,
+                None => match self.svc_ids.allocate() {
+                    Some(id) => {
+                        self.frontend_ids.insert(*k, id);
+                        plan.new_service_ids.insert(id);
+                        id
+                    }
+                    None => {
+                        plan.touched.push((*k, None));
+                        continue;
+                    }
+                },
+            };
+            plan.touched.push((*k, Some(svc_id)));
+            if let Some(group) = self.frontend_group(current, fe, svc_id, &mut tables, plan, phases)
+            {
+                phases.frontends.push(group);
+            }
+        }
+    }
+
+    /// One frontend's group: changed slots, new source ranges and a changed
+    /// Maglev table, then the master that uses them; afterwards what it no
+    /// longer uses (ranges, table, surplus slots).
+    fn frontend_group(
+        &self,
+        current: &MapContents,
+        fe: &Frontend,
+        svc_id: u32,
+        tables: &mut HashMap<u64, Arc<[u32]>>,
+        plan: &mut Plan,
+        phases: &mut Phases,
+    ) -> Option<Group> {
+        let mk = fe.key.service_key();
+        let mut ops = Vec::new();
+        let mut needs = Vec::new();
+        let mut members = Vec::new();
+        let mut count: u16 = 0;
+        for b in &fe.backends {
+            let ident = backend_identity(b, fe.key.protocol);
+            let Some(&id) = self.backend_index.get(&ident) else {
+                continue;
+            };
+            // A backend written by an earlier plan whose write failed (or
+            // removed by hand) is written again before its slot.
+            if let Some(uses) = self.uses.get(&ident) {
+                let be = uses.backend(ident);
+                if current.backends.get(&id) != Some(&be) {
+                    phases.backends.insert(id, be);
+                }
+            }
+            count += 1;
+            let slot = ServiceValue {
+                backend_id: id,
+                svc_id,
+                ..Default::default()
+            };
+            let sk = mk.with_slot(count);
+            if current.services.get(&sk) != Some(&slot) {
+                ops.push(Op::PutService(sk, slot));
+            }
+            needs.push(id);
+            members.push(maglev::Member {
+                addr: b.addr,
+                port: b.port,
+                id,
+            });
+            if count == u16::MAX {
+                break;
+            }
+        }
+        let mut flags = frontend_flags(fe);
+        let before = current.ranges_of(svc_id);
+        let after: BTreeSet<Ipv4Network> = fe.source_ranges.iter().copied().collect();
+        ops.extend(
+            after
+                .difference(&before)
+                .map(|r| Op::PutSourceRange(svc_id, *r)),
+        );
+        let maglev = (self.wants_maglev(fe) && members.len() > 1).then(|| {
+            flags |= SVC_F_MAGLEV;
+            maglev::fingerprint(&members, self.options.maglev_size)
+        });
+        if let Some(print) = maglev
+            && current.maglev.get(&svc_id) != Some(&print)
+        {
+            let table = tables
+                .entry(print)
+                .or_insert_with(|| Arc::from(maglev::table(&members, self.options.maglev_size)))
+                .clone();
+            ops.push(Op::PutMaglev(svc_id, table, print));
+        }
+        let master = ServiceValue {
+            backend_id: 0,
+            svc_id,
+            count,
+            flags,
+            kind: fe.kind.wire(),
+            affinity_timeout: fe.affinity_timeout.unwrap_or(0),
+        };
+        let old_master = current.services.get(&mk);
+        if old_master != Some(&master) {
+            ops.push(Op::PutService(mk, master));
+        }
+        ops.extend(
+            before
+                .difference(&after)
+                .map(|r| Op::DeleteSourceRange(svc_id, *r)),
+        );
+        if maglev.is_none() && current.maglev.contains_key(&svc_id) {
+            ops.push(Op::DeleteMaglev(svc_id));
+        }
+        let old_count = old_master.map_or(0, |m| m.count);
+        ops.extend(
+            current
+                .slots_after(mk, count, old_count)
+                .map(Op::DeleteService),
+        );
+        // Affinity to backends the frontend no longer has is forgotten, so
+        // the client's next connection makes a fresh choice.
+        if old_master.is_some_and(|m| m.flags & SVC_F_AFFINITY != 0) {
+            let kept: BTreeSet<u32> = needs.iter().copied().collect();
+            for gone in current.slot_backends(mk, old_count) {
+                if !kept.contains(&gone) {
+                    plan.affinity_flush.insert((svc_id, gone));
+                }
+            }
+        }
+        (!ops.is_empty()).then_some(Group {
+            ops,
+            needs_backends: needs,
+            frontend: Some(fe.key),
+        })
+    }
+
+    fn wants_maglev(&self, fe: &Frontend) -> bool {
+        // A ClusterIP flow is balanced on the client's own node, where
+        // connection tracking pins it: only frontends that the packets of
+        // one flow may reach through different nodes need the same choice
+        // everywhere (Cilium's default too).
+        let default = self.options.maglev_by_default && fe.kind != FrontendKind::ClusterIp;
+        self.options.maglev_size > 0
+            && fe
+                .lb_algorithm
+                .map_or(default, |a| a == LbAlgorithm::Maglev)
+    }
+
+    /// A frontend no longer desired: its master first, then its slots,
+    /// source ranges and table.
+    fn plan_removal(
+        &self,
+        current: &MapContents,
+        key: &FrontendKey,
+        svc_id: u32,
+        plan: &mut Plan,
+        phases: &mut Phases,
+    ) {
+        let mk = key.service_key();
+        let count = current.services.get(&mk).map_or(0, |m| m.count);
+        if let Some(master) = current.services.get(&mk) {
+            phases
+                .removed_masters
+                .push(Group::single(Op::DeleteService(mk)));
+            if master.flags & SVC_F_AFFINITY != 0 {
+                plan.affinity_flush_frontends.insert(svc_id);
+            }
+        }
+        let parts = current
+            .slots_after(mk, 0, count)
+            .map(Op::DeleteService)
+            .chain(
+                current
+                    .ranges_of(svc_id)
+                    .into_iter()
+                    .map(|r| Op::DeleteSourceRange(svc_id, r)),
+            )
+            .chain(
+                current
+                    .maglev
+                    .contains_key(&svc_id)
+                    .then_some(Op::DeleteMaglev(svc_id)),
+            );
+        phases.removed_parts.extend(parts.map(Group::single));
+    }
+
+    /// Address-only entries: service addresses refuse unknown ports; the
+    /// node's own addresses pass them.
+    fn plan_addresses(
+        &mut self,
+        current: &MapContents,
+        desired: &DesiredState,
+        all: bool,
+        phases: &mut Phases,
+    ) {
+        let mut wanted: BTreeMap<Ipv4Addr, ServiceValue> = BTreeMap::new();
+        for a in &desired.service_addrs {
+            wanted.insert(
+                *a,
+                ServiceValue {
+                    flags: SVC_F_ADDR_ONLY,
+                    ..Default::default()
+                },
+            );
+        }
+        for a in &desired.node_addrs {
+            wanted.entry(*a).or_insert(ServiceValue {
+                flags: SVC_F_ADDR_ONLY | SVC_F_NODE_ADDR,
+                ..Default::default()
+            });
+        }
+        for (a, v) in &wanted {
+            let k = ServiceKey::address_only(nbo(*a));
+            if current.services.get(&k) != Some(v) {
+                phases.new_addrs.push(Group::single(Op::PutService(k, *v)));
+            }
+        }
+        let mut gone: BTreeSet<Ipv4Addr> = self
+            .planned_addrs
+            .iter()
+            .filter(|a| !wanted.contains_key(a))
+            .copied()
+            .collect();
+        if all {
+            gone.extend(
+                current
+                    .services
+                    .iter()
+                    .filter(|(k, v)| k.slot == 0 && v.flags & SVC_F_ADDR_ONLY != 0)
+                    .map(|(k, _)| k.ip())
+                    .filter(|a| !wanted.contains_key(a)),
+            );
+        }
+        for a in gone {
+            let k = ServiceKey::address_only(nbo(a));
+            if current.services.contains_key(&k) {
+                phases
+                    .removed_addrs
+                    .push(Group::single(Op::DeleteService(k)));
+            }
+        }
+        self.planned_addrs = wanted.into_keys().collect();
+    }
+
+    /// What a full plan finds in the maps that no frontend accounts for:
+    /// slots without a master or beyond its count, source ranges and
+    /// tables of ids no frontend has.
+    fn plan_strays(&self, current: &MapContents, desired: &DesiredState, phases: &mut Phases) {
+        let live: BTreeMap<ServiceKey, u32> = desired
+            .frontends
+            .keys()
+            .filter_map(|k| Some((k.service_key(), *self.frontend_ids.get(k)?)))
+            .collect();
+        let live_ids: BTreeSet<u32> = live.values().copied().collect();
+        let planned_deletes: BTreeSet<ServiceKey> = phases
+            .frontends
+            .iter()
+            .chain(&phases.removed_masters)
+            .chain(&phases.removed_parts)
+            .flat_map(|g| &g.ops)
+            .filter_map(|op| match op {
+                Op::DeleteService(k) => Some(*k),
+                _ => None,
+            })
+            .collect();
+        for (k, v) in &current.services {
+            if k.slot == 0 || planned_deletes.contains(k) {
+                continue;
+            }
+            // A slot of a live frontend within its backend count is kept
+            // (and rewritten by its group if its value is wrong).
+            let counted = FrontendKey::from_service_key(&k.with_slot(0))
+                .and_then(|fk| desired.frontends.get(&fk))
+                .is_some_and(|fe| {
+                    live.get(&fe.key.service_key()) == Some(&v.svc_id)
+                        && usize::from(k.slot) <= fe.backends.len()
+                });
+            if !counted {
+                phases
+                    .removed_parts
+                    .push(Group::single(Op::DeleteService(*k)));
+            }
+        }
+        for (id, r) in &current.source_ranges {
+            if !live_ids.contains(id) {
+                phases
+                    .removed_parts
+                    .push(Group::single(Op::DeleteSourceRange(*id, *r)));
+            }
+        }
+        for id in current.maglev.keys() {
+            if !live_ids.contains(id) {
+                phases
+                    .removed_parts
+                    .push(Group::single(Op::DeleteMaglev(*id)));
+            }
+        }
+    }
+}
+
+/// The master entry's flags a frontend's policies give.
+fn frontend_flags(fe: &Frontend) -> u8 {
+    let mut flags = 0;
+    if fe.local_only {
+        flags |= SVC_F_LOCAL;
+    }
+    if fe.affinity_timeout.is_some() {
+        flags |= SVC_F_AFFINITY;
+    }
+    if fe.snat_remote {
+        flags |= SVC_F_SNAT_REMOTE;
+    }
+    if fe.drop_when_empty {
+        flags |= SVC_F_DROP_EMPTY;
+    }
+    if !fe.source_ranges.is_empty() {
+        flags |= SVC_F_SOURCE_RANGES;
+    }
+    flags
+}
+
+impl MapContents {
+    /// The source ranges programmed for frontend id `svc_id`.
+    fn ranges_of(&self, svc_id: u32) -> BTreeSet<Ipv4Network> {
+        let from = (
+            svc_id,
+            Ipv4Network::new(Ipv4Addr::UNSPECIFIED, 0).expect("0.0.0.0/0"),
+        );
+        self.source_ranges
+            .range(from..)
+            .take_while(|(id, _)| *id == svc_id)
+            .map(|(_, r)| *r)
+            .collect()
+    }
+
+    /// Slot keys of master `mk` after slot `keep`: up to `count`, and any
+    /// further ones the map holds (a master whose write failed after its
+    /// slots were written).
+    fn slots_after(
+        &self,
+        mk: ServiceKey,
+        keep: u16,
+        count: u16,
+    ) -> impl Iterator<Item = ServiceKey> {
+        let mut slot = keep;
+        std::iter::from_fn(move || {
+            loop {
+                slot = slot.checked_add(1)?;
+                let k = mk.with_slot(slot);
+                if self.services.contains_key(&k) {
+                    return Some(k);
+                }
+                if slot > count {
+                    return None;
+                }
+            }
+        })
+    }
+
+    /// Backend ids in slots `1..=count` of master `mk`.
+    fn slot_backends(&self, mk: ServiceKey, count: u16) -> impl Iterator<Item = u32> + '_ {
+        (1..=count).filter_map(move |s| self.services.get(&mk.with_slot(s)).map(|v| v.backend_id))
+    }
+
+    /// Mirrors one successful operation.
+    pub fn record(&mut self, op: &Op) {
+        match op {
+            Op::PutBackend(id, b) => {
+                self.backends.insert(*id, *b);
+            }
+            Op::PutService(k, v) => {
+                self.services.insert(*k, *v);
+            }
+            Op::DeleteService(k) => {
+                self.services.remove(k);
+            }
+            Op::DeleteBackend(id) => {
+                self.backends.remove(id);
+            }
+            Op::PutSourceRange(id, net) => {
+                self.source_ranges.insert((*id, *net));
+            }
+            Op::DeleteSourceRange(id, net) => {
+                self.source_ranges.remove(&(*id, *net));
+            }
+            Op::PutMaglev(id, _, print) => {
+                self.maglev.insert(*id, *print);
+            }
+            Op::DeleteMaglev(id) => {
+                self.maglev.remove(id);
+            }
+        }
+    }
+}
+
+/// A full plan from the maps' contents, as a restarted daemon makes it,
+/// with the contents it leads to (for tests).
+#[cfg(test)]
+pub(crate) struct Planned {
+    pub plan: Plan,
+    pub target: MapContents,
+}
+
+#[cfg(test)]
+impl std::ops::Deref for Planned {
+    type Target = Plan;
+    fn deref(&self) -> &Plan {
+        &self.plan
+    }
+}
+
+#[cfg(test)]
+pub(crate) fn plan(
     current: &MapContents,
     desired: &DesiredState,
     svc_ids: &mut IdAllocator,
     backend_ids: &mut IdAllocator,
     options: PlanOptions,
-) -> Plan {
-    let mut plan = Plan::default();
-    let mut target = MapContents::default();
-    svc_ids.clear_used();
-    backend_ids.clear_used();
-
-    // Ids in use now: frontends by key, backends by identity.
-    let mut current_svc: BTreeMap<FrontendKey, u32> = BTreeMap::new();
-    for (k, v) in &current.services {
-        if k.slot == 0
-            && v.flags & SVC_F_ADDR_ONLY == 0
-            && let Some(fk) = FrontendKey::from_service_key(k)
-        {
-            current_svc.insert(fk, v.svc_id);
-            svc_ids.mark_used(v.svc_id);
-        }
+) -> Planned {
+    let take = |a: &mut IdAllocator| std::mem::replace(a, IdAllocator::new(1));
+    let mut planner = Planner::new(current, take(svc_ids), take(backend_ids), options);
+    let plan = planner.plan(current, desired, Touch::All);
+    (*svc_ids, *backend_ids) = planner.into_allocators();
+    let mut target = current.clone();
+    for op in plan.groups.iter().flat_map(|g| &g.ops) {
+        target.record(op);
     }
-    let mut current_be: BTreeMap<BackendIdentity, u32> = BTreeMap::new();
-    for (id, b) in &current.backends {
-        current_be.insert(identity(b), *id);
-        backend_ids.mark_used(*id);
-    }
-
-    // Target backends: one id per identity; flags merged (local if any
-    // frontend says so, terminating only if every use is terminating).
-    let mut wanted: BTreeMap<BackendIdentity, Backend> = BTreeMap::new();
-    for fe in desired.frontends.values() {
-        for b in &fe.backends {
-            let mut be = Backend {
-                addr: nbo(b.addr),
-                port: b.port.to_be(),
-                proto: fe.key.protocol.number(),
-                flags: 0,
-            };
-            if b.local {
-                be.flags |= BE_F_LOCAL;
-            }
-            if b.terminating {
-                be.flags |= BE_F_TERMINATING;
-            }
-            wanted
-                .entry(identity(&be))
-                .and_modify(|e| {
-                    e.flags |= be.flags & BE_F_LOCAL;
-                    if be.flags & BE_F_TERMINATING == 0 {
-                        e.flags &= !BE_F_TERMINATING;
-                    }
-                })
-                .or_insert(be);
-        }
-    }
-    let mut be_id: BTreeMap<BackendIdentity, u32> = BTreeMap::new();
-    for (ident, be) in &wanted {
-        let id = match current_be.get(ident) {
-            Some(id) => *id,
-            None => match backend_ids.allocate() {
-                Some(id) => id,
-                None => {
-                    // Out of ids: leave it out; frontends needing it are
-                    // reported by the executor as not programmed.
-                    continue;
-                }
-            },
-        };
-        be_id.insert(*ident, id);
-        target.backends.insert(id, *be);
-    }
-
-    // Address-only entries: service addresses refuse unknown ports; the
-    // node's own addresses pass them.
-    for a in &desired.service_addrs {
-        let v = ServiceValue {
-            flags: SVC_F_ADDR_ONLY,
-            ..Default::default()
-        };
-        target.services.insert(ServiceKey::address_only(nbo(*a)), v);
-    }
-    for a in &desired.node_addrs {
-        let v = ServiceValue {
-            flags: SVC_F_ADDR_ONLY | SVC_F_NODE_ADDR,
-            ..Default::default()
-        };
-        target
-            .services
-            .entry(ServiceKey::address_only(nbo(*a)))
-            .or_insert(v);
-    }
-
-    // Frontends: slots, extras (source ranges, Maglev table), master.
-    struct FrontendPlan {
-        slots: Vec<ServiceKey>,
-        needs: Vec<u32>,
-        svc_id: u32,
-        /// The table's fingerprint, and the table itself when the maps do
-        /// not hold it yet.
-        maglev: Option<(Option<Arc<[u32]>>, u64)>,
-    }
-    let mut frontend_plans: BTreeMap<ServiceKey, FrontendPlan> = BTreeMap::new();
-    // Populating a table is the costly part of planning (M x backends
-    // steps): done only for tables that changed, once per distinct one.
-    let mut tables: std::collections::HashMap<u64, Arc<[u32]>> = Default::default();
-    for (fk, fe) in &desired.frontends {
-        let svc_id = match current_svc.get(fk) {
-            Some(id) => *id,
-            None => match svc_ids.allocate() {
-                Some(id) => {
-                    plan.new_service_ids.insert(id);
-                    id
-                }
-                None => continue,
-            },
-        };
-        let mk = fk.service_key();
-        let mut slot_keys = Vec::new();
-        let mut needs = Vec::new();
-        let mut members = Vec::new();
-        let proto = fk.protocol.number();
-        for b in &fe.backends {
-            let ident = (nbo(b.addr), b.port.to_be(), proto);
-            let Some(id) = be_id.get(&ident) else {
-                continue;
-            };
-            let slot = slot_keys.len() as u16 + 1;
-            let sk = mk.with_slot(slot);
-            target.services.insert(
-                sk,
-                ServiceValue {
-                    backend_id: *id,
-                    svc_id,
-                    ..Default::default()
-                },
-            );
-            slot_keys.push(sk);
-            needs.push(*id);
-            members.push(maglev::Member {
-                addr: b.addr,
-                port: b.port,
-                id: *id,
-            });
-            if slot == u16::MAX {
-                break;
-            }
-        }
-        let mut flags = 0;
-        if fe.local_only {
-            flags |= SVC_F_LOCAL;
-        }
-        if fe.affinity_timeout.is_some() {
-            flags |= SVC_F_AFFINITY;
-        }
-        if fe.snat_remote {
-            flags |= SVC_F_SNAT_REMOTE;
-        }
-        if fe.drop_when_empty {
-            flags |= SVC_F_DROP_EMPTY;
-        }
-        if !fe.source_ranges.is_empty() {
-            flags |= SVC_F_SOURCE_RANGES;
-            for r in &fe.source_ranges {
-                target.source_ranges.insert((svc_id, *r));
-            }
-        }
-        let wants_maglev = fe
-            .lb_algorithm
-            .map_or(options.maglev_by_default, |a| a == LbAlgorithm::Maglev);
-        // One backend needs no table: every flow goes to it.
-        let maglev = (wants_maglev && options.maglev_size > 0 && members.len() > 1).then(|| {
-            flags |= SVC_F_MAGLEV;
-            let fp = maglev::fingerprint(&members, options.maglev_size);
-            target.maglev.insert(svc_id, fp);
-            let table = (current.maglev.get(&svc_id) != Some(&fp)).then(|| {
-                tables
-                    .entry(fp)
-                    .or_insert_with(|| Arc::from(maglev::table(&members, options.maglev_size)))
-                    .clone()
-            });
-            (table, fp)
-        });
-        target.services.insert(
-            mk,
-            ServiceValue {
-                backend_id: 0,
-                svc_id,
-                count: slot_keys.len() as u16,
-                flags,
-                kind: fe.kind.wire(),
-                affinity_timeout: fe.affinity_timeout.unwrap_or(0),
-            },
-        );
-        frontend_plans.insert(
-            mk,
-            FrontendPlan {
-                slots: slot_keys,
-                needs,
-                svc_id,
-                maglev,
-            },
-        );
-        plan.frontends_by_id.insert(svc_id, fe.clone());
-    }
-
-    // 1. New or changed backends.
-    for (id, be) in &target.backends {
-        if current.backends.get(id) != Some(be) {
-            plan.groups.push(Group {
-                ops: vec![Op::PutBackend(*id, *be)],
-                needs_backends: vec![],
-            });
-        }
-    }
-    // 2. Per frontend: changed slots, new source ranges and a changed Maglev
-    //    table, then the master that uses them; afterwards what it no
-    //    longer uses.
-    for (mk, fp) in &frontend_plans {
-        let mut ops: Vec<Op> = fp
-            .slots
-            .iter()
-            .filter(|k| current.services.get(k) != target.services.get(k))
-            .map(|k| Op::PutService(*k, target.services[k]))
-            .collect();
-        let ranges = |m: &MapContents| -> BTreeSet<Ipv4Network> {
-            m.source_ranges
-                .range(
-                    (
-                        fp.svc_id,
-                        Ipv4Network::new(std::net::Ipv4Addr::UNSPECIFIED, 0).expect("0.0.0.0/0"),
-                    )..,
-                )
-                .take_while(|(id, _)| *id == fp.svc_id)
-                .map(|(_, r)| *r)
-                .collect()
-        };
-        let (before, after) = (ranges(current), ranges(&target));
-        ops.extend(
-            after
-                .difference(&before)
-                .map(|r| Op::PutSourceRange(fp.svc_id, *r)),
-        );
-        if let Some((Some(table), print)) = &fp.maglev
-            && current.maglev.get(&fp.svc_id) != Some(print)
-        {
-            ops.push(Op::PutMaglev(fp.svc_id, table.clone(), *print));
-        }
-        if current.services.get(mk) != target.services.get(mk) {
-            ops.push(Op::PutService(*mk, target.services[mk]));
-        }
-        ops.extend(
-            before
-                .difference(&after)
-                .map(|r| Op::DeleteSourceRange(fp.svc_id, *r)),
-        );
-        if fp.maglev.is_none() && current.maglev.contains_key(&fp.svc_id) {
-            ops.push(Op::DeleteMaglev(fp.svc_id));
-        }
-        if !ops.is_empty() {
-            plan.groups.push(Group {
-                ops,
-                needs_backends: fp.needs.clone(),
-            });
-        }
-    }
-    // 3. New address-only entries, after the frontends: until its
-    //    address entry exists a new address is not a service address and
-    //    its packets pass as before, where the other way round a packet in
-    //    between would be refused as an unknown port.
-    for (k, v) in &target.services {
-        if v.flags & SVC_F_ADDR_ONLY != 0 && current.services.get(k) != Some(v) {
-            plan.groups.push(Group {
-                ops: vec![Op::PutService(*k, *v)],
-                needs_backends: vec![],
-            });
-        }
-    }
-    // 4. Deletions: masters of removed frontends before any slot, slots,
-    //    then what the removed frontends used, then address-only entries
-    //    nothing uses any more.
-    let stale: Vec<&ServiceKey> = current
-        .services
-        .keys()
-        .filter(|k| !target.services.contains_key(k))
-        .collect();
-    let (masters, rest): (Vec<&ServiceKey>, Vec<&ServiceKey>) = stale
-        .into_iter()
-        .partition(|k| k.slot == 0 && current.services[*k].flags & SVC_F_ADDR_ONLY == 0);
-    let (slots, addrs): (Vec<&ServiceKey>, Vec<&ServiceKey>) =
-        rest.into_iter().partition(|k| k.slot != 0);
-    for k in masters.iter().copied().chain(slots) {
-        plan.groups.push(Group {
-            ops: vec![Op::DeleteService(*k)],
-            needs_backends: vec![],
-        });
-    }
-    let live: BTreeSet<u32> = frontend_plans.values().map(|f| f.svc_id).collect();
-    for (id, r) in &current.source_ranges {
-        if !live.contains(id) {
-            plan.groups.push(Group {
-                ops: vec![Op::DeleteSourceRange(*id, *r)],
-                needs_backends: vec![],
-            });
-        }
-    }
-    for id in current.maglev.keys() {
-        if !live.contains(id) {
-            plan.groups.push(Group {
-                ops: vec![Op::DeleteMaglev(*id)],
-                needs_backends: vec![],
-            });
-        }
-    }
-    for k in addrs {
-        plan.groups.push(Group {
-            ops: vec![Op::DeleteService(*k)],
-            needs_backends: vec![],
-        });
-    }
-    // 5. Backends nothing refers to any more.
-    for id in current.backends.keys() {
-        if !target.backends.contains_key(id) {
-            plan.groups.push(Group {
-                ops: vec![Op::DeleteBackend(*id)],
-                needs_backends: vec![],
-            });
-            plan.removed_backends.insert(*id);
-        }
-    }
-    // Affinity to backends a frontend no longer has is forgotten, so the
-    // client's next connection makes a fresh choice.
-    for (k, v) in &current.services {
-        if k.slot != 0 || v.flags & SVC_F_AFFINITY == 0 {
-            continue;
-        }
-        if !target.services.contains_key(k) {
-            plan.affinity_flush_frontends.insert(v.svc_id);
-            continue;
-        }
-        let ids = |m: &MapContents| -> BTreeSet<u32> {
-            (1..=m.services.get(k).map_or(0, |v| v.count))
-                .filter_map(|s| m.services.get(&k.with_slot(s)))
-                .map(|s| s.backend_id)
-                .collect()
-        };
-        for gone in ids(current).difference(&ids(&target)) {
-            plan.affinity_flush.insert((v.svc_id, *gone));
-        }
-    }
-    plan.target = target;
-    plan
+    Planned { plan, target }
 }
 
 #[cfg(test)]
@@ -552,35 +946,8 @@ mod tests {
     /// Applies a plan's operations to a copy of `current`.
     fn apply(current: &MapContents, plan: &Plan) -> MapContents {
         let mut m = current.clone();
-        for g in &plan.groups {
-            for op in &g.ops {
-                match op {
-                    Op::PutBackend(id, b) => {
-                        m.backends.insert(*id, *b);
-                    }
-                    Op::PutService(k, v) => {
-                        m.services.insert(*k, *v);
-                    }
-                    Op::DeleteService(k) => {
-                        m.services.remove(k);
-                    }
-                    Op::DeleteBackend(id) => {
-                        m.backends.remove(id);
-                    }
-                    Op::PutSourceRange(id, r) => {
-                        m.source_ranges.insert((*id, *r));
-                    }
-                    Op::DeleteSourceRange(id, r) => {
-                        m.source_ranges.remove(&(*id, *r));
-                    }
-                    Op::PutMaglev(id, _, print) => {
-                        m.maglev.insert(*id, *print);
-                    }
-                    Op::DeleteMaglev(id) => {
-                        m.maglev.remove(id);
-                    }
-                }
-            }
+        for op in plan.groups.iter().flat_map(|g| &g.ops) {
+            m.record(op);
         }
         m
     }
@@ -624,10 +991,7 @@ mod tests {
                 m = apply(
                     &m,
                     &Plan {
-                        groups: vec![Group {
-                            ops: vec![op.clone()],
-                            needs_backends: vec![],
-                        }],
+                        groups: vec![Group::single(op.clone())],
                         ..Default::default()
                     },
                 );
@@ -652,7 +1016,6 @@ mod tests {
         );
         assert_consistent_throughout(&MapContents::default(), &p);
         let after = apply(&MapContents::default(), &p);
-        assert_eq!(after, p.target);
         // 2 backends; 2 address-only + 2 masters + 2 slots.
         assert_eq!(after.backends.len(), 2);
         assert_eq!(after.services.len(), 6);
@@ -1067,7 +1430,7 @@ mod extra_tests {
             &mut b,
             PlanOptions::default(),
         );
-        let svc = *p.frontends_by_id.keys().next().unwrap();
+        let svc = p.touched[0].1.unwrap();
         assert_eq!(p2.affinity_flush, [(svc, gone_id)].into());
         let p3 = plan(
             &p2.target,
@@ -1077,5 +1440,276 @@ mod extra_tests {
             PlanOptions::default(),
         );
         assert_eq!(p3.affinity_flush_frontends, [svc].into());
+    }
+}
+
+#[cfg(test)]
+mod incremental_tests {
+    use std::net::Ipv4Addr;
+
+    use super::*;
+    use crate::model::{BackendAddr, FrontendKind, Protocol, Scope, ServiceRef};
+
+    fn ip(s: &str) -> Ipv4Addr {
+        s.parse().unwrap()
+    }
+
+    fn fe(vip: &str, kind: FrontendKind, backends: &[&str]) -> Frontend {
+        Frontend {
+            key: FrontendKey {
+                addr: ip(vip),
+                port: 80,
+                protocol: Protocol::Tcp,
+                scope: Scope::External,
+            },
+            kind,
+            service: ServiceRef {
+                namespace: "default".into(),
+                name: vip.into(),
+                port_name: String::new(),
+            },
+            backends: backends
+                .iter()
+                .map(|a| BackendAddr {
+                    addr: ip(a),
+                    port: 8080,
+                    local: false,
+                    terminating: false,
+                })
+                .collect(),
+            local_only: false,
+            drop_when_empty: false,
+            affinity_timeout: None,
+            snat_remote: false,
+            source_ranges: vec![],
+            health_check_node_port: None,
+            lb_algorithm: None,
+        }
+    }
+
+    fn cip(vip: &str, backends: &[&str]) -> Frontend {
+        fe(vip, FrontendKind::ClusterIp, backends)
+    }
+
+    fn desired(fes: &[Frontend]) -> DesiredState {
+        let mut d = DesiredState::default();
+        for f in fes {
+            d.service_addrs.insert(f.key.addr);
+            d.frontends.insert(f.key, f.clone());
+        }
+        d
+    }
+
+    const OPTIONS: PlanOptions = PlanOptions {
+        maglev_size: 251,
+        maglev_by_default: true,
+    };
+
+    fn planner() -> Planner {
+        Planner::new(
+            &MapContents::default(),
+            IdAllocator::new(1000),
+            IdAllocator::new(1000),
+            OPTIONS,
+        )
+    }
+
+    /// Applies every operation of `plan` to `m`.
+    fn run(m: &mut MapContents, plan: &Plan) {
+        for op in plan.groups.iter().flat_map(|g| &g.ops) {
+            m.record(op);
+        }
+    }
+
+    /// A planner rebuilt from `m` (a restart) must find nothing to do:
+    /// the incremental plans left the maps exactly where a full plan would.
+    fn assert_full_plan_is_empty(m: &MapContents, d: &DesiredState) {
+        let mut fresh = Planner::new(m, IdAllocator::new(1000), IdAllocator::new(1000), OPTIONS);
+        let p = fresh.plan(m, d, Touch::All);
+        assert!(p.is_empty(), "a full plan still wants {:?}", p.groups);
+    }
+
+    fn only(keys: &[&Frontend]) -> BTreeSet<FrontendKey> {
+        keys.iter().map(|f| f.key).collect()
+    }
+
+    fn master(m: &MapContents, f: &Frontend) -> ServiceValue {
+        m.services[&f.key.service_key()]
+    }
+
+    #[test]
+    fn a_change_plans_only_its_frontend_and_ids_stay() {
+        let (a, b, c) = (
+            cip("10.96.0.1", &["10.1.0.1", "10.1.0.2"]),
+            cip("10.96.0.2", &["10.1.0.3"]),
+            cip("10.96.0.3", &["10.1.0.4"]),
+        );
+        let mut p = planner();
+        let mut m = MapContents::default();
+        let d = desired(&[a.clone(), b.clone(), c.clone()]);
+        let first = p.plan(&m, &d, Touch::All);
+        run(&mut m, &first);
+        let before = m.clone();
+
+        let mut b2 = b.clone();
+        b2.backends[0].addr = ip("10.1.0.9");
+        let d2 = desired(&[a.clone(), b2.clone(), c.clone()]);
+        let plan = p.plan(
+            &m,
+            &d2,
+            Touch::Frontends {
+                keys: &only(&[&b2]),
+                addresses: false,
+            },
+        );
+        let b_key = b.key.service_key();
+        for op in plan.groups.iter().flat_map(|g| &g.ops) {
+            match op {
+                Op::PutService(k, _) | Op::DeleteService(k) => {
+                    assert_eq!(k.with_slot(0), b_key, "{op:?} is not b's")
+                }
+                Op::PutBackend(_, be) => assert_eq!(be.addr, nbo(ip("10.1.0.9"))),
+                Op::DeleteBackend(id) => assert_eq!(before.backends[id].addr, nbo(ip("10.1.0.3"))),
+                other => panic!("unexpected {other:?}"),
+            }
+        }
+        assert_eq!(
+            plan.touched,
+            vec![(b.key, Some(master(&before, &b).svc_id))]
+        );
+        run(&mut m, &plan);
+        for f in [&a, &b, &c] {
+            assert_eq!(
+                master(&m, f).svc_id,
+                master(&before, f).svc_id,
+                "{} changed id",
+                f.key
+            );
+        }
+        assert_full_plan_is_empty(&m, &d2);
+        // A full resync of the same planner on unchanged maps writes nothing.
+        assert!(p.plan(&m, &d2, Touch::All).is_empty());
+    }
+
+    #[test]
+    fn a_backend_shared_by_two_services_survives_the_removal_of_one() {
+        let a = cip("10.96.0.1", &["10.1.0.1"]);
+        let b = cip("10.96.0.2", &["10.1.0.1"]);
+        let mut p = planner();
+        let mut m = MapContents::default();
+        let first = p.plan(&m, &desired(&[a.clone(), b.clone()]), Touch::All);
+        run(&mut m, &first);
+        assert_eq!(m.backends.len(), 1, "one backend for both");
+        let id = *m.backends.keys().next().unwrap();
+
+        let d = desired(std::slice::from_ref(&b));
+        let plan = p.plan(
+            &m,
+            &d,
+            Touch::Frontends {
+                keys: &only(&[&a]),
+                addresses: true,
+            },
+        );
+        assert!(plan.removed_backends.is_empty());
+        run(&mut m, &plan);
+        assert!(m.backends.contains_key(&id), "the shared backend went away");
+        assert!(!m.services.contains_key(&a.key.service_key()));
+        assert!(
+            !m.services
+                .contains_key(&ServiceKey::address_only(nbo(a.key.addr)))
+        );
+        assert_full_plan_is_empty(&m, &d);
+
+        let empty = DesiredState::default();
+        let plan = p.plan(
+            &m,
+            &empty,
+            Touch::Frontends {
+                keys: &only(&[&b]),
+                addresses: true,
+            },
+        );
+        assert_eq!(plan.removed_backends, [id].into());
+        run(&mut m, &plan);
+        assert!(m.backends.is_empty() && m.services.is_empty(), "{m:?}");
+    }
+
+    #[test]
+    fn a_frontend_whose_writes_failed_is_completed_when_planned_again() {
+        let a = cip("10.96.0.1", &["10.1.0.1", "10.1.0.2"]);
+        let mut p = planner();
+        let mut m = MapContents::default();
+        let d = desired(std::slice::from_ref(&a));
+        let plan = p.plan(&m, &d, Touch::All);
+        // Only the backends got written (the frontend's group failed).
+        for g in &plan.groups {
+            if g.frontend.is_none() {
+                for op in &g.ops {
+                    m.record(op);
+                }
+            }
+        }
+        let retry = p.plan(
+            &m,
+            &d,
+            Touch::Frontends {
+                keys: &only(&[&a]),
+                addresses: false,
+            },
+        );
+        assert!(!retry.is_empty());
+        run(&mut m, &retry);
+        assert_full_plan_is_empty(&m, &d);
+    }
+
+    #[test]
+    fn maglev_by_default_is_for_external_frontends_only() {
+        let c = cip("10.96.0.1", &["10.1.0.1", "10.1.0.2"]);
+        let n = fe(
+            "10.96.0.2",
+            FrontendKind::NodePort,
+            &["10.1.0.1", "10.1.0.2"],
+        );
+        let mut annotated = cip("10.96.0.3", &["10.1.0.1", "10.1.0.2"]);
+        annotated.lb_algorithm = Some(LbAlgorithm::Maglev);
+        let mut p = planner();
+        let mut m = MapContents::default();
+        let first = p.plan(
+            &m,
+            &desired(&[c.clone(), n.clone(), annotated.clone()]),
+            Touch::All,
+        );
+        run(&mut m, &first);
+        let flags = |f: &Frontend| master(&m, f).flags & SVC_F_MAGLEV != 0;
+        assert!(!flags(&c), "a ClusterIP got a table by default");
+        assert!(flags(&n), "a NodePort got no table");
+        assert!(flags(&annotated), "the annotation's choice was ignored");
+        assert_eq!(m.maglev.len(), 2);
+    }
+
+    #[test]
+    fn a_full_resync_repairs_entries_removed_behind_its_back() {
+        let a = cip("10.96.0.1", &["10.1.0.1", "10.1.0.2"]);
+        let mut p = planner();
+        let mut m = MapContents::default();
+        let d = desired(std::slice::from_ref(&a));
+        let first = p.plan(&m, &d, Touch::All);
+        run(&mut m, &first);
+        let good = m.clone();
+        // Someone deletes a slot and a backend, and adds a stray entry.
+        m.services.remove(&a.key.service_key().with_slot(2));
+        let (id, _) = m.backends.pop_first().unwrap();
+        m.services
+            .insert(a.key.service_key().with_slot(7), ServiceValue::default());
+        let repair = p.plan(&m, &d, Touch::All);
+        let ops: Vec<&Op> = repair.groups.iter().flat_map(|g| &g.ops).collect();
+        assert_eq!(ops.len(), 3, "{ops:?}");
+        assert!(
+            ops.iter()
+                .any(|op| matches!(op, Op::PutBackend(i, _) if *i == id))
+        );
+        run(&mut m, &repair);
+        assert_eq!(m, good);
     }
 }

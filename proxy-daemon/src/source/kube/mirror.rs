@@ -63,11 +63,12 @@ pub(super) enum Dirty {
     Node(Touched<String>),
 }
 
-/// Published views kept for reuse. Two suffice: when view N is published,
-/// N-2 is normally held by nobody any more (the channel and the daemon
-/// moved on to N-1), so it costs no memory the old views would not cost
-/// anyway.
-pub(super) const KEPT_VIEWS: usize = 2;
+/// Published views kept for reuse. Three suffice: when view N is
+/// published, N-3 is normally held by nobody any more (the channel holds
+/// N-1 and the daemon keeps the view it last applied, N-2, to tell what the
+/// next one changed). A view costs its map nodes only; the objects are
+/// shared.
+pub(super) const KEPT_VIEWS: usize = 3;
 
 /// The watched objects as the published view should hold them: the live
 /// state of every kind plus, aside, the relists in progress.
@@ -80,9 +81,9 @@ pub(super) const KEPT_VIEWS: usize = 2;
 #[derive(Debug, Default)]
 pub struct Mirror {
     pub(super) state: ClusterState,
-    pub(super) services: Relist<ObjectKey, Service>,
-    pub(super) slices: Relist<ObjectKey, EndpointSlice>,
-    pub(super) nodes: Relist<String, Node>,
+    pub(super) services: Relist<ObjectKey, Arc<Service>>,
+    pub(super) slices: Relist<ObjectKey, Arc<EndpointSlice>>,
+    pub(super) nodes: Relist<String, Arc<Node>>,
     /// What changed in `state`, from the oldest kept view on.
     pub(super) journal: Vec<Dirty>,
     /// Journal position of `journal[0]`.
@@ -211,8 +212,8 @@ pub(super) fn replay(dst: &mut ClusterState, src: &ClusterState, dirty: &Dirty) 
 /// Applies one event to a kind's live map (or its relist). Returns what
 /// changed in the live map, if anything.
 pub(super) fn apply_event<K: Ord + Clone, T: PartialEq>(
-    live: &mut BTreeMap<K, T>,
-    relist: &mut Relist<K, T>,
+    live: &mut BTreeMap<K, Arc<T>>,
+    relist: &mut Relist<K, Arc<T>>,
     event: Event<T>,
     key: impl Fn(&T) -> Option<K>,
     trim: impl Fn(&mut T),
@@ -230,7 +231,7 @@ pub(super) fn apply_event<K: Ord + Clone, T: PartialEq>(
                 relist
                     .pending
                     .get_or_insert_with(BTreeMap::new)
-                    .insert(k, obj);
+                    .insert(k, Arc::new(obj));
             }
             None
         }
@@ -238,17 +239,30 @@ pub(super) fn apply_event<K: Ord + Clone, T: PartialEq>(
             let listed = relist.pending.take().unwrap_or_default();
             let first = !relist.synced;
             relist.synced = true;
-            let changed = *live != listed;
-            *live = listed;
+            // An object the relist found unchanged keeps the allocation the
+            // views already share, so the model sees it as untouched
+            // without comparing its fields again.
+            let mut changed = listed.len() != live.len();
+            let merged = listed
+                .into_iter()
+                .map(|(k, v)| match live.get(&k) {
+                    Some(old) if **old == *v => (k, old.clone()),
+                    _ => {
+                        changed = true;
+                        (k, v)
+                    }
+                })
+                .collect();
+            *live = merged;
             (changed || first).then_some(Touched::All)
         }
         Event::Apply(mut obj) => {
             trim(&mut obj);
             let k = key(&obj)?;
-            if live.get(&k) == Some(&obj) {
+            if live.get(&k).is_some_and(|old| **old == obj) {
                 return None;
             }
-            live.insert(k.clone(), obj);
+            live.insert(k.clone(), Arc::new(obj));
             Some(Touched::Key(k))
         }
         Event::Delete(obj) => {
