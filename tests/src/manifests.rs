@@ -42,6 +42,7 @@ pub struct Service {
     pub external_ips: Vec<Ipv4Addr>,
     pub source_ranges: Vec<&'static str>,
     pub health_check_node_port: Option<u16>,
+    pub annotations: Vec<(&'static str, &'static str)>,
 }
 
 pub fn service(name: &'static str, cluster_ip: Ipv4Addr, ports: Vec<Port>) -> Service {
@@ -57,6 +58,7 @@ pub fn service(name: &'static str, cluster_ip: Ipv4Addr, ports: Vec<Port>) -> Se
         external_ips: Vec::new(),
         source_ranges: Vec::new(),
         health_check_node_port: None,
+        annotations: Vec::new(),
     }
 }
 
@@ -66,6 +68,14 @@ impl Service {
             "apiVersion: v1\nkind: Service\nmetadata:\n  name: {}\n  namespace: {}\n  resourceVersion: \"1\"\nspec:\n  type: {}\n  clusterIP: {}\n  clusterIPs:\n  - {}\n  selector:\n    app: {}\n",
             self.name, self.namespace, self.kind, self.cluster_ip, self.cluster_ip, self.name
         );
+        if !self.annotations.is_empty() {
+            let at = y.find("spec:\n").expect("the spec line");
+            let mut a = String::from("  annotations:\n");
+            for (k, v) in &self.annotations {
+                let _ = writeln!(a, "    {k}: \"{v}\"");
+            }
+            y.insert_str(at, &a);
+        }
         if let Some(p) = self.external_traffic_policy {
             let _ = writeln!(y, "  externalTrafficPolicy: {p}");
         }

@@ -491,7 +491,14 @@ fn i_metrics_and_health_endpoints_report_the_datapath() {
 fn j_a_full_maglev_map_falls_back_to_random_choice_and_is_reported() {
     // Room for one table; `web` has two frontends (TCP and UDP ports with
     // different backends, so two distinct tables). The TCP one answered.
-    let s = setup_with(&["--max-maglev-tables", "1"]);
+    // ClusterIPs use Maglev only when the Service asks.
+    let mut cluster = Cluster::new(1).unwrap();
+    cluster
+        .start_daemon_with_args(0, &["--max-maglev-tables", "1"])
+        .unwrap();
+    let mut svc = web_service();
+    svc.annotations.push(("sluice.dev/lb-algorithm", "maglev"));
+    let s = Web::start(cluster, svc, 3, 3, Duration::from_secs(5));
     let tcp = SocketAddr::from((VIP, 80));
     // Both frontends serve every backend, with or without a table.
     let seen = s.spread(tcp, 60);
@@ -692,4 +699,50 @@ fn m_a_cluster_dump_loads_and_unusable_files_and_orphan_slices_are_counted() {
     // The existing Service still works.
     let seen = s.spread(SocketAddr::from((VIP, 80)), 10);
     assert_eq!(seen.values().sum::<usize>(), 10);
+}
+
+#[test]
+fn n_a_full_resync_repairs_a_map_entry_deleted_by_hand() {
+    let s = setup_with(&["--sync-period", "2s"]);
+    let node = &s.cluster.nodes[0];
+    let mut maps = sluice::datapath::PinnedMaps::open(&node.bpffs).unwrap();
+    let key = proxy_common::ServiceKey::for_frontend(
+        VIP,
+        80,
+        proxy_common::proto::TCP,
+        proxy_common::service::SCOPE_EXTERNAL,
+    );
+    let programmed = maps.services.get(&key, 0).unwrap();
+    // On untouched maps a resync writes nothing.
+    let log = || std::fs::read_to_string(&node.log).unwrap_or_default();
+    assert!(
+        wait_until(Duration::from_secs(6), || log()
+            .contains("full resync: maps agree")),
+        "no resync within 6 s: {}",
+        node.log_tail()
+    );
+    assert!(
+        !log().contains("full resync rewrote"),
+        "{}",
+        node.log_tail()
+    );
+
+    // Someone deletes the frontend's master entry by hand.
+    maps.services.remove(&key).unwrap();
+    let repaired = wait_until(Duration::from_secs(6), || {
+        maps.services.get(&key, 0).ok() == Some(programmed)
+    });
+    assert!(
+        repaired,
+        "the deleted entry was not put back: {}",
+        node.log_tail()
+    );
+    let log = log();
+    let line = log
+        .lines()
+        .find(|l| l.contains("full resync rewrote"))
+        .unwrap_or_else(|| panic!("the repair was not reported: {}", node.log_tail()));
+    assert!(line.contains("repaired=1"), "{line}");
+    let seen = s.spread(SocketAddr::from((VIP, 80)), 30);
+    assert_eq!(seen.len(), 3, "{seen:?}");
 }

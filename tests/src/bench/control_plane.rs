@@ -155,6 +155,64 @@ struct SluicedFigures {
     /// The daemon's own change-to-programmed figures (from the source's
     /// arrival stamp), for the same changes.
     daemon_changes: Vec<Duration>,
+    /// A new Service (its slice already there) committed -> its frontend
+    /// with every backend in the maps; and its deletion -> gone.
+    service_adds: Vec<Duration>,
+    service_deletes: Vec<Duration>,
+    /// sluiced's peak and current resident memory, KiB (VmHWM, VmRSS).
+    rss_peak_kib: u64,
+    rss_kib: u64,
+    /// Kernel memory of every BPF map sluiced created (memlock, from
+    /// bpftool), bytes.
+    map_bytes: u64,
+    /// CPU sluiced used over an idle period, percent of one core.
+    idle_cpu_percent: f64,
+}
+
+/// `VmHWM` and `VmRSS` of a process, KiB.
+fn memory_kib(pid: u32) -> Result<(u64, u64)> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status"))?;
+    let field = |name: &str| -> Result<u64> {
+        let line = status
+            .lines()
+            .find(|l| l.starts_with(name))
+            .with_context(|| format!("no {name} in /proc/{pid}/status"))?;
+        line.split_whitespace()
+            .nth(1)
+            .and_then(|v| v.parse().ok())
+            .with_context(|| format!("bad {name} line {line:?}"))
+    };
+    Ok((field("VmHWM:")?, field("VmRSS:")?))
+}
+
+/// Kernel memory of all BPF maps on the machine (bpftool's
+/// `bytes_memlock`), by map id: the difference before and after sluiced
+/// programmed is what its maps (pinned ones and the Maglev arrays inside
+/// the map-of-maps) cost.
+fn map_memlock() -> Result<std::collections::BTreeMap<u64, u64>> {
+    let out = std::process::Command::new("bpftool")
+        .args(["map", "show", "--json"])
+        .output()
+        .context("running bpftool")?;
+    if !out.status.success() {
+        bail!("bpftool map show: {}", String::from_utf8_lossy(&out.stderr));
+    }
+    let maps: Vec<Value> = serde_json::from_slice(&out.stdout)?;
+    Ok(maps
+        .iter()
+        .filter_map(|m| Some((m["id"].as_u64()?, m["bytes_memlock"].as_u64()?)))
+        .collect())
+}
+
+/// User plus system CPU time of a process, in clock ticks.
+fn cpu_ticks(pid: u32) -> Result<u64> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat"))?;
+    // Fields after the command name (which may hold spaces) in parentheses.
+    let rest = &stat[stat.rfind(')').context("bad stat")? + 2..];
+    let f: Vec<&str> = rest.split_whitespace().collect();
+    let utime: u64 = f.get(11).context("no utime")?.parse()?;
+    let stime: u64 = f.get(12).context("no stime")?.parse()?;
+    Ok(utime + stime)
 }
 
 fn measure_sluiced(services: usize, changes: usize) -> Result<SluicedFigures> {
@@ -165,6 +223,7 @@ fn measure_sluiced(services: usize, changes: usize) -> Result<SluicedFigures> {
         [service_json(i), slice_json(i, &eps)]
     });
     cluster.api_server().apply_all(objects)?;
+    let maps_before = map_memlock()?;
     // Capacities for 100k backends; whatever the caller adds after.
     let capacity = [
         "--max-backends".to_string(),
@@ -258,6 +317,49 @@ fn measure_sluiced(services: usize, changes: usize) -> Result<SluicedFigures> {
         .skip(applies_before)
         .map(Duration::from_micros)
         .collect();
+
+    // Services added and deleted, one at a time, on the loaded node.
+    let api = cluster.api_server();
+    let mut service_adds = Vec::with_capacity(changes);
+    let mut service_deletes = Vec::with_capacity(changes);
+    for k in 0..changes {
+        let i = services + k;
+        let eps: Vec<Ipv4Addr> = (0..ENDPOINTS).map(|e| endpoint(i, e)).collect();
+        api.apply(slice_json(i, &eps))?;
+        std::thread::sleep(Duration::from_millis(20));
+        let t0 = Instant::now();
+        api.apply(service_json(i))?;
+        wait_for(&maps, i, t0, &mut service_adds, |b| {
+            b.is_some_and(|b| b.len() == ENDPOINTS)
+        })?;
+        std::thread::sleep(Duration::from_millis(20));
+        let t0 = Instant::now();
+        api.delete(
+            crate::apiserver::Kind::Service,
+            "bench",
+            &format!("svc-{i}"),
+        )?;
+        wait_for(&maps, i, t0, &mut service_deletes, |b| b.is_none())?;
+        std::thread::sleep(Duration::from_millis(20));
+    }
+
+    let pid = cluster.nodes[0]
+        .daemon_pid()
+        .context("sluiced is not running")?;
+    // Idle: nothing changes for a while (long enough for the overlay
+    // repair and the CT sweep to run at least once each).
+    let (ticks0, t0) = (cpu_ticks(pid)?, Instant::now());
+    std::thread::sleep(Duration::from_secs(32));
+    let ticks = cpu_ticks(pid)? - ticks0;
+    // SAFETY: sysconf has no preconditions.
+    let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) }.max(1) as f64;
+    let idle_cpu_percent = ticks as f64 / hz / t0.elapsed().as_secs_f64() * 100.0;
+    let (rss_peak_kib, rss_kib) = memory_kib(pid)?;
+    let map_bytes = map_memlock()?
+        .iter()
+        .filter(|(id, _)| !maps_before.contains_key(id))
+        .map(|(_, b)| b)
+        .sum();
     Ok(SluicedFigures {
         services,
         start_to_listed: listed.unwrap_or(programmed),
@@ -265,7 +367,34 @@ fn measure_sluiced(services: usize, changes: usize) -> Result<SluicedFigures> {
         first_apply,
         changes: latencies,
         daemon_changes,
+        service_adds,
+        service_deletes,
+        rss_peak_kib,
+        rss_kib,
+        map_bytes,
+        idle_cpu_percent,
     })
+}
+
+/// Polls the maps until Service `i`'s frontend backends satisfy `done`;
+/// records the time since `t0`.
+fn wait_for(
+    maps: &PinnedMaps,
+    i: usize,
+    t0: Instant,
+    out: &mut Vec<Duration>,
+    done: impl Fn(Option<Vec<Ipv4Addr>>) -> bool,
+) -> Result<()> {
+    loop {
+        if done(frontend_backends(maps, vip(i), SERVICE_PORT)) {
+            out.push(t0.elapsed());
+            return Ok(());
+        }
+        if t0.elapsed() > Duration::from_secs(30) {
+            bail!("svc-{i} did not reach the expected state within 30 s");
+        }
+        std::hint::spin_loop();
+    }
 }
 
 // ---------------------------------------------------------------------------
@@ -626,6 +755,30 @@ pub fn run() -> Result<()> {
                 ms(percentile(&s.daemon_changes, 0.99))
             );
         }
+        println!(
+            "  Service added (slice present) -> in maps:     p50 {:>7.2} ms   p99 {:>7.2} ms   (n={})",
+            ms(percentile(&s.service_adds, 0.50)),
+            ms(percentile(&s.service_adds, 0.99)),
+            s.service_adds.len()
+        );
+        println!(
+            "  Service deleted -> gone from maps:            p50 {:>7.2} ms   p99 {:>7.2} ms",
+            ms(percentile(&s.service_deletes, 0.50)),
+            ms(percentile(&s.service_deletes, 0.99)),
+        );
+        println!(
+            "  sluiced RSS after sync: peak (VmHWM) {:.1} MiB, now (VmRSS) {:.1} MiB",
+            s.rss_peak_kib as f64 / 1024.0,
+            s.rss_kib as f64 / 1024.0
+        );
+        println!(
+            "  kernel memory of sluiced's BPF maps (memlock): {:.1} MiB",
+            s.map_bytes as f64 / (1024.0 * 1024.0)
+        );
+        println!(
+            "  sluiced CPU while nothing changes (32 s): {:.2}% of one core",
+            s.idle_cpu_percent
+        );
     }
     for f in &ipt {
         println!();
