@@ -340,6 +340,9 @@ fn maglev_sends_a_flow_to_the_same_backend_through_any_node() {
     let backends: Vec<&Pod> = s.pods.iter().collect();
     let mut svc = manifests::service("mg", Ipv4Addr::new(10, 96, 1, 7), vec![]);
     svc.kind = "NodePort";
+    // NodePorts use Maglev by default; the annotation puts the ClusterIPs
+    // on it too, so that table sharing between them shows below.
+    svc.annotations.push(("sluice.dev/lb-algorithm", "maglev"));
     publish(&s, svc, &backends);
     for n in 0..3 {
         assert!(reachable_from_outside(
@@ -372,6 +375,7 @@ fn maglev_sends_a_flow_to_the_same_backend_through_any_node() {
     );
     // Each of the two ports has a ClusterIP and a NodePort frontend with
     // the same backends: the kernel holds one table per port, not four.
+    // (Without the annotation the ClusterIPs would have none.)
     let maps = sluice::datapath::PinnedMaps::open(&s.cluster.nodes[0].bpffs).unwrap();
     let ids: Vec<u32> = maps.maglev.keys().map(Result::unwrap).collect();
     assert_eq!(ids.len(), 4, "expected a table per frontend: {ids:?}");

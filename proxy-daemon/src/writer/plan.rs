@@ -211,8 +211,9 @@ pub struct Planner {
     frontend_ids: BTreeMap<FrontendKey, u32>,
     /// Ids of the backends the maps hold or this planner planned.
     backend_index: BTreeMap<BackendIdentity, u32>,
-    /// What was last planned for each frontend.
-    planned: BTreeMap<FrontendKey, Frontend>,
+    /// The backends last planned for each frontend (all the use counts
+    /// need).
+    planned: BTreeMap<FrontendKey, Vec<BackendAddr>>,
     uses: BTreeMap<BackendIdentity, Uses>,
     /// Addresses with an address-only entry, planned or programmed.
     planned_addrs: BTreeSet<Ipv4Addr>,
@@ -347,24 +348,30 @@ impl Planner {
     ) -> BTreeSet<BackendIdentity> {
         let mut touched = BTreeSet::new();
         for k in keys {
-            let new = desired.frontends.get(k);
+            let new = desired.frontends.get(k).map(|f| &f.backends);
             if self.planned.get(k) == new {
                 continue;
             }
             if let Some(old) = self.planned.remove(k) {
-                self.count(&old, false, &mut touched);
+                self.count(k.protocol, &old, false, &mut touched);
             }
             if let Some(new) = new {
-                self.count(new, true, &mut touched);
+                self.count(k.protocol, new, true, &mut touched);
                 self.planned.insert(*k, new.clone());
             }
         }
         touched
     }
 
-    fn count(&mut self, fe: &Frontend, add: bool, touched: &mut BTreeSet<BackendIdentity>) {
-        for b in &fe.backends {
-            let ident = backend_identity(b, fe.key.protocol);
+    fn count(
+        &mut self,
+        protocol: Protocol,
+        backends: &[BackendAddr],
+        add: bool,
+        touched: &mut BTreeSet<BackendIdentity>,
+    ) {
+        for b in backends {
+            let ident = backend_identity(b, protocol);
             touched.insert(ident);
             let uses = self.uses.entry(ident).or_default();
             let step = |n: &mut u32, counts: bool| {

@@ -397,6 +397,111 @@ fn wait_for(
     }
 }
 
+/// The same cluster through the manifests source: one `kind: List` file
+/// with every Service and slice, changes as files renamed into the
+/// directory (the way `Cluster::apply` writes: temporary file, then
+/// rename).
+struct ManifestFigures {
+    /// sluiced spawned -> every frontend programmed.
+    cold_start: Duration,
+    /// A slice file renamed in -> the new backend in the maps.
+    changes: Vec<Duration>,
+    /// A Service file renamed in (its slice already there) -> its frontend
+    /// with every backend in the maps.
+    service_adds: Vec<Duration>,
+    /// Idle CPU, percent of one core (the source's own reads must not
+    /// wake it).
+    idle_cpu_percent: f64,
+}
+
+fn list_json(items: Vec<Value>) -> String {
+    json!({"apiVersion": "v1", "kind": "List", "items": items}).to_string()
+}
+
+fn measure_manifests(services: usize, changes: usize) -> Result<ManifestFigures> {
+    let mut cluster = Cluster::new(1)?;
+    let items: Vec<Value> = (0..services)
+        .flat_map(|i| {
+            let eps: Vec<Ipv4Addr> = (0..ENDPOINTS).map(|e| endpoint(i, e)).collect();
+            [service_json(i), slice_json(i, &eps)]
+        })
+        .collect();
+    cluster.apply("00-cluster.json", &list_json(items))?;
+    let capacity = [
+        "--max-backends".to_string(),
+        (services * ENDPOINTS * 2).max(65_536).to_string(),
+        "--max-service-entries".to_string(),
+        (services * (ENDPOINTS + 3)).max(262_144).to_string(),
+    ];
+    let args: Vec<&str> = capacity.iter().map(String::as_str).collect();
+    let start = Instant::now();
+    cluster.start_daemon_with_args(0, &args)?;
+    let log_path = cluster.nodes[0].log.clone();
+    let cold_start = loop {
+        let log = std::fs::read_to_string(&log_path).unwrap_or_default();
+        if log_fields(&log, "datapath programmed", "frontends")
+            .iter()
+            .any(|&f| f as usize >= services)
+        {
+            break start.elapsed();
+        }
+        if start.elapsed() > Duration::from_secs(600) {
+            bail!("manifests: not programmed within 10 minutes: {}", cluster.nodes[0].log_tail());
+        }
+        std::thread::sleep(Duration::from_millis(5));
+    };
+    let maps = PinnedMaps::open(&cluster.nodes[0].bpffs)?;
+    std::thread::sleep(Duration::from_millis(500));
+
+    let mut done: Vec<(usize, Ipv4Addr)> = Vec::new();
+    let mut latencies = Vec::with_capacity(changes);
+    for k in 0..changes {
+        let i = changed_service(k, services);
+        let addr = changed_endpoint(k);
+        done.push((i, addr));
+        // A later file wins for the same object.
+        let yaml = slice_json(i, &endpoints_after(i, &done)).to_string();
+        let t0 = Instant::now();
+        cluster.apply(&format!("50-change-{i}.json"), &yaml)?;
+        loop {
+            if frontend_backends(&maps, vip(i), SERVICE_PORT).is_some_and(|b| b.contains(&addr)) {
+                latencies.push(t0.elapsed());
+                break;
+            }
+            if t0.elapsed() > Duration::from_secs(30) {
+                bail!("manifests: change {k} not in the datapath after 30 s");
+            }
+            std::hint::spin_loop();
+        }
+        std::thread::sleep(Duration::from_millis(30));
+    }
+    let mut service_adds = Vec::with_capacity(changes);
+    for k in 0..changes {
+        let i = services + k;
+        let eps: Vec<Ipv4Addr> = (0..ENDPOINTS).map(|e| endpoint(i, e)).collect();
+        cluster.apply(&format!("60-slice-{i}.json"), &slice_json(i, &eps).to_string())?;
+        std::thread::sleep(Duration::from_millis(30));
+        let t0 = Instant::now();
+        cluster.apply(&format!("60-svc-{i}.json"), &service_json(i).to_string())?;
+        wait_for(&maps, i, t0, &mut service_adds, |b| {
+            b.is_some_and(|b| b.len() == ENDPOINTS)
+        })?;
+        std::thread::sleep(Duration::from_millis(30));
+    }
+    let pid = cluster.nodes[0].daemon_pid().context("sluiced is not running")?;
+    let (ticks0, t0) = (cpu_ticks(pid)?, Instant::now());
+    std::thread::sleep(Duration::from_secs(32));
+    let ticks = cpu_ticks(pid)? - ticks0;
+    // SAFETY: sysconf has no preconditions.
+    let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) }.max(1) as f64;
+    Ok(ManifestFigures {
+        cold_start,
+        changes: latencies,
+        service_adds,
+        idle_cpu_percent: ticks as f64 / hz / t0.elapsed().as_secs_f64() * 100.0,
+    })
+}
+
 // ---------------------------------------------------------------------------
 // kube-proxy's iptables ruleset
 
@@ -698,6 +803,11 @@ pub fn run() -> Result<()> {
     } else {
         Some(measure_sluiced(services, changes)?)
     };
+    let m = if only == "iptables" || std::env::var_os("SLUICE_BENCH_NO_MANIFESTS").is_some() {
+        None
+    } else {
+        Some(measure_manifests(services, changes)?)
+    };
     let mut ipt = Vec::new();
     let mut probe = None;
     if only != "sluiced" {
@@ -743,6 +853,10 @@ pub fn run() -> Result<()> {
             ms(s.first_apply)
         );
         println!(
+            "  cold start, complete view -> all programmed:  {:>9.1} ms",
+            ms(s.start_to_programmed.saturating_sub(s.start_to_listed))
+        );
+        println!(
             "  EndpointSlice change committed -> in maps:    p50 {:>7.2} ms   p99 {:>7.2} ms   (n={})",
             ms(percentile(&s.changes, 0.50)),
             ms(percentile(&s.changes, 0.99)),
@@ -778,6 +892,29 @@ pub fn run() -> Result<()> {
         println!(
             "  sluiced CPU while nothing changes (32 s): {:.2}% of one core",
             s.idle_cpu_percent
+        );
+    }
+    if let Some(m) = &m {
+        println!();
+        println!("sluiced (manifests directory: one List file, changes renamed in)");
+        println!(
+            "  start -> fully programmed:                    {:>9.1} ms",
+            ms(m.cold_start)
+        );
+        println!(
+            "  EndpointSlice file renamed in -> in maps:     p50 {:>7.2} ms   p99 {:>7.2} ms   (n={})",
+            ms(percentile(&m.changes, 0.50)),
+            ms(percentile(&m.changes, 0.99)),
+            m.changes.len()
+        );
+        println!(
+            "  Service file renamed in -> in maps:           p50 {:>7.2} ms   p99 {:>7.2} ms",
+            ms(percentile(&m.service_adds, 0.50)),
+            ms(percentile(&m.service_adds, 0.99)),
+        );
+        println!(
+            "  sluiced CPU while nothing changes (32 s): {:.2}% of one core",
+            m.idle_cpu_percent
         );
     }
     for f in &ipt {
