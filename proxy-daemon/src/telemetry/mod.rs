@@ -46,7 +46,7 @@ pub struct State {
     /// Objects or parts skipped, by reason label.
     pub skipped_objects: BTreeMap<&'static str, usize>,
     /// Frontend id -> names, for per-service labels.
-    pub frontend_names: BTreeMap<u32, FrontendMeta>,
+    pub frontend_names: BTreeMap<u32, Arc<FrontendMeta>>,
     /// Per CT map: what the last sweep found.
     pub ct_sweeps: BTreeMap<&'static str, CtSweepGauge>,
     pub last_programmed: Option<SystemTime>,
@@ -152,7 +152,7 @@ impl Telemetry {
         self.with(|s| s.sync_errors += 1);
     }
 
-    pub fn set_frontend_names<'a>(&self, names: impl IntoIterator<Item = &'a FrontendMeta>) {
+    pub fn set_frontend_names<'a>(&self, names: impl IntoIterator<Item = &'a Arc<FrontendMeta>>) {
         self.with(|s| {
             s.frontend_names = names.into_iter().map(|m| (m.id, m.clone())).collect();
         });

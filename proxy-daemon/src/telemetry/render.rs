@@ -381,7 +381,7 @@ mod tests {
         );
         s.frontend_names.insert(
             7,
-            FrontendMeta {
+            std::sync::Arc::new(FrontendMeta {
                 id: 7,
                 namespace: "shop".into(),
                 name: "we\"b".into(),
@@ -395,7 +395,7 @@ mod tests {
                 affinity_timeout: None,
                 snat_remote: false,
                 health_check_node_port: None,
-            },
+            }),
         );
         s
     }

@@ -73,6 +73,83 @@ pub fn write(state_dir: &Path, meta: &DatapathMeta) -> std::io::Result<()> {
     write_json(state_dir, META_FILE, meta)
 }
 
+/// Writes `frontends.json` on a thread of its own, newest names first:
+/// with 10k Services the file is over a megabyte and its fsync can take
+/// tens of milliseconds here, which must not delay the next change. A
+/// snapshot published while an earlier one is being written replaces any
+/// other waiting one. Readers see the old file or the new, never half.
+pub struct NamesFile {
+    pending: std::sync::Arc<(std::sync::Mutex<Pending>, std::sync::Condvar)>,
+}
+
+#[derive(Default)]
+struct Pending {
+    snapshot: Option<Vec<std::sync::Arc<FrontendMeta>>>,
+    closed: bool,
+}
+
+#[derive(Serialize)]
+struct MetaOut<'a> {
+    node: &'a str,
+    version: &'a str,
+    frontends: Vec<&'a FrontendMeta>,
+}
+
+impl NamesFile {
+    pub fn spawn(state_dir: &Path, node: &str) -> std::io::Result<Self> {
+        let pending: std::sync::Arc<(std::sync::Mutex<Pending>, std::sync::Condvar)> =
+            Default::default();
+        let (state_dir, node) = (state_dir.to_owned(), node.to_owned());
+        let shared = pending.clone();
+        std::thread::Builder::new()
+            .name("frontends.json".into())
+            .spawn(move || {
+                let (lock, ready) = &*shared;
+                loop {
+                    let mut p = lock.lock().unwrap_or_else(|e| e.into_inner());
+                    while p.snapshot.is_none() && !p.closed {
+                        p = ready.wait(p).unwrap_or_else(|e| e.into_inner());
+                    }
+                    let Some(mut frontends) = p.snapshot.take() else {
+                        return;
+                    };
+                    drop(p);
+                    frontends.sort_by_key(|f| f.id);
+                    let out = MetaOut {
+                        node: &node,
+                        version: env!("CARGO_PKG_VERSION"),
+                        frontends: frontends.iter().map(|f| &**f).collect(),
+                    };
+                    if let Err(e) = write_json(&state_dir, META_FILE, &out) {
+                        tracing::warn!(
+                            path = %meta_path(&state_dir).display(),
+                            error = %e,
+                            "recording frontend names failed; sluicectl shows ids only until the next change"
+                        );
+                    }
+                }
+            })?;
+        Ok(Self { pending })
+    }
+
+    /// Queues `frontends` to be written (replacing a snapshot not yet
+    /// written).
+    pub fn publish(&self, frontends: Vec<std::sync::Arc<FrontendMeta>>) {
+        let (lock, ready) = &*self.pending;
+        lock.lock().unwrap_or_else(|e| e.into_inner()).snapshot = Some(frontends);
+        ready.notify_one();
+    }
+}
+
+impl Drop for NamesFile {
+    /// Lets the thread write what is queued, then end.
+    fn drop(&mut self) {
+        let (lock, ready) = &*self.pending;
+        lock.lock().unwrap_or_else(|e| e.into_inner()).closed = true;
+        ready.notify_one();
+    }
+}
+
 pub fn read(state_dir: &Path) -> std::io::Result<DatapathMeta> {
     let bytes = std::fs::read(meta_path(state_dir))?;
     serde_json::from_slice(&bytes).map_err(std::io::Error::other)

@@ -8,7 +8,8 @@ pub mod plan;
 
 use std::{
     collections::{BTreeMap, BTreeSet},
-    path::{Path, PathBuf},
+    path::Path,
+    sync::Arc,
 };
 
 use aya::maps::{MapData, MapError, PerCpuValues, lpm_trie::Key};
@@ -22,7 +23,7 @@ use tracing::{debug, warn};
 pub use self::ids::IdAllocator;
 pub use self::plan::{PlanOptions, Touch};
 use self::{
-    meta::{DatapathMeta, FrontendMeta},
+    meta::{FrontendMeta, NamesFile},
     plan::{MapContents, Op, Plan, Planner},
 };
 use crate::{
@@ -67,13 +68,12 @@ pub struct Writer {
     planner: Planner,
     /// Frontends whose group failed: planned again with the next change.
     retry: BTreeSet<FrontendKey>,
-    state_dir: PathBuf,
-    node: String,
     capacities: Capacities,
     /// Names of the programmed frontends, for `sluicectl` and metrics.
-    names: BTreeMap<FrontendKey, FrontendMeta>,
-    /// Whether `names` changed since `frontends.json` was last written.
+    names: BTreeMap<FrontendKey, Arc<FrontendMeta>>,
+    /// Whether `names` changed since `frontends.json` was last queued.
     names_dirty: bool,
+    names_file: NamesFile,
     /// Tables written in the current apply, by fingerprint: the frontends
     /// of one Service port (ClusterIP, NodePort, load balancer IPs) have
     /// the same backends, so they share one inner array instead of holding
@@ -126,11 +126,13 @@ impl Writer {
             current,
             planner,
             retry: BTreeSet::new(),
-            state_dir: state_dir.to_owned(),
-            node: node.to_owned(),
             capacities,
             names: BTreeMap::new(),
             names_dirty: true,
+            names_file: NamesFile::spawn(state_dir, node).map_err(|source| DatapathError::Io {
+                path: meta::meta_path(state_dir),
+                source,
+            })?,
             maglev_written: std::collections::HashMap::new(),
             maglev_outer: datapath::open_pinned(bpffs, names::MAP_MAGLEV)?,
             maglev_batched_puts: Default::default(),
@@ -139,7 +141,7 @@ impl Writer {
     }
 
     /// Names of the programmed frontends (complete after the first apply).
-    pub fn names(&self) -> impl Iterator<Item = &FrontendMeta> {
+    pub fn names(&self) -> impl Iterator<Item = &Arc<FrontendMeta>> {
         self.names.values()
     }
 
@@ -203,20 +205,9 @@ impl Writer {
         // most applies change endpoints, not frontends.
         report.names_changed = self.names_dirty;
         if self.names_dirty {
-            let mut frontends: Vec<FrontendMeta> = self.names.values().cloned().collect();
-            frontends.sort_by_key(|f| f.id);
-            let meta = DatapathMeta {
-                node: self.node.clone(),
-                version: env!("CARGO_PKG_VERSION").to_string(),
-                frontends,
-            };
-            match meta::write(&self.state_dir, &meta) {
-                Ok(()) => self.names_dirty = false,
-                Err(e) => report.failures.push(format!(
-                    "writing {}: {e}",
-                    meta::meta_path(&self.state_dir).display()
-                )),
-            }
+            self.names_file
+                .publish(self.names.values().cloned().collect());
+            self.names_dirty = false;
         }
         Ok(report)
     }
@@ -248,7 +239,11 @@ impl Writer {
                 _ => None,
             };
             let changed = match name {
-                Some(n) => self.names.insert(*key, n.clone()).as_ref() != Some(&n),
+                Some(n) if self.names.get(key).is_some_and(|old| **old == n) => false,
+                Some(n) => {
+                    self.names.insert(*key, Arc::new(n));
+                    true
+                }
                 None => self.names.remove(key).is_some(),
             };
             self.names_dirty |= changed;

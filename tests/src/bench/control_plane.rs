@@ -446,7 +446,10 @@ fn measure_manifests(services: usize, changes: usize) -> Result<ManifestFigures>
             break start.elapsed();
         }
         if start.elapsed() > Duration::from_secs(600) {
-            bail!("manifests: not programmed within 10 minutes: {}", cluster.nodes[0].log_tail());
+            bail!(
+                "manifests: not programmed within 10 minutes: {}",
+                cluster.nodes[0].log_tail()
+            );
         }
         std::thread::sleep(Duration::from_millis(5));
     };
@@ -479,7 +482,10 @@ fn measure_manifests(services: usize, changes: usize) -> Result<ManifestFigures>
     for k in 0..changes {
         let i = services + k;
         let eps: Vec<Ipv4Addr> = (0..ENDPOINTS).map(|e| endpoint(i, e)).collect();
-        cluster.apply(&format!("60-slice-{i}.json"), &slice_json(i, &eps).to_string())?;
+        cluster.apply(
+            &format!("60-slice-{i}.json"),
+            &slice_json(i, &eps).to_string(),
+        )?;
         std::thread::sleep(Duration::from_millis(30));
         let t0 = Instant::now();
         cluster.apply(&format!("60-svc-{i}.json"), &service_json(i).to_string())?;
@@ -488,7 +494,9 @@ fn measure_manifests(services: usize, changes: usize) -> Result<ManifestFigures>
         })?;
         std::thread::sleep(Duration::from_millis(30));
     }
-    let pid = cluster.nodes[0].daemon_pid().context("sluiced is not running")?;
+    let pid = cluster.nodes[0]
+        .daemon_pid()
+        .context("sluiced is not running")?;
     let (ticks0, t0) = (cpu_ticks(pid)?, Instant::now());
     std::thread::sleep(Duration::from_secs(32));
     let ticks = cpu_ticks(pid)? - ticks0;
