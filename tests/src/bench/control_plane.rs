@@ -510,6 +510,69 @@ fn measure_manifests(services: usize, changes: usize) -> Result<ManifestFigures>
     })
 }
 
+/// The user-space CT sweep over a full map: `entries` made-up TCP flows
+/// in a map of `--ct-max` 1M (live ones, then half of them expired).
+struct SweepFigures {
+    entries: usize,
+    /// A sweep that removes nothing (the walk alone), median of 3.
+    walk: Duration,
+    /// A sweep that removes half the entries.
+    half: Duration,
+    removed: usize,
+}
+
+fn measure_ct_sweep(entries: usize) -> Result<SweepFigures> {
+    use proxy_common::{CtEntry, CtKey, ct, proto};
+    use sluice::conntrack::{Policy, collect, monotonic_secs};
+    let mut cluster = Cluster::new(1)?;
+    let capacity = entries.next_power_of_two().max(1 << 20).to_string();
+    cluster.start_daemon_with_args(0, &["--ct-max", &capacity, "--ct-gc-interval", "86400"])?;
+    let mut maps = PinnedMaps::open(&cluster.nodes[0].bpffs)?;
+    let fill = |maps: &mut PinnedMaps, expired: bool| -> Result<()> {
+        let now = monotonic_secs();
+        for i in 0..entries as u32 {
+            let key = CtKey {
+                saddr: u32::from_ne_bytes([10, 200 + (i >> 24) as u8, (i >> 16) as u8, (i >> 8) as u8]),
+                daddr: u32::from_ne_bytes([10, 250, 0, i as u8]),
+                sport: 1000u16.to_be(),
+                dport: 80u16.to_be(),
+                proto: proto::TCP,
+                dir: ct::CT_DIR_SERVICE,
+                _pad: [0; 2],
+            };
+            // Every other flow idle for a day: past every timeout.
+            let seen = if expired && i % 2 == 0 { now.saturating_sub(86_400 * 2) } else { now };
+            let entry = CtEntry {
+                flags: ct::CT_F_REWRITE_DST | ct::CT_F_REPLY_SEEN | ct::CT_F_ASSURED,
+                new_daddr: key.daddr,
+                new_dport: key.dport,
+                last_seen: seen,
+                created: seen,
+                ..Default::default()
+            };
+            maps.ct_tcp.insert(key, entry, 0)?;
+        }
+        Ok(())
+    };
+    fill(&mut maps, false)?;
+    let mut walks = Vec::new();
+    for _ in 0..3 {
+        let t0 = Instant::now();
+        collect(&mut maps, Policy::Expired)?;
+        walks.push(t0.elapsed());
+    }
+    fill(&mut maps, true)?;
+    let t0 = Instant::now();
+    let swept = collect(&mut maps, Policy::Expired)?;
+    let half = t0.elapsed();
+    Ok(SweepFigures {
+        entries,
+        walk: percentile(&walks, 0.5),
+        half,
+        removed: swept.iter().map(|(_, s)| s.removed).sum(),
+    })
+}
+
 // ---------------------------------------------------------------------------
 // kube-proxy's iptables ruleset
 
@@ -816,6 +879,11 @@ pub fn run() -> Result<()> {
     } else {
         Some(measure_manifests(services, changes)?)
     };
+    let sweep = if only == "iptables" {
+        None
+    } else {
+        Some(measure_ct_sweep(env_usize("SLUICE_BENCH_CT_ENTRIES", 1_000_000))?)
+    };
     let mut ipt = Vec::new();
     let mut probe = None;
     if only != "sluiced" {
@@ -923,6 +991,20 @@ pub fn run() -> Result<()> {
         println!(
             "  sluiced CPU while nothing changes (32 s): {:.2}% of one core",
             m.idle_cpu_percent
+        );
+    }
+    if let Some(w) = &sweep {
+        println!();
+        println!("conntrack sweep (user space, every --ct-gc-interval), TCP map of {} live entries", w.entries);
+        println!(
+            "  walk, nothing expired (median of 3):          {:>9.1} ms   ({:.0} ns per entry)",
+            ms(w.walk),
+            w.walk.as_nanos() as f64 / w.entries as f64
+        );
+        println!(
+            "  half expired, {} removed:               {:>9.1} ms",
+            w.removed,
+            ms(w.half)
         );
     }
     for f in &ipt {
