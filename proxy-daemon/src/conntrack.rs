@@ -162,10 +162,22 @@ trait Store {
     fn remove(&mut self, k: &CtKey) -> Result<bool, MapError>;
 }
 
+/// Entries per batched read of a CT map: more than any hash bucket holds
+/// (the kernel refuses a chunk smaller than a bucket), few enough to stay
+/// in cache.
+const WALK_CHUNK: usize = 4096;
+
 impl Store for CtMap {
     fn walk(&self, f: &mut dyn FnMut(CtKey, CtEntry)) {
-        for (k, e) in self.iter().filter_map(Result::ok) {
-            f(k, e);
+        use std::os::fd::AsFd;
+        let fd = aya::maps::IterableMap::map(self).fd().as_fd();
+        if let Err(e) = crate::datapath::raw::lookup_batch(fd, WALK_CHUNK, &mut *f) {
+            // Kernels without batched hash lookups (before 5.6): one entry
+            // at a time.
+            tracing::debug!(error = %e, "batched CT walk unavailable; walking entry by entry");
+            for (k, e) in self.iter().filter_map(Result::ok) {
+                f(k, e);
+            }
         }
     }
 

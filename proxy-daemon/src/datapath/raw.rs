@@ -8,6 +8,7 @@
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd, FromRawFd, OwnedFd};
 
 const BPF_MAP_CREATE: libc::c_long = 0;
+const BPF_MAP_LOOKUP_BATCH: libc::c_long = 24;
 const BPF_MAP_UPDATE_BATCH: libc::c_long = 26;
 const BPF_MAP_DELETE_BATCH: libc::c_long = 27;
 const BPF_MAP_TYPE_ARRAY: u32 = 2;
@@ -131,6 +132,66 @@ fn batch(
 pub fn update_batch(fd: BorrowedFd<'_>, keys: &[u32], values: &[u32]) -> Result<(), BatchError> {
     assert_eq!(keys.len(), values.len(), "one value per key");
     batch(BPF_MAP_UPDATE_BATCH, fd, keys, Some(values))
+}
+
+/// Reads every entry of the hash map `fd` (keys `K`, values `V`, both
+/// plain data of the map's sizes), `chunk` entries per system call, and
+/// calls `f` on each: a walk of 1M entries takes ~250 calls where a
+/// get-next-key walk takes two per entry. Entries added or removed during
+/// the walk may or may not be seen, as with any walk.
+pub fn lookup_batch<K: aya::Pod, V: aya::Pod>(
+    fd: BorrowedFd<'_>,
+    chunk: usize,
+    mut f: impl FnMut(K, V),
+) -> std::io::Result<()> {
+    // SAFETY: K is plain data: all-zero bytes are a value of it.
+    let zero_key: K = unsafe { std::mem::zeroed() };
+    // SAFETY: likewise for V.
+    let zero_value: V = unsafe { std::mem::zeroed() };
+    let mut keys: Vec<K> = vec![zero_key; chunk];
+    let mut values: Vec<V> = vec![zero_value; chunk];
+    // The hash map's batch token is its bucket index.
+    let mut token: u32 = 0;
+    let mut first = true;
+    loop {
+        let mut next: u32 = 0;
+        let mut attr = BatchAttr {
+            in_batch: if first {
+                0
+            } else {
+                &token as *const u32 as u64
+            },
+            out_batch: &mut next as *mut u32 as u64,
+            keys: keys.as_mut_ptr() as u64,
+            values: values.as_mut_ptr() as u64,
+            count: chunk as u32,
+            map_fd: fd.as_raw_fd() as u32,
+            ..Default::default()
+        };
+        // SAFETY: attr points at the token and at key and value buffers of
+        // `chunk` entries of the map's sizes, all outliving the call.
+        let rc = unsafe {
+            libc::syscall(
+                libc::SYS_bpf,
+                BPF_MAP_LOOKUP_BATCH,
+                &mut attr as *mut BatchAttr,
+                size_of::<BatchAttr>(),
+            )
+        };
+        let err = (rc != 0).then(std::io::Error::last_os_error);
+        let n = (attr.count as usize).min(chunk);
+        for i in 0..n {
+            f(keys[i], values[i]);
+        }
+        match err {
+            None => {}
+            // The walk is over (the last chunk may still have held some).
+            Some(e) if e.raw_os_error() == Some(libc::ENOENT) => return Ok(()),
+            Some(e) => return Err(e),
+        }
+        token = next;
+        first = false;
+    }
 }
 
 /// Deletes `keys` from the map `fd`; stops at the first missing key

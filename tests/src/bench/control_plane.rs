@@ -532,7 +532,12 @@ fn measure_ct_sweep(entries: usize) -> Result<SweepFigures> {
         let now = monotonic_secs();
         for i in 0..entries as u32 {
             let key = CtKey {
-                saddr: u32::from_ne_bytes([10, 200 + (i >> 24) as u8, (i >> 16) as u8, (i >> 8) as u8]),
+                saddr: u32::from_ne_bytes([
+                    10,
+                    200 + (i >> 24) as u8,
+                    (i >> 16) as u8,
+                    (i >> 8) as u8,
+                ]),
                 daddr: u32::from_ne_bytes([10, 250, 0, i as u8]),
                 sport: 1000u16.to_be(),
                 dport: 80u16.to_be(),
@@ -540,8 +545,13 @@ fn measure_ct_sweep(entries: usize) -> Result<SweepFigures> {
                 dir: ct::CT_DIR_SERVICE,
                 _pad: [0; 2],
             };
-            // Every other flow idle for a day: past every timeout.
-            let seen = if expired && i % 2 == 0 { now.saturating_sub(86_400 * 2) } else { now };
+            // Every other flow idle for a day: past every timeout (the CT
+            // clock is seconds since boot; ages are wrapping differences).
+            let seen = if expired && i % 2 == 0 {
+                now.wrapping_sub(86_400)
+            } else {
+                now
+            };
             let entry = CtEntry {
                 flags: ct::CT_F_REWRITE_DST | ct::CT_F_REPLY_SEEN | ct::CT_F_ASSURED,
                 new_daddr: key.daddr,
@@ -882,7 +892,10 @@ pub fn run() -> Result<()> {
     let sweep = if only == "iptables" {
         None
     } else {
-        Some(measure_ct_sweep(env_usize("SLUICE_BENCH_CT_ENTRIES", 1_000_000))?)
+        Some(measure_ct_sweep(env_usize(
+            "SLUICE_BENCH_CT_ENTRIES",
+            1_000_000,
+        ))?)
     };
     let mut ipt = Vec::new();
     let mut probe = None;
@@ -995,7 +1008,10 @@ pub fn run() -> Result<()> {
     }
     if let Some(w) = &sweep {
         println!();
-        println!("conntrack sweep (user space, every --ct-gc-interval), TCP map of {} live entries", w.entries);
+        println!(
+            "conntrack sweep (user space, every --ct-gc-interval), TCP map of {} live entries",
+            w.entries
+        );
         println!(
             "  walk, nothing expired (median of 3):          {:>9.1} ms   ({:.0} ns per entry)",
             ms(w.walk),
