@@ -321,7 +321,7 @@ impl Reconciler {
         } else {
             Touch::Frontends {
                 keys: &changes.frontends,
-                addresses: changes.addresses,
+                addresses: &changes.addresses,
             }
         };
         debug!(

@@ -31,8 +31,8 @@ use super::{
 pub struct Changes {
     /// Frontends added, changed or removed.
     pub frontends: BTreeSet<FrontendKey>,
-    /// The set of service or node addresses may have changed.
-    pub addresses: bool,
+    /// Addresses that became or stopped being service addresses.
+    pub addresses: BTreeSet<Ipv4Addr>,
     /// Everything was recomputed (first view, or this node changed).
     pub full: bool,
     /// Services recomputed.
@@ -89,7 +89,6 @@ impl IncrementalModel {
             }
             _ => {
                 changes.full = true;
-                changes.addresses = true;
                 touched.extend(self.desired.frontends.keys().map(slot));
                 let frontends = std::mem::take(&mut self.desired.frontends);
                 *self = Self {
@@ -273,11 +272,15 @@ impl IncrementalModel {
                 }
             }
             if old_addr != new_addr {
-                if let Some(a) = old_addr {
-                    changes.addresses |= self.release_addr(a);
+                if let Some(a) = old_addr
+                    && self.release_addr(a)
+                {
+                    changes.addresses.insert(a);
                 }
-                if let Some(a) = new_addr {
-                    changes.addresses |= self.claim_addr(a);
+                if let Some(a) = new_addr
+                    && self.claim_addr(a)
+                {
+                    changes.addresses.insert(a);
                 }
             }
         }

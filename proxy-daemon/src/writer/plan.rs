@@ -192,11 +192,11 @@ pub enum Touch<'a> {
     /// Every frontend, desired or programmed, and every entry the maps
     /// hold: the first plan after a start, and the periodic resync.
     All,
-    /// Only these frontends (added, changed or removed); `addresses` when
-    /// the set of service or node addresses may have changed too.
+    /// Only these frontends (added, changed or removed), and these
+    /// addresses (that became or stopped being service addresses).
     Frontends {
         keys: &'a BTreeSet<FrontendKey>,
-        addresses: bool,
+        addresses: &'a BTreeSet<Ipv4Addr>,
     },
 }
 
@@ -296,10 +296,7 @@ impl Planner {
                 .collect(),
             Touch::Frontends { keys, .. } => keys.clone(),
         };
-        let addresses = match touch {
-            Touch::All => true,
-            Touch::Frontends { addresses, .. } => addresses,
-        };
+
         let mut plan = Plan::default();
         let mut phases = Phases::default();
         let mut touched_backends = self.follow_uses(&keys, desired);
@@ -308,8 +305,11 @@ impl Planner {
         }
         self.plan_backends(current, &touched_backends, all, &mut phases);
         self.plan_frontends(current, desired, &keys, &mut plan, &mut phases);
-        if addresses {
-            self.plan_addresses(current, desired, all, &mut phases);
+        match touch {
+            Touch::All => self.plan_addresses(current, desired, &mut phases),
+            Touch::Frontends { addresses, .. } => {
+                self.plan_some_addresses(current, desired, addresses, &mut phases)
+            }
         }
         if all {
             self.plan_strays(current, desired, &mut phases);
@@ -652,7 +652,6 @@ impl Planner {
         &mut self,
         current: &MapContents,
         desired: &DesiredState,
-        all: bool,
         phases: &mut Phases,
     ) {
         let mut wanted: BTreeMap<Ipv4Addr, ServiceValue> = BTreeMap::new();
@@ -683,16 +682,14 @@ impl Planner {
             .filter(|a| !wanted.contains_key(a))
             .copied()
             .collect();
-        if all {
-            gone.extend(
-                current
-                    .services
-                    .iter()
-                    .filter(|(k, v)| k.slot == 0 && v.flags & SVC_F_ADDR_ONLY != 0)
-                    .map(|(k, _)| k.ip())
-                    .filter(|a| !wanted.contains_key(a)),
-            );
-        }
+        gone.extend(
+            current
+                .services
+                .iter()
+                .filter(|(k, v)| k.slot == 0 && v.flags & SVC_F_ADDR_ONLY != 0)
+                .map(|(k, _)| k.ip())
+                .filter(|a| !wanted.contains_key(a)),
+        );
         for a in gone {
             let k = ServiceKey::address_only(nbo(a));
             if current.services.contains_key(&k) {
@@ -702,6 +699,46 @@ impl Planner {
             }
         }
         self.planned_addrs = wanted.into_keys().collect();
+    }
+
+    /// The address-only entries of `addrs` only.
+    fn plan_some_addresses(
+        &mut self,
+        current: &MapContents,
+        desired: &DesiredState,
+        addrs: &BTreeSet<Ipv4Addr>,
+        phases: &mut Phases,
+    ) {
+        for a in addrs {
+            let k = ServiceKey::address_only(nbo(*a));
+            let flags = if desired.service_addrs.contains(a) {
+                Some(SVC_F_ADDR_ONLY)
+            } else if desired.node_addrs.contains(a) {
+                Some(SVC_F_ADDR_ONLY | SVC_F_NODE_ADDR)
+            } else {
+                None
+            };
+            match flags {
+                Some(flags) => {
+                    let v = ServiceValue {
+                        flags,
+                        ..Default::default()
+                    };
+                    if current.services.get(&k) != Some(&v) {
+                        phases.new_addrs.push(Group::single(Op::PutService(k, v)));
+                    }
+                    self.planned_addrs.insert(*a);
+                }
+                None => {
+                    if current.services.contains_key(&k) {
+                        phases
+                            .removed_addrs
+                            .push(Group::single(Op::DeleteService(k)));
+                    }
+                    self.planned_addrs.remove(a);
+                }
+            }
+        }
     }
 
     /// What a full plan finds in the maps that no frontend accounts for:
@@ -1566,7 +1603,7 @@ mod incremental_tests {
             &d2,
             Touch::Frontends {
                 keys: &only(&[&b2]),
-                addresses: false,
+                addresses: &BTreeSet::new(),
             },
         );
         let b_key = b.key.service_key();
@@ -1615,7 +1652,7 @@ mod incremental_tests {
             &d,
             Touch::Frontends {
                 keys: &only(&[&a]),
-                addresses: true,
+                addresses: &[a.key.addr].into(),
             },
         );
         assert!(plan.removed_backends.is_empty());
@@ -1634,7 +1671,7 @@ mod incremental_tests {
             &empty,
             Touch::Frontends {
                 keys: &only(&[&b]),
-                addresses: true,
+                addresses: &[b.key.addr].into(),
             },
         );
         assert_eq!(plan.removed_backends, [id].into());
@@ -1662,7 +1699,7 @@ mod incremental_tests {
             &d,
             Touch::Frontends {
                 keys: &only(&[&a]),
-                addresses: false,
+                addresses: &BTreeSet::new(),
             },
         );
         assert!(!retry.is_empty());
