@@ -47,6 +47,11 @@ impl IdAllocator {
     /// The next free id after the cursor, or `None` when all are in use.
     pub fn allocate(&mut self) -> Option<u32> {
         let span = self.limit.saturating_sub(1);
+        // Full: say so at once rather than walk the whole range for each
+        // frontend that does not fit (35k of them took minutes).
+        if self.used.len() >= span as usize {
+            return None;
+        }
         for _ in 0..span {
             let id = self.next;
             self.next = if self.next + 1 >= self.limit {

@@ -82,6 +82,9 @@ pub struct NamesFile {
     pending: std::sync::Arc<(std::sync::Mutex<Pending>, std::sync::Condvar)>,
 }
 
+/// How long the names file waits after a change for more to come.
+const COALESCE: std::time::Duration = std::time::Duration::from_millis(20);
+
 #[derive(Default)]
 struct Pending {
     snapshot: Option<Vec<std::sync::Arc<FrontendMeta>>>,
@@ -104,12 +107,23 @@ impl NamesFile {
         std::thread::Builder::new()
             .name("frontends.json".into())
             .spawn(move || {
+                // Behind the control loop: on a busy node this thread waits,
+                // the next change does not.
+                // SAFETY: setpriority on the calling thread (who 0).
+                unsafe { libc::setpriority(libc::PRIO_PROCESS, 0, 10) };
                 let (lock, ready) = &*shared;
                 loop {
                     let mut p = lock.lock().unwrap_or_else(|e| e.into_inner());
                     while p.snapshot.is_none() && !p.closed {
                         p = ready.wait(p).unwrap_or_else(|e| e.into_inner());
                     }
+                    if p.snapshot.is_none() {
+                        return;
+                    }
+                    drop(p);
+                    // A burst of changes (a rollout) becomes one write.
+                    std::thread::sleep(COALESCE);
+                    let mut p = lock.lock().unwrap_or_else(|e| e.into_inner());
                     let Some(mut frontends) = p.snapshot.take() else {
                         return;
                     };

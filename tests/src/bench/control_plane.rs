@@ -230,6 +230,8 @@ fn measure_sluiced(services: usize, changes: usize) -> Result<SluicedFigures> {
         (services * ENDPOINTS * 2).max(65_536).to_string(),
         "--max-service-entries".to_string(),
         (services * (ENDPOINTS + 3)).max(262_144).to_string(),
+        "--max-service-ids".to_string(),
+        (services * 2).max(65_536).to_string(),
     ];
     let extra = std::env::var("SLUICE_BENCH_SLUICED_ARGS").unwrap_or_default();
     let mut args: Vec<&str> = capacity.iter().map(String::as_str).collect();
@@ -432,6 +434,8 @@ fn measure_manifests(services: usize, changes: usize) -> Result<ManifestFigures>
         (services * ENDPOINTS * 2).max(65_536).to_string(),
         "--max-service-entries".to_string(),
         (services * (ENDPOINTS + 3)).max(262_144).to_string(),
+        "--max-service-ids".to_string(),
+        (services * 2).max(65_536).to_string(),
     ];
     let args: Vec<&str> = capacity.iter().map(String::as_str).collect();
     let start = Instant::now();
