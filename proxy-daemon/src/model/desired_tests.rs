@@ -626,58 +626,41 @@ fn internal_traffic_policy_local() {
 
     assert!(!cip.drop_when_empty);
 
-    // No local endpoint, endpoints elsewhere: the ClusterIP drops.
-    let s = state(vec![
-        svc(
-            "web",
-            json!({"clusterIP": "10.96.0.10", "internalTrafficPolicy": "Local", "ports": [{"name": "http", "port": 80}]}),
+    // No local endpoint: kube-proxy's CategorizeEndpoints counts every
+    // ready (or serving-terminating) endpoint anywhere towards
+    // hasAnyEndpoints, even for a Service that only uses local ones, so
+    // the ClusterIP drops (the nftables proxier's TestInternalTrafficPolicy
+    // case "no local endpoints"); with nothing usable anywhere it rejects.
+    let elsewhere = |conditions: Value| {
+        state(vec![
+            svc(
+                "web",
+                json!({"clusterIP": "10.96.0.10", "internalTrafficPolicy": "Local", "ports": [{"name": "http", "port": 80}]}),
+            ),
+            slice(
+                "web-1",
+                "web",
+                json!([{"name": "http", "port": 8080}]),
+                json!([{"addresses": ["10.1.0.2"], "nodeName": "node-b", "conditions": conditions}]),
+            ),
+        ])
+    };
+    for (conditions, drops) in [
+        (json!({"ready": true}), true),
+        (
+            json!({"ready": false, "serving": true, "terminating": true}),
+            true,
         ),
-        slice(
-            "web-1",
-            "web",
-            json!([{"name": "http", "port": 8080}]),
-            json!([ep("10.1.0.2", Some("node-b"))]),
+        (
+            json!({"ready": false, "serving": false, "terminating": true}),
+            false,
         ),
-    ]);
-    assert!(fe(&s, "10.96.0.10:80/TCP").backends.is_empty());
-    // kube-proxy's CategorizeEndpoints counts every ready endpoint anywhere
-    // towards hasAnyEndpoints, even for a Service that only uses local
-    // ones: it drops (the nftables proxier's TestInternalTrafficPolicy
-    // case "no local endpoints").
-    assert!(fe(&s, "10.96.0.10:80/TCP").drop_when_empty);
-
-    // Only a serving-terminating endpoint elsewhere counts too.
-    let s = state(vec![
-        svc(
-            "web",
-            json!({"clusterIP": "10.96.0.10", "internalTrafficPolicy": "Local", "ports": [{"name": "http", "port": 80}]}),
-        ),
-        slice(
-            "web-1",
-            "web",
-            json!([{"name": "http", "port": 8080}]),
-            json!([{"addresses": ["10.1.0.2"], "nodeName": "node-b",
-                    "conditions": {"ready": false, "serving": true, "terminating": true}}]),
-        ),
-    ]);
-    assert!(fe(&s, "10.96.0.10:80/TCP").backends.is_empty());
-    assert!(fe(&s, "10.96.0.10:80/TCP").drop_when_empty);
-
-    // Nothing usable anywhere (terminating and no longer serving): reject.
-    let s = state(vec![
-        svc(
-            "web",
-            json!({"clusterIP": "10.96.0.10", "internalTrafficPolicy": "Local", "ports": [{"name": "http", "port": 80}]}),
-        ),
-        slice(
-            "web-1",
-            "web",
-            json!([{"name": "http", "port": 8080}]),
-            json!([{"addresses": ["10.1.0.2"], "nodeName": "node-b",
-                    "conditions": {"ready": false, "serving": false, "terminating": true}}]),
-        ),
-    ]);
-    assert!(!fe(&s, "10.96.0.10:80/TCP").drop_when_empty);
+    ] {
+        let s = elsewhere(conditions.clone());
+        let cip = fe(&s, "10.96.0.10:80/TCP");
+        assert!(cip.backends.is_empty(), "{conditions}");
+        assert_eq!(cip.drop_when_empty, drops, "{conditions}");
+    }
 
     // The same with a Cluster external policy in play: the Service has
     // endpoints it can use (elsewhere), so the ClusterIP drops instead.

@@ -204,6 +204,33 @@ fn map_memlock() -> Result<std::collections::BTreeMap<u64, u64>> {
         .collect())
 }
 
+/// The CPU `pid` uses while nothing changes for 32 s (long enough for the
+/// overlay repair and a CT sweep to run at least once each), percent of
+/// one core.
+fn idle_cpu(pid: u32) -> Result<f64> {
+    let (ticks0, t0) = (cpu_ticks(pid)?, Instant::now());
+    std::thread::sleep(Duration::from_secs(32));
+    let ticks = cpu_ticks(pid)? - ticks0;
+    // SAFETY: sysconf has no preconditions.
+    let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) }.max(1) as f64;
+    Ok(ticks as f64 / hz / t0.elapsed().as_secs_f64() * 100.0)
+}
+
+/// Map capacities for `services` x [`ENDPOINTS`] (twice what they need).
+fn capacity_args(services: usize) -> Vec<String> {
+    [
+        ("--max-backends", (services * ENDPOINTS * 2).max(65_536)),
+        (
+            "--max-service-entries",
+            (services * (ENDPOINTS + 3)).max(262_144),
+        ),
+        ("--max-service-ids", (services * 2).max(65_536)),
+    ]
+    .into_iter()
+    .flat_map(|(flag, n)| [flag.to_string(), n.to_string()])
+    .collect()
+}
+
 /// User plus system CPU time of a process, in clock ticks.
 fn cpu_ticks(pid: u32) -> Result<u64> {
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat"))?;
@@ -224,15 +251,7 @@ fn measure_sluiced(services: usize, changes: usize) -> Result<SluicedFigures> {
     });
     cluster.api_server().apply_all(objects)?;
     let maps_before = map_memlock()?;
-    // Capacities for 100k backends; whatever the caller adds after.
-    let capacity = [
-        "--max-backends".to_string(),
-        (services * ENDPOINTS * 2).max(65_536).to_string(),
-        "--max-service-entries".to_string(),
-        (services * (ENDPOINTS + 3)).max(262_144).to_string(),
-        "--max-service-ids".to_string(),
-        (services * 2).max(65_536).to_string(),
-    ];
+    let capacity = capacity_args(services);
     let extra = std::env::var("SLUICE_BENCH_SLUICED_ARGS").unwrap_or_default();
     let mut args: Vec<&str> = capacity.iter().map(String::as_str).collect();
     args.extend(extra.split_whitespace());
@@ -348,14 +367,7 @@ fn measure_sluiced(services: usize, changes: usize) -> Result<SluicedFigures> {
     let pid = cluster.nodes[0]
         .daemon_pid()
         .context("sluiced is not running")?;
-    // Idle: nothing changes for a while (long enough for the overlay
-    // repair and the CT sweep to run at least once each).
-    let (ticks0, t0) = (cpu_ticks(pid)?, Instant::now());
-    std::thread::sleep(Duration::from_secs(32));
-    let ticks = cpu_ticks(pid)? - ticks0;
-    // SAFETY: sysconf has no preconditions.
-    let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) }.max(1) as f64;
-    let idle_cpu_percent = ticks as f64 / hz / t0.elapsed().as_secs_f64() * 100.0;
+    let idle_cpu_percent = idle_cpu(pid)?;
     let (rss_peak_kib, rss_kib) = memory_kib(pid)?;
     let map_bytes = map_memlock()?
         .iter()
@@ -429,14 +441,7 @@ fn measure_manifests(services: usize, changes: usize) -> Result<ManifestFigures>
         })
         .collect();
     cluster.apply("00-cluster.json", &list_json(items))?;
-    let capacity = [
-        "--max-backends".to_string(),
-        (services * ENDPOINTS * 2).max(65_536).to_string(),
-        "--max-service-entries".to_string(),
-        (services * (ENDPOINTS + 3)).max(262_144).to_string(),
-        "--max-service-ids".to_string(),
-        (services * 2).max(65_536).to_string(),
-    ];
+    let capacity = capacity_args(services);
     let args: Vec<&str> = capacity.iter().map(String::as_str).collect();
     let start = Instant::now();
     cluster.start_daemon_with_args(0, &args)?;
@@ -501,16 +506,12 @@ fn measure_manifests(services: usize, changes: usize) -> Result<ManifestFigures>
     let pid = cluster.nodes[0]
         .daemon_pid()
         .context("sluiced is not running")?;
-    let (ticks0, t0) = (cpu_ticks(pid)?, Instant::now());
-    std::thread::sleep(Duration::from_secs(32));
-    let ticks = cpu_ticks(pid)? - ticks0;
-    // SAFETY: sysconf has no preconditions.
-    let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) }.max(1) as f64;
+    let idle_cpu_percent = idle_cpu(pid)?;
     Ok(ManifestFigures {
         cold_start,
         changes: latencies,
         service_adds,
-        idle_cpu_percent: ticks as f64 / hz / t0.elapsed().as_secs_f64() * 100.0,
+        idle_cpu_percent,
     })
 }
 
