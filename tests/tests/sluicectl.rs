@@ -120,6 +120,18 @@ fn setup() -> Setup {
         });
         assert!(ok, "{vip} never answered: {}", cluster.nodes[0].log_tail());
     }
+    // Names reach frontends.json just after the maps (the daemon writes the
+    // file off its control loop).
+    let state_dir = cluster.nodes[0].state_dir.clone();
+    let named = wait_until(Duration::from_secs(5), || {
+        std::fs::read_to_string(state_dir.join("frontends.json"))
+            .is_ok_and(|f| f.contains("\"web\"") && f.contains("\"sticky\""))
+    });
+    assert!(
+        named,
+        "frontends.json never named both Services: {}",
+        cluster.nodes[0].log_tail()
+    );
     Setup {
         backends,
         client,

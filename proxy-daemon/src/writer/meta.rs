@@ -80,6 +80,7 @@ pub fn write(state_dir: &Path, meta: &DatapathMeta) -> std::io::Result<()> {
 /// other waiting one. Readers see the old file or the new, never half.
 pub struct NamesFile {
     pending: std::sync::Arc<(std::sync::Mutex<Pending>, std::sync::Condvar)>,
+    thread: Option<std::thread::JoinHandle<()>>,
 }
 
 /// How long the names file waits after a change for more to come.
@@ -104,7 +105,7 @@ impl NamesFile {
             Default::default();
         let (state_dir, node) = (state_dir.to_owned(), node.to_owned());
         let shared = pending.clone();
-        std::thread::Builder::new()
+        let thread = std::thread::Builder::new()
             .name("frontends.json".into())
             .spawn(move || {
                 // Behind the control loop: on a busy node this thread waits,
@@ -143,7 +144,10 @@ impl NamesFile {
                     }
                 }
             })?;
-        Ok(Self { pending })
+        Ok(Self {
+            pending,
+            thread: Some(thread),
+        })
     }
 
     /// Queues `frontends` to be written (replacing a snapshot not yet
@@ -156,11 +160,15 @@ impl NamesFile {
 }
 
 impl Drop for NamesFile {
-    /// Lets the thread write what is queued, then end.
+    /// Lets the thread write what is queued, and waits for it: a daemon
+    /// that stops leaves the names of what it programmed.
     fn drop(&mut self) {
         let (lock, ready) = &*self.pending;
         lock.lock().unwrap_or_else(|e| e.into_inner()).closed = true;
         ready.notify_one();
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
     }
 }
 
