@@ -259,26 +259,7 @@ fn measure_sluiced(services: usize, changes: usize) -> Result<SluicedFigures> {
     let start = Instant::now();
     cluster.start_daemon_with_args(0, &args)?;
     let log_path = cluster.nodes[0].log.clone();
-    let mut listed = None;
-    let programmed = loop {
-        let log = std::fs::read_to_string(&log_path).unwrap_or_default();
-        if listed.is_none() && log.contains("listed; publishing") {
-            listed = Some(start.elapsed());
-        }
-        if log_fields(&log, "datapath programmed", "frontends")
-            .iter()
-            .any(|&f| f as usize >= services)
-        {
-            break start.elapsed();
-        }
-        if start.elapsed() > Duration::from_secs(600) {
-            bail!(
-                "sluiced did not program {services} frontends within 10 minutes: {}",
-                cluster.nodes[0].log_tail()
-            );
-        }
-        std::thread::sleep(Duration::from_millis(5));
-    };
+    let (programmed, listed) = wait_programmed(&cluster, services, start)?;
     let log = std::fs::read_to_string(&log_path)?;
     let first_apply = Duration::from_micros(
         log_fields(&log, "datapath programmed", "micros")
@@ -315,19 +296,9 @@ fn measure_sluiced(services: usize, changes: usize) -> Result<SluicedFigures> {
         let api = cluster.api_server();
         let t0 = Instant::now();
         api.apply(slice)?;
-        loop {
-            if frontend_backends(&maps, vip(i), SERVICE_PORT).is_some_and(|b| b.contains(&addr)) {
-                latencies.push(t0.elapsed());
-                break;
-            }
-            if t0.elapsed() > Duration::from_secs(30) {
-                bail!(
-                    "change {k} (svc-{i} gets {addr}) not in the datapath after 30 s: {}",
-                    cluster.nodes[0].log_tail()
-                );
-            }
-            std::hint::spin_loop();
-        }
+        wait_for(&cluster, &maps, i, t0, &mut latencies, |b| {
+            b.is_some_and(|b| b.contains(&addr))
+        })?;
         // Changes one at a time, as the figure is per change.
         std::thread::sleep(Duration::from_millis(30));
     }
@@ -350,7 +321,7 @@ fn measure_sluiced(services: usize, changes: usize) -> Result<SluicedFigures> {
         std::thread::sleep(Duration::from_millis(20));
         let t0 = Instant::now();
         api.apply(service_json(i))?;
-        wait_for(&maps, i, t0, &mut service_adds, |b| {
+        wait_for(&cluster, &maps, i, t0, &mut service_adds, |b| {
             b.is_some_and(|b| b.len() == ENDPOINTS)
         })?;
         std::thread::sleep(Duration::from_millis(20));
@@ -360,7 +331,9 @@ fn measure_sluiced(services: usize, changes: usize) -> Result<SluicedFigures> {
             "bench",
             &format!("svc-{i}"),
         )?;
-        wait_for(&maps, i, t0, &mut service_deletes, |b| b.is_none())?;
+        wait_for(&cluster, &maps, i, t0, &mut service_deletes, |b| {
+            b.is_none()
+        })?;
         std::thread::sleep(Duration::from_millis(20));
     }
 
@@ -390,9 +363,40 @@ fn measure_sluiced(services: usize, changes: usize) -> Result<SluicedFigures> {
     })
 }
 
+/// Waits until the daemon logs `services` frontends programmed. Returns
+/// the time since `start` and when its source had listed everything (the
+/// API source logs it; the manifests source does not).
+fn wait_programmed(
+    cluster: &Cluster,
+    services: usize,
+    start: Instant,
+) -> Result<(Duration, Option<Duration>)> {
+    let mut listed = None;
+    loop {
+        let log = std::fs::read_to_string(&cluster.nodes[0].log).unwrap_or_default();
+        if listed.is_none() && log.contains("listed; publishing") {
+            listed = Some(start.elapsed());
+        }
+        if log_fields(&log, "datapath programmed", "frontends")
+            .iter()
+            .any(|&f| f as usize >= services)
+        {
+            return Ok((start.elapsed(), listed));
+        }
+        if start.elapsed() > Duration::from_secs(600) {
+            bail!(
+                "sluiced did not program {services} frontends within 10 minutes: {}",
+                cluster.nodes[0].log_tail()
+            );
+        }
+        std::thread::sleep(Duration::from_millis(5));
+    }
+}
+
 /// Polls the maps until Service `i`'s frontend backends satisfy `done`;
 /// records the time since `t0`.
 fn wait_for(
+    cluster: &Cluster,
     maps: &PinnedMaps,
     i: usize,
     t0: Instant,
@@ -405,7 +409,10 @@ fn wait_for(
             return Ok(());
         }
         if t0.elapsed() > Duration::from_secs(30) {
-            bail!("svc-{i} did not reach the expected state within 30 s");
+            bail!(
+                "svc-{i} did not reach the expected state within 30 s: {}",
+                cluster.nodes[0].log_tail()
+            );
         }
         std::hint::spin_loop();
     }
@@ -445,23 +452,7 @@ fn measure_manifests(services: usize, changes: usize) -> Result<ManifestFigures>
     let args: Vec<&str> = capacity.iter().map(String::as_str).collect();
     let start = Instant::now();
     cluster.start_daemon_with_args(0, &args)?;
-    let log_path = cluster.nodes[0].log.clone();
-    let cold_start = loop {
-        let log = std::fs::read_to_string(&log_path).unwrap_or_default();
-        if log_fields(&log, "datapath programmed", "frontends")
-            .iter()
-            .any(|&f| f as usize >= services)
-        {
-            break start.elapsed();
-        }
-        if start.elapsed() > Duration::from_secs(600) {
-            bail!(
-                "manifests: not programmed within 10 minutes: {}",
-                cluster.nodes[0].log_tail()
-            );
-        }
-        std::thread::sleep(Duration::from_millis(5));
-    };
+    let (cold_start, _) = wait_programmed(&cluster, services, start)?;
     let maps = PinnedMaps::open(&cluster.nodes[0].bpffs)?;
     std::thread::sleep(Duration::from_millis(500));
 
@@ -475,16 +466,9 @@ fn measure_manifests(services: usize, changes: usize) -> Result<ManifestFigures>
         let yaml = slice_json(i, &endpoints_after(i, &done)).to_string();
         let t0 = Instant::now();
         cluster.apply(&format!("50-change-{i}.json"), &yaml)?;
-        loop {
-            if frontend_backends(&maps, vip(i), SERVICE_PORT).is_some_and(|b| b.contains(&addr)) {
-                latencies.push(t0.elapsed());
-                break;
-            }
-            if t0.elapsed() > Duration::from_secs(30) {
-                bail!("manifests: change {k} not in the datapath after 30 s");
-            }
-            std::hint::spin_loop();
-        }
+        wait_for(&cluster, &maps, i, t0, &mut latencies, |b| {
+            b.is_some_and(|b| b.contains(&addr))
+        })?;
         std::thread::sleep(Duration::from_millis(30));
     }
     let mut service_adds = Vec::with_capacity(changes);
@@ -498,7 +482,7 @@ fn measure_manifests(services: usize, changes: usize) -> Result<ManifestFigures>
         std::thread::sleep(Duration::from_millis(30));
         let t0 = Instant::now();
         cluster.apply(&format!("60-svc-{i}.json"), &service_json(i).to_string())?;
-        wait_for(&maps, i, t0, &mut service_adds, |b| {
+        wait_for(&cluster, &maps, i, t0, &mut service_adds, |b| {
             b.is_some_and(|b| b.len() == ENDPOINTS)
         })?;
         std::thread::sleep(Duration::from_millis(30));
