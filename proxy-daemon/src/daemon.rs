@@ -243,8 +243,6 @@ pub struct Reconciler {
     writer: Writer,
     node: Option<NodeInfo>,
     overlay: Option<Overlay>,
-    /// The last view applied (the overlay's periodic repair needs it).
-    last: Option<std::sync::Arc<ClusterState>>,
     health: HealthServers,
     logged: BTreeSet<Skip>,
     /// What `sluicectl nodes` was last told about the overlay.
@@ -272,7 +270,6 @@ impl Reconciler {
             writer,
             node: None,
             overlay: None,
-            last: None,
             health: HealthServers::default(),
             logged: BTreeSet::new(),
             overlay_meta: None,
@@ -368,7 +365,6 @@ impl Reconciler {
             }
         }
         self.log_skips(&skips);
-        self.last = Some(cluster);
         Ok(report)
     }
 
@@ -383,7 +379,7 @@ impl Reconciler {
     /// set down (which drops its routes and neighbours) or entries removed
     /// by hand.
     pub async fn repair_overlay(&mut self) {
-        if let (Some(overlay), Some(last)) = (self.overlay.as_mut(), self.last.as_ref()) {
+        if let (Some(overlay), Some(last)) = (self.overlay.as_mut(), self.model.view()) {
             let (peers, _) = overlay::peers(last, &self.cfg.node_name);
             sync_overlay(overlay, &peers).await;
         }

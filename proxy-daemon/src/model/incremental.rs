@@ -73,6 +73,11 @@ impl IncrementalModel {
         Self::default()
     }
 
+    /// The last view the state was computed from.
+    pub fn view(&self) -> Option<&Arc<ClusterState>> {
+        self.prev.as_ref()
+    }
+
     /// The desired state for the last view.
     pub fn desired(&self) -> &DesiredState {
         &self.desired

@@ -92,13 +92,6 @@ struct Pending {
     closed: bool,
 }
 
-#[derive(Serialize)]
-struct MetaOut<'a> {
-    node: &'a str,
-    version: &'a str,
-    frontends: Vec<&'a FrontendMeta>,
-}
-
 impl NamesFile {
     pub fn spawn(state_dir: &Path, node: &str) -> std::io::Result<Self> {
         let pending: std::sync::Arc<(std::sync::Mutex<Pending>, std::sync::Condvar)> =
@@ -130,12 +123,12 @@ impl NamesFile {
                     };
                     drop(p);
                     frontends.sort_by_key(|f| f.id);
-                    let out = MetaOut {
-                        node: &node,
-                        version: env!("CARGO_PKG_VERSION"),
-                        frontends: frontends.iter().map(|f| &**f).collect(),
+                    let meta = DatapathMeta {
+                        node: node.clone(),
+                        version: env!("CARGO_PKG_VERSION").to_string(),
+                        frontends: frontends.iter().map(|f| (**f).clone()).collect(),
                     };
-                    if let Err(e) = write_json(&state_dir, META_FILE, &out) {
+                    if let Err(e) = write(&state_dir, &meta) {
                         tracing::warn!(
                             path = %meta_path(&state_dir).display(),
                             error = %e,

@@ -215,8 +215,6 @@ pub struct Planner {
     /// need).
     planned: BTreeMap<FrontendKey, Vec<BackendAddr>>,
     uses: BTreeMap<BackendIdentity, Uses>,
-    /// Addresses with an address-only entry, planned or programmed.
-    planned_addrs: BTreeSet<Ipv4Addr>,
 }
 
 /// What one plan collects on the way, phase by phase.
@@ -243,14 +241,11 @@ impl Planner {
         svc_ids.clear_used();
         backend_ids.clear_used();
         let mut frontend_ids = BTreeMap::new();
-        let mut planned_addrs = BTreeSet::new();
         for (k, v) in &current.services {
-            if k.slot != 0 {
+            if k.slot != 0 || v.flags & SVC_F_ADDR_ONLY != 0 {
                 continue;
             }
-            if v.flags & SVC_F_ADDR_ONLY != 0 {
-                planned_addrs.insert(k.ip());
-            } else if let Some(fk) = FrontendKey::from_service_key(k) {
+            if let Some(fk) = FrontendKey::from_service_key(k) {
                 frontend_ids.insert(fk, v.svc_id);
                 svc_ids.mark_used(v.svc_id);
             }
@@ -268,7 +263,6 @@ impl Planner {
             backend_index,
             planned: BTreeMap::new(),
             uses: BTreeMap::new(),
-            planned_addrs,
         }
     }
 
@@ -676,29 +670,15 @@ impl Planner {
                 phases.new_addrs.push(Group::single(Op::PutService(k, *v)));
             }
         }
-        let mut gone: BTreeSet<Ipv4Addr> = self
-            .planned_addrs
-            .iter()
-            .filter(|a| !wanted.contains_key(a))
-            .copied()
-            .collect();
-        gone.extend(
-            current
-                .services
-                .iter()
-                .filter(|(k, v)| k.slot == 0 && v.flags & SVC_F_ADDR_ONLY != 0)
-                .map(|(k, _)| k.ip())
-                .filter(|a| !wanted.contains_key(a)),
-        );
-        for a in gone {
-            let k = ServiceKey::address_only(nbo(a));
-            if current.services.contains_key(&k) {
+        // A full plan: every address entry the maps hold and nobody wants
+        // goes.
+        for (k, v) in &current.services {
+            if k.slot == 0 && v.flags & SVC_F_ADDR_ONLY != 0 && !wanted.contains_key(&k.ip()) {
                 phases
                     .removed_addrs
-                    .push(Group::single(Op::DeleteService(k)));
+                    .push(Group::single(Op::DeleteService(*k)));
             }
         }
-        self.planned_addrs = wanted.into_keys().collect();
     }
 
     /// The address-only entries of `addrs` only.
@@ -727,7 +707,6 @@ impl Planner {
                     if current.services.get(&k) != Some(&v) {
                         phases.new_addrs.push(Group::single(Op::PutService(k, v)));
                     }
-                    self.planned_addrs.insert(*a);
                 }
                 None => {
                     if current.services.contains_key(&k) {
@@ -735,7 +714,6 @@ impl Planner {
                             .removed_addrs
                             .push(Group::single(Op::DeleteService(k)));
                     }
-                    self.planned_addrs.remove(a);
                 }
             }
         }
