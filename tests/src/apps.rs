@@ -328,6 +328,13 @@ pub fn tcp_spread(ns: &NetNs, target: SocketAddr, n: usize) -> BTreeMap<String, 
 /// Like [`tcp_ask`], from a chosen local port (SO_REUSEADDR, so a port in
 /// TIME_WAIT towards another destination can be used again): the same
 /// client flow, as far as a load balancer's hash is concerned.
+///
+/// Returns once the server has closed its end too (our FIN sent, its FIN
+/// read), so a caller reusing the port starts after the previous
+/// connection is over on both hosts. Otherwise a busy server still holding
+/// the old socket (CLOSE_WAIT) answers the next SYN on the same wire tuple
+/// with a challenge ACK, and TCP itself retries a second later: a delay of
+/// the hosts' making that a test would blame on the load balancer.
 pub fn tcp_ask_from(local_port: u16, target: SocketAddr) -> Result<String> {
     use std::os::fd::FromRawFd;
     // SAFETY: plain socket calls on a fresh fd that we own until it is
@@ -391,11 +398,16 @@ pub fn tcp_ask_from(local_port: u16, target: SocketAddr) -> Result<String> {
     conn.set_read_timeout(Some(IO_TIMEOUT))?;
     let mut out = conn.try_clone()?;
     out.write_all(b"hello\n")?;
+    let mut answer = BufReader::new(conn);
     let mut line = String::new();
-    BufReader::new(conn).read_line(&mut line)?;
+    answer.read_line(&mut line)?;
     if line.is_empty() {
         bail!("connection to {target} closed without an answer");
     }
+    out.shutdown(std::net::Shutdown::Write)?;
+    let mut rest = Vec::new();
+    std::io::Read::read_to_end(&mut answer, &mut rest)
+        .with_context(|| format!("waiting for {target} to close"))?;
     Ok(server_name(&line))
 }
 
