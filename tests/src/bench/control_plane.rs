@@ -23,9 +23,14 @@
 //!   restore process, start to exit. (kube-proxy's own rule generation and
 //!   its 1 s minimum sync interval come on top; they are not counted.)
 //!
+//! kube-proxy (nftables mode), the same way: its table for the same
+//! Services through one `nft -f`, then for each change the partial sync it
+//! makes (that Service's chains rewritten, the stale endpoint chain
+//! deleted) as one `nft -f` transaction on the loaded ruleset.
+//!
 //! `SLUICE_BENCH_SERVICES` / `SLUICE_BENCH_CHANGES` scale it down for a
 //! quick look; `SLUICE_BENCH_SLUICED_ARGS` adds daemon arguments;
-//! `SLUICE_BENCH_ONLY=sluiced` (or `iptables`) runs one side.
+//! `SLUICE_BENCH_ONLY=sluiced` (or `iptables`, or `nft`) runs one side.
 
 use std::{
     fmt::Write as _,
@@ -47,6 +52,8 @@ use crate::{
     fixture::frontend_backends,
     sim::{CLUSTER_CIDR, Cluster},
 };
+
+mod nft;
 
 const SERVICES: usize = 10_000;
 const ENDPOINTS: usize = 10;
@@ -868,17 +875,19 @@ pub fn run() -> Result<()> {
     println!(
         "== control plane: {services} Services x {ENDPOINTS} endpoints, {changes} single-endpoint changes"
     );
-    let s = if only == "iptables" {
+    // `iptables` and `nft` run that peer alone.
+    let peer_only = only == "iptables" || only == "nft";
+    let s = if peer_only {
         None
     } else {
         Some(measure_sluiced(services, changes)?)
     };
-    let m = if only == "iptables" || std::env::var_os("SLUICE_BENCH_NO_MANIFESTS").is_some() {
+    let m = if peer_only || std::env::var_os("SLUICE_BENCH_NO_MANIFESTS").is_some() {
         None
     } else {
         Some(measure_manifests(services, changes)?)
     };
-    let sweep = if only == "iptables" {
+    let sweep = if peer_only {
         None
     } else {
         Some(measure_ct_sweep(env_usize(
@@ -887,15 +896,17 @@ pub fn run() -> Result<()> {
         ))?)
     };
     let mut ipt = Vec::new();
+    let mut nft_figures = None;
     let mut probe = None;
     if only != "sluiced" {
         // iptables-nft's --noflush full sync is quadratic in chains here
         // (see nft_noflush_probe): past 1000 Services it would take many
         // minutes.
-        for (program, full_noflush) in [
+        let iptables = [
             ("iptables-restore", services <= PROBE_SERVICES),
             ("iptables-legacy-restore", true),
-        ] {
+        ];
+        for (program, full_noflush) in iptables.into_iter().filter(|_| only != "nft") {
             if !program_exists(program) {
                 println!("  ({program} not installed: skipped)");
                 continue;
@@ -907,7 +918,13 @@ pub fn run() -> Result<()> {
                 Err(e) => return Err(e),
             }
         }
-        if services > PROBE_SERVICES && program_exists("iptables-restore") {
+        if only == "iptables" {
+        } else if program_exists("nft") {
+            nft_figures = Some(nft::measure(services, changes)?);
+        } else {
+            println!("  (nft not installed: skipped)");
+        }
+        if services > PROBE_SERVICES && only != "nft" && program_exists("iptables-restore") {
             let took = nft_noflush_probe(PROBE_SERVICES)?;
             eprintln!(
                 "  iptables-restore --noflush, full sync of {PROBE_SERVICES} Services: {:.1} ms",
@@ -1039,49 +1056,72 @@ pub fn run() -> Result<()> {
             f.partial_bytes / 1024
         );
     }
+    if let Some(f) = &nft_figures {
+        println!();
+        println!("kube-proxy nftables ruleset via nft -f ({} rules)", f.rules);
+        println!(
+            "  full sync, empty node:                        {:>9.1} ms",
+            ms(f.full_load)
+        );
+        println!(
+            "  partial sync, one endpoint changed:           p50 {:>7.2} ms   p99 {:>7.2} ms   (n={}, {} B transaction)",
+            ms(percentile(&f.partial, 0.50)),
+            ms(percentile(&f.partial, 0.99)),
+            f.partial.len(),
+            f.partial_bytes
+        );
+    }
+    // Each peer: its name, full sync and partial syncs.
+    let mut peers: Vec<(String, Duration, &[Duration])> = ipt
+        .iter()
+        .map(|f| (f.program.clone(), f.full_load, f.partial.as_slice()))
+        .collect();
+    if let Some(f) = &nft_figures {
+        peers.push(("nft (nftables mode)".into(), f.full_load, &f.partial));
+    }
     println!();
     println!("| figure | sluiced | {} |", {
-        let names: Vec<&str> = ipt.iter().map(|f| f.program.as_str()).collect();
+        let names: Vec<&str> = peers.iter().map(|p| p.0.as_str()).collect();
         names.join(" | ")
     });
-    println!("|---|---|{}", "---|".repeat(ipt.len()));
-    let row =
-        |name: &str, ours: Option<Duration>, theirs: &dyn Fn(&IptablesFigures) -> Duration| {
-            let mut line = match ours {
-                Some(d) => format!("| {name} | {:.1} ms |", ms(d)),
-                None => format!("| {name} | - |"),
-            };
-            for f in &ipt {
-                let t = theirs(f);
-                let _ = match ours {
-                    Some(d) => write!(
-                        line,
-                        " {:.1} ms ({:.1}x sluiced) |",
-                        ms(t),
-                        ms(t) / ms(d).max(1e-9)
-                    ),
-                    None => write!(line, " {:.1} ms |", ms(t)),
-                };
-            }
-            println!("{line}");
+    println!("|---|---|{}", "---|".repeat(peers.len()));
+    type Peer<'a> = (String, Duration, &'a [Duration]);
+    let row = |name: &str, ours: Option<Duration>, theirs: &dyn Fn(&Peer) -> Duration| {
+        let mut line = match ours {
+            Some(d) => format!("| {name} | {:.1} ms |", ms(d)),
+            None => format!("| {name} | - |"),
         };
+        for f in &peers {
+            let t = theirs(f);
+            let _ = match ours {
+                Some(d) => write!(
+                    line,
+                    " {:.1} ms ({:.1}x sluiced) |",
+                    ms(t),
+                    ms(t) / ms(d).max(1e-9)
+                ),
+                None => write!(line, " {:.1} ms |", ms(t)),
+            };
+        }
+        println!("{line}");
+    };
     row(
         &format!("{services} Services programmed from scratch"),
         s.as_ref().map(|s| s.start_to_programmed),
-        &|f| f.full_load,
+        &|f| f.1,
     );
     row(
         "one endpoint change, p50",
         s.as_ref().map(|s| percentile(&s.changes, 0.50)),
-        &|f| percentile(&f.partial, 0.50),
+        &|f| percentile(f.2, 0.50),
     );
     row(
         "one endpoint change, p99",
         s.as_ref().map(|s| percentile(&s.changes, 0.99)),
-        &|f| percentile(&f.partial, 0.99),
+        &|f| percentile(f.2, 0.99),
     );
     println!(
-        "(sluiced: whole path, API server commit -> watch -> model -> maps; iptables: the restore process alone; partial syncs with --noflush as kube-proxy runs them)"
+        "(sluiced: whole path, API server commit -> watch -> model -> maps; iptables and nft: the restore process alone, kube-proxy's rule generation and sync interval not counted; iptables partial syncs with --noflush as kube-proxy runs them)"
     );
     if let Some(p) = probe {
         println!(
