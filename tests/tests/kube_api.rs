@@ -455,9 +455,9 @@ fn d_the_source_publishes_only_complete_views() {
                     let st = &u.state;
                     let svc0 = st
                         .endpoint_slices
-                        .values()
-                        .find(|s| s.metadata.name.as_deref() == Some("svc-0-abcde"))
-                        .map_or(0, |s| s.endpoints.len());
+                        .iter()
+                        .find(|(k, _)| k.name == "svc-0-abcde")
+                        .map_or(0, |(_, s)| s.endpoints.len());
                     let view = View {
                         services: st.services.len(),
                         slices: st.endpoint_slices.len(),

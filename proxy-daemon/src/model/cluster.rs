@@ -2,10 +2,9 @@
 
 use std::{collections::BTreeMap, sync::Arc};
 
-use k8s_openapi::api::{
-    core::v1::{Endpoints, Node, Service},
-    discovery::v1::EndpointSlice,
-};
+use k8s_openapi::api::core::v1::{Endpoints, Node, Service};
+
+use super::Slice;
 
 /// `namespace/name` of a namespaced object.
 #[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
@@ -37,7 +36,8 @@ impl std::fmt::Display for ObjectKey {
 #[derive(Clone, Debug, Default)]
 pub struct ClusterState {
     pub services: BTreeMap<ObjectKey, Arc<Service>>,
-    pub endpoint_slices: BTreeMap<ObjectKey, Arc<EndpointSlice>>,
+    /// EndpointSlices, converted on receipt.
+    pub endpoint_slices: BTreeMap<ObjectKey, Arc<Slice>>,
     /// v1 Endpoints, used for Services without a selector that have no
     /// EndpointSlice (what the EndpointSlice mirroring controller would do).
     pub endpoints: BTreeMap<ObjectKey, Arc<Endpoints>>,

@@ -2,13 +2,10 @@
 
 use std::{collections::BTreeSet, net::Ipv4Addr};
 
-use k8s_openapi::api::{
-    core::v1::{Endpoints, Service},
-    discovery::v1::EndpointSlice,
-};
+use k8s_openapi::api::core::v1::{Endpoints, Service};
 
 use super::{
-    ClusterState, DesiredState, Frontend, FrontendKind, NodeContext, ObjectKey, Skip,
+    ClusterState, DesiredState, Frontend, FrontendKind, NodeContext, ObjectKey, Skip, Slice,
     conflicts::{Candidate, resolve},
     endpoints::{PortKey, SliceIndex, service_endpoints},
     frontends::port_frontends,
@@ -55,7 +52,7 @@ pub fn desired_state(cluster: &ClusterState, node: &NodeContext) -> DesiredState
 pub(crate) fn service_candidates(
     key: &ObjectKey,
     service: &Service,
-    slices: &[(&ObjectKey, &EndpointSlice)],
+    slices: &[(&ObjectKey, &Slice)],
     endpoints: Option<&Endpoints>,
     node: &NodeContext,
     skipped: &mut Vec<Skip>,

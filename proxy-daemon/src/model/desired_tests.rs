@@ -27,14 +27,14 @@ fn svc_with(name: &str, spec: Value, extra: Value) -> KubeObject {
 
 /// An IPv4 EndpointSlice of Service `service`.
 fn slice(name: &str, service: &str, ports: Value, endpoints: Value) -> KubeObject {
-    KubeObject::EndpointSlice(std::sync::Arc::new(serde_json::from_value(json!({
+    KubeObject::endpoint_slice(serde_json::from_value(json!({
             "apiVersion": "discovery.k8s.io/v1", "kind": "EndpointSlice",
             "metadata": {"name": name, "namespace": "default", "labels": {SERVICE_NAME_LABEL: service}},
             "addressType": "IPv4",
             "ports": ports,
             "endpoints": endpoints,
         }))
-        .unwrap()),
+        .unwrap(),
     )
 }
 
@@ -955,11 +955,11 @@ fn slices_are_merged_and_deduplicated() {
         slice("web-a", "web", ports.clone(), json!([ep("10.1.0.1", None), with(ep("10.1.0.2", None), json!({"conditions": {"ready": false}}))])),
         slice("web-b", "web", ports.clone(), json!([ep("10.1.0.2", None), ep("10.1.0.3", None), ep("10.1.0.1", None)])),
         // Another namespace's slice with the same service name is not ours.
-        KubeObject::EndpointSlice(std::sync::Arc::new(serde_json::from_value(json!({
+        KubeObject::endpoint_slice(serde_json::from_value(json!({
                 "metadata": {"name": "web-x", "namespace": "other", "labels": {SERVICE_NAME_LABEL: "web"}},
                 "addressType": "IPv4", "ports": ports, "endpoints": [ep("10.9.9.9", None)],
             }))
-            .unwrap()),
+            .unwrap(),
         ),
     ]);
     assert_eq!(

@@ -13,17 +13,12 @@ use std::{
     net::Ipv4Addr,
 };
 
-use k8s_openapi::api::{
-    core::v1::{EndpointAddress, Endpoints},
-    discovery::v1::EndpointSlice,
-};
+use k8s_openapi::api::core::v1::{EndpointAddress, Endpoints};
 
 use super::{
-    ClusterState, ObjectKey, Protocol, Skip, SkipKind,
+    Address, ClusterState, ObjectKey, Protocol, Skip, SkipKind, Slice,
     node::is_ipv6,
-    service_spec::{
-        HEADLESS_LABEL, SERVICE_PROXY_NAME_LABEL, parse_ipv4, parse_protocol, port_number,
-    },
+    service_spec::{parse_ipv4, parse_protocol, port_number},
 };
 
 /// The label tying an EndpointSlice to its Service.
@@ -72,7 +67,7 @@ pub(crate) type EndpointsByPort = BTreeMap<PortKey, Vec<EndpointInfo>>;
 
 /// The EndpointSlices that kube-proxy would see, by the Service they name.
 pub(crate) struct SliceIndex<'a> {
-    by_service: BTreeMap<ObjectKey, Vec<(&'a ObjectKey, &'a EndpointSlice)>>,
+    by_service: BTreeMap<ObjectKey, Vec<(&'a ObjectKey, &'a Slice)>>,
 }
 
 impl<'a> SliceIndex<'a> {
@@ -92,7 +87,7 @@ impl<'a> SliceIndex<'a> {
         Self { by_service }
     }
 
-    pub fn slices(&self, service: &ObjectKey) -> &[(&'a ObjectKey, &'a EndpointSlice)] {
+    pub fn slices(&self, service: &ObjectKey) -> &[(&'a ObjectKey, &'a Slice)] {
         self.by_service.get(service).map_or(&[], Vec::as_slice)
     }
 
@@ -116,21 +111,13 @@ pub(crate) enum SliceOwner {
     Service(ObjectKey),
 }
 
-pub(crate) fn slice_owner(key: &ObjectKey, slice: &EndpointSlice) -> SliceOwner {
-    let labels = slice.metadata.labels.as_ref();
+pub(crate) fn slice_owner(key: &ObjectKey, slice: &Slice) -> SliceOwner {
     // Same selector as for Services.
-    if labels
-        .is_some_and(|l| l.contains_key(SERVICE_PROXY_NAME_LABEL) || l.contains_key(HEADLESS_LABEL))
-    {
+    if slice.foreign {
         return SliceOwner::Invisible;
     }
-    match labels
-        .and_then(|l| l.get(SERVICE_NAME_LABEL))
-        .filter(|s| !s.is_empty())
-    {
-        Some(service) => {
-            SliceOwner::Service(ObjectKey::new(key.namespace.clone(), service.clone()))
-        }
+    match slice.service_name.as_deref().filter(|s| !s.is_empty()) {
+        Some(service) => SliceOwner::Service(ObjectKey::new(key.namespace.clone(), service)),
         None => SliceOwner::Nobody(slice_skip(
             key,
             format!("no {SERVICE_NAME_LABEL} label: belongs to no Service"),
@@ -167,7 +154,7 @@ fn endpoints_skip(key: &ObjectKey, reason: impl Into<String>) -> Skip {
 
 /// The endpoints of the Service `key`, merged over all its slices.
 pub(crate) fn service_endpoints(
-    slices: &[(&ObjectKey, &EndpointSlice)],
+    slices: &[(&ObjectKey, &Slice)],
     endpoints: Option<&Endpoints>,
     key: &ObjectKey,
     has_selector: bool,
@@ -213,11 +200,11 @@ struct GroupEndpoint {
 
 fn slice_group(
     key: &ObjectKey,
-    slice: &EndpointSlice,
+    slice: &Slice,
     node_name: &str,
     skips: &mut Vec<Skip>,
 ) -> Option<Group> {
-    match slice.address_type.as_str() {
+    match &*slice.address_type {
         "IPv4" => {}
         // A dual-stack Service's IPv6 slice (its IPv6 clusterIP is already
         // reported) and FQDN slices (which kube-proxy ignores) are normal.
@@ -233,10 +220,10 @@ fn slice_group(
     }
 
     let mut ports = Vec::new();
-    for (i, port) in slice.ports.iter().flatten().enumerate() {
+    for (i, port) in slice.ports.iter().enumerate() {
         // The API server defaults a missing name to "" and a missing
         // protocol to TCP; manifests may leave them out.
-        let name = port.name.clone().unwrap_or_default();
+        let name = port.name.as_deref().unwrap_or_default().to_string();
         let label = if name.is_empty() {
             format!("ports[{i}]")
         } else {
@@ -258,33 +245,32 @@ fn slice_group(
 
     let mut endpoints = Vec::new();
     for (i, endpoint) in slice.endpoints.iter().enumerate() {
-        // Only the first address counts: the API gives the others no
-        // meaning and kube-proxy ignores them.
-        let Some(address) = endpoint.addresses.first() else {
-            skips.push(slice_skip(key, format!("endpoints[{i}]: no addresses")));
-            continue;
-        };
-        let addr = match parse_ipv4(address) {
-            Ok(addr) => addr,
-            Err(why) => {
-                skips.push(slice_skip(key, format!("endpoint {address:?}: {why}")));
+        // Only the first address counts (the conversion kept no other).
+        let addr = match &endpoint.address {
+            None => {
+                skips.push(slice_skip(key, format!("endpoints[{i}]: no addresses")));
                 continue;
             }
+            Some(Address::V4(addr)) => *addr,
+            Some(Address::Other(address)) => match parse_ipv4(address) {
+                Ok(addr) => addr,
+                Err(why) => {
+                    skips.push(slice_skip(key, format!("endpoint {address:?}: {why}")));
+                    continue;
+                }
+            },
         };
-        let conditions = endpoint.conditions.clone().unwrap_or_default();
         // kube-proxy: unknown readiness is ready, unknown serving is
         // serving, unknown terminating is not terminating.
-        let ready = conditions.ready.unwrap_or(true);
-        let serving = conditions.serving.unwrap_or(true);
-        let terminating = conditions.terminating.unwrap_or(false);
-        let hints = endpoint.hints.as_ref();
+        let ready = endpoint.ready.unwrap_or(true);
+        let serving = endpoint.serving.unwrap_or(true);
+        let terminating = endpoint.terminating.unwrap_or(false);
+        let hints = endpoint.hints.as_deref();
         let zone_hints = hints
-            .and_then(|h| h.for_zones.as_ref())
-            .map(|z| z.iter().map(|z| z.name.clone()).collect())
+            .map(|h| h.zones.iter().map(|z| z.to_string()).collect())
             .unwrap_or_default();
         let node_hints = hints
-            .and_then(|h| h.for_nodes.as_ref())
-            .map(|n| n.iter().map(|n| n.name.clone()).collect())
+            .map(|h| h.nodes.iter().map(|n| n.to_string()).collect())
             .unwrap_or_default();
         endpoints.push(GroupEndpoint {
             addr,
@@ -442,7 +428,7 @@ mod tests {
     use serde_json::json;
 
     use super::*;
-    use crate::model::KubeObject;
+    use crate::model::{KubeObject, SERVICE_PROXY_NAME_LABEL};
 
     fn slice(name: &str, service: &str, body: serde_json::Value) -> KubeObject {
         let mut v = json!({
@@ -452,7 +438,7 @@ mod tests {
         for (k, val) in body.as_object().unwrap() {
             v[k] = val.clone();
         }
-        KubeObject::EndpointSlice(std::sync::Arc::new(serde_json::from_value(v).unwrap()))
+        KubeObject::endpoint_slice(serde_json::from_value(v).unwrap())
     }
 
     fn collect(objects: Vec<KubeObject>, has_selector: bool) -> (EndpointsByPort, Vec<Skip>) {
@@ -686,13 +672,13 @@ mod tests {
                         ],
                     }),
                 ),
-                KubeObject::EndpointSlice(std::sync::Arc::new(
+                KubeObject::endpoint_slice(
                     serde_json::from_value(json!({
                         "metadata": {"name": "orphan", "namespace": "default"},
                         "addressType": "IPv4", "ports": ports, "endpoints": ep,
                     }))
                     .unwrap(),
-                )),
+                ),
             ],
             true,
         );

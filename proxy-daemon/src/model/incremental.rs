@@ -17,10 +17,8 @@ use std::{
     sync::Arc,
 };
 
-use k8s_openapi::api::discovery::v1::EndpointSlice;
-
 use super::{
-    ClusterState, DesiredState, FrontendKey, NodeContext, ObjectKey, Scope, Skip,
+    ClusterState, DesiredState, FrontendKey, NodeContext, ObjectKey, Scope, Skip, Slice,
     conflicts::{Candidate, Slot, resolve_slot, slot},
     desired::{service_addr, service_candidates},
     endpoints::{SliceOwner, orphan_skip, slice_owner},
@@ -52,7 +50,7 @@ pub struct IncrementalModel {
     /// The view the state was computed from.
     prev: Option<Arc<ClusterState>>,
     /// EndpointSlices kube-proxy would see, by the Service they name.
-    slices: BTreeMap<ObjectKey, BTreeMap<ObjectKey, Arc<EndpointSlice>>>,
+    slices: BTreeMap<ObjectKey, BTreeMap<ObjectKey, Arc<Slice>>>,
     slice_owner: BTreeMap<ObjectKey, ObjectKey>,
     /// Slices that name no Service.
     unowned: BTreeMap<ObjectKey, Skip>,
@@ -149,7 +147,7 @@ impl IncrementalModel {
     fn index_slice(
         &mut self,
         key: &ObjectKey,
-        slice: &Arc<EndpointSlice>,
+        slice: &Arc<Slice>,
         dirty: &mut BTreeSet<ObjectKey>,
     ) {
         match slice_owner(key, slice) {
@@ -204,7 +202,7 @@ impl IncrementalModel {
             }
         }
         self.orphans.remove(key);
-        let slices: Vec<(&ObjectKey, &EndpointSlice)> = self
+        let slices: Vec<(&ObjectKey, &Slice)> = self
             .slices
             .get(key)
             .map(|m| m.iter().map(|(k, s)| (k, &**s)).collect())

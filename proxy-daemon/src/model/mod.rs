@@ -7,9 +7,11 @@ mod desired;
 mod endpoints;
 mod frontends;
 mod incremental;
+mod intern;
 mod node;
 mod objects;
 mod service_spec;
+mod slice;
 mod topology;
 mod types;
 
@@ -22,7 +24,10 @@ pub use endpoints::{SERVICE_NAME_LABEL, SKIP_MIRROR_LABEL};
 pub use incremental::{Changes, IncrementalModel};
 pub use node::{NodeInfo, ZONE_LABEL, node_info};
 pub use objects::{DEFAULT_NAMESPACE, KubeObject};
-pub use service_spec::{DEFAULT_AFFINITY_TIMEOUT, HEADLESS_LABEL, SERVICE_PROXY_NAME_LABEL};
+pub use service_spec::{
+    DEFAULT_AFFINITY_TIMEOUT, HEADLESS_LABEL, SERVICE_PROXY_NAME_LABEL, trim_service,
+};
+pub use slice::{Address, Hints, Slice, SliceEndpoint, SlicePort};
 pub use types::*;
 
 /// A CIDR as Kubernetes writes it (`address/prefix`, surrounding blanks

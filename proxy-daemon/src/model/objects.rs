@@ -11,7 +11,7 @@ use k8s_openapi::{
 
 use std::sync::Arc;
 
-use super::{ClusterState, ObjectKey};
+use super::{ClusterState, ObjectKey, Slice};
 
 /// Namespace of a namespaced object that does not name one, as `kubectl
 /// apply` assumes.
@@ -23,7 +23,9 @@ pub const DEFAULT_NAMESPACE: &str = "default";
 #[derive(Clone, Debug)]
 pub enum KubeObject {
     Service(Arc<Service>),
-    EndpointSlice(Arc<EndpointSlice>),
+    /// Converted on receipt ([`KubeObject::endpoint_slice`]), with the key
+    /// its metadata gave.
+    EndpointSlice(Option<ObjectKey>, Arc<Slice>),
     Endpoints(Arc<Endpoints>),
     Node(Arc<Node>),
 }
@@ -33,29 +35,27 @@ impl KubeObject {
     pub fn kind(&self) -> &'static str {
         match self {
             KubeObject::Service(_) => "Service",
-            KubeObject::EndpointSlice(_) => "EndpointSlice",
+            KubeObject::EndpointSlice(..) => "EndpointSlice",
             KubeObject::Endpoints(_) => "Endpoints",
             KubeObject::Node(_) => "Node",
         }
     }
 
-    fn metadata(&self) -> &ObjectMeta {
-        match self {
-            KubeObject::Service(o) => &o.metadata,
-            KubeObject::EndpointSlice(o) => &o.metadata,
-            KubeObject::Endpoints(o) => &o.metadata,
-            KubeObject::Node(o) => &o.metadata,
-        }
+    /// An EndpointSlice, converted to what the model keeps of it.
+    pub fn endpoint_slice(slice: EndpointSlice) -> Self {
+        KubeObject::EndpointSlice(ObjectKey::of(&slice.metadata), Arc::new(Slice::from(slice)))
     }
 
     /// `namespace/name` (namespace empty for a Node); `None` without a name.
     pub fn key(&self) -> Option<ObjectKey> {
         match self {
-            KubeObject::Node(_) => {
-                let name = self.metadata().name.as_deref().filter(|n| !n.is_empty())?;
+            KubeObject::Node(o) => {
+                let name = o.metadata.name.as_deref().filter(|n| !n.is_empty())?;
                 Some(ObjectKey::new("", name))
             }
-            _ => ObjectKey::of(self.metadata()),
+            KubeObject::Service(o) => ObjectKey::of(&o.metadata),
+            KubeObject::EndpointSlice(key, _) => key.clone(),
+            KubeObject::Endpoints(o) => ObjectKey::of(&o.metadata),
         }
     }
 }
@@ -97,7 +97,7 @@ impl ClusterState {
             KubeObject::Service(o) => {
                 self.services.insert(key, o);
             }
-            KubeObject::EndpointSlice(o) => {
+            KubeObject::EndpointSlice(_, o) => {
                 self.endpoint_slices.insert(key, o);
             }
             KubeObject::Endpoints(o) => {

@@ -6,12 +6,15 @@
 //! Anything unusable is reported as a [`Skip`] and left out; the rest of the
 //! Service is still programmed.
 
-use std::net::{IpAddr, Ipv4Addr};
+use std::{
+    collections::BTreeMap,
+    net::{IpAddr, Ipv4Addr},
+};
 
 use ipnetwork::{IpNetwork, Ipv4Network};
 use k8s_openapi::{
-    api::core::v1::{Service, ServiceSpec as ServiceSpecApi},
-    apimachinery::pkg::apis::meta::v1::Time,
+    api::core::v1::{Service, ServiceSpec as ServiceSpecApi, ServiceStatus},
+    apimachinery::pkg::apis::meta::v1::{ObjectMeta, Time},
 };
 
 use super::{
@@ -144,6 +147,58 @@ pub(crate) fn read_service(
 /// Services kube-proxy never proxies by design (another proxy's, headless,
 /// ExternalName): left out without a word, since they are normal in every
 /// cluster and a skip is logged as a warning.
+/// Drops every part of `service` that [`read_service`] does not read, so
+/// that a stored Service costs what the model needs (the API's objects
+/// carry uids, owner references, status conditions, families, ...) and an
+/// update touching only those parts compares equal. Whoever changes what
+/// `read_service` reads changes this too; a test holds the two together.
+pub fn trim_service(service: &mut Service) {
+    let meta = std::mem::take(&mut service.metadata);
+    let keep = |m: Option<BTreeMap<String, String>>, keys: &[&str]| {
+        m.map(|m| {
+            m.into_iter()
+                .filter(|(k, _)| keys.contains(&k.as_str()))
+                .collect::<BTreeMap<_, _>>()
+        })
+        .filter(|m| !m.is_empty())
+    };
+    service.metadata = ObjectMeta {
+        name: meta.name,
+        namespace: meta.namespace,
+        creation_timestamp: meta.creation_timestamp,
+        labels: keep(meta.labels, &[SERVICE_PROXY_NAME_LABEL, HEADLESS_LABEL]),
+        annotations: keep(meta.annotations, &[LB_ALGORITHM_ANNOTATION]),
+        ..Default::default()
+    };
+    if let Some(spec) = service.spec.take() {
+        service.spec = Some(ServiceSpecApi {
+            type_: spec.type_,
+            cluster_ip: spec.cluster_ip,
+            cluster_ips: spec.cluster_ips,
+            external_ips: spec.external_ips,
+            ports: spec.ports,
+            // Only whether there is one matters.
+            selector: spec
+                .selector
+                .filter(|s| !s.is_empty())
+                .map(|_| BTreeMap::from([(String::new(), String::new())])),
+            session_affinity: spec.session_affinity,
+            session_affinity_config: spec.session_affinity_config,
+            external_traffic_policy: spec.external_traffic_policy,
+            internal_traffic_policy: spec.internal_traffic_policy,
+            health_check_node_port: spec.health_check_node_port,
+            load_balancer_source_ranges: spec.load_balancer_source_ranges,
+            ..Default::default()
+        });
+    }
+    if let Some(status) = service.status.take() {
+        service.status = status.load_balancer.map(|lb| ServiceStatus {
+            load_balancer: Some(lb),
+            ..Default::default()
+        });
+    }
+}
+
 fn ignored_by_design(service: &Service) -> bool {
     let labels = service.metadata.labels.as_ref();
     labels
@@ -429,6 +484,58 @@ mod tests {
         let mut skips = Vec::new();
         let plan = read_service(&ObjectKey::new("default", "web"), &svc, &mut skips);
         (plan, skips)
+    }
+
+    #[test]
+    fn a_trimmed_service_reads_the_same_and_keeps_only_that() {
+        let full: Service = serde_json::from_value(json!({
+            "metadata": {"name": "web", "namespace": "shop", "uid": "u-1", "resourceVersion": "7",
+                "generation": 3, "creationTimestamp": "2026-01-01T00:00:00Z",
+                "labels": {"app": "web", SERVICE_PROXY_NAME_LABEL: "other"},
+                "annotations": {LB_ALGORITHM_ANNOTATION: "random", "note": "x"},
+                "ownerReferences": [{"apiVersion": "v1", "kind": "X", "name": "o", "uid": "u-2"}]},
+            "spec": {"type": "LoadBalancer", "clusterIP": "10.96.0.10", "clusterIPs": ["10.96.0.10"],
+                "ipFamilies": ["IPv4"], "ipFamilyPolicy": "SingleStack",
+                "externalIPs": ["192.0.2.1"], "selector": {"app": "web"},
+                "sessionAffinity": "ClientIP", "sessionAffinityConfig": {"clientIP": {"timeoutSeconds": 60}},
+                "externalTrafficPolicy": "Local", "internalTrafficPolicy": "Cluster",
+                "healthCheckNodePort": 30100, "loadBalancerSourceRanges": ["198.51.100.0/24"],
+                "allocateLoadBalancerNodePorts": true,
+                "ports": [{"name": "http", "port": 80, "targetPort": "http", "nodePort": 30080}]},
+            "status": {"loadBalancer": {"ingress": [{"ip": "203.0.113.5", "ipMode": "VIP"}]},
+                "conditions": [{"type": "Ready", "status": "True", "lastTransitionTime": "2026-01-01T00:00:00Z",
+                    "reason": "r", "message": "m"}]}
+        }))
+        .unwrap();
+        let key = ObjectKey::new("shop", "web");
+        let mut trimmed = full.clone();
+        trim_service(&mut trimmed);
+        // Labelled for another proxy: ignored either way; without the
+        // label, read in full.
+        let mut unlabelled = full.clone();
+        unlabelled
+            .metadata
+            .labels
+            .as_mut()
+            .unwrap()
+            .remove(SERVICE_PROXY_NAME_LABEL);
+        let mut unlabelled_trimmed = unlabelled.clone();
+        trim_service(&mut unlabelled_trimmed);
+        for (a, b) in [(&full, &trimmed), (&unlabelled, &unlabelled_trimmed)] {
+            let (mut sa, mut sb) = (Vec::new(), Vec::new());
+            assert_eq!(
+                read_service(&key, a, &mut sa),
+                read_service(&key, b, &mut sb)
+            );
+            assert_eq!(sa, sb);
+        }
+        let mut s = Vec::new();
+        assert!(read_service(&key, &unlabelled_trimmed, &mut s).is_some());
+        assert_eq!(trimmed.metadata.uid, None);
+        assert_eq!(trimmed.metadata.owner_references, None);
+        assert_eq!(trimmed.metadata.annotations.as_ref().unwrap().len(), 1);
+        assert_eq!(trimmed.spec.as_ref().unwrap().ip_families, None);
+        assert_eq!(trimmed.status.as_ref().unwrap().conditions, None);
     }
 
     fn reasons(skips: &[Skip]) -> Vec<&str> {

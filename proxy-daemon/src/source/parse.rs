@@ -16,7 +16,7 @@ use std::{
 use serde::de::DeserializeOwned;
 use serde_json::{Map, Value};
 
-use crate::model::{DEFAULT_NAMESPACE, KubeObject};
+use crate::model::{DEFAULT_NAMESPACE, KubeObject, trim_service};
 
 /// One object read from a manifest.
 #[derive(Clone, Debug)]
@@ -404,9 +404,12 @@ fn object(value: Value, inherited: Option<&Inherited>) -> Result<ParsedObject, S
     map.insert("kind".into(), Value::String(kind.clone()));
     let value = Value::Object(map);
     let object = match kind.as_str() {
-        "Service" => typed(value).map(|o| KubeObject::Service(Arc::new(o))),
+        "Service" => typed(value).map(|mut o| {
+            trim_service(&mut o);
+            KubeObject::Service(Arc::new(o))
+        }),
         "Endpoints" => typed(value).map(|o| KubeObject::Endpoints(Arc::new(o))),
-        "EndpointSlice" => typed(value).map(|o| KubeObject::EndpointSlice(Arc::new(o))),
+        "EndpointSlice" => typed(value).map(KubeObject::endpoint_slice),
         _ => typed(value).map(|o| KubeObject::Node(Arc::new(o))),
     };
     object

@@ -12,7 +12,7 @@ use k8s_openapi::{
     apimachinery::pkg::apis::meta::v1::ObjectMeta,
 };
 
-use crate::model::{ClusterState, ObjectKey};
+use crate::model::{ClusterState, ObjectKey, Slice, trim_service};
 
 /// `kubectl apply` keeps a copy of the whole object in this annotation; it
 /// is large and no part of the model reads it.
@@ -82,7 +82,7 @@ pub(super) const KEPT_VIEWS: usize = 3;
 pub struct Mirror {
     pub(super) state: ClusterState,
     pub(super) services: Relist<ObjectKey, Arc<Service>>,
-    pub(super) slices: Relist<ObjectKey, Arc<EndpointSlice>>,
+    pub(super) slices: Relist<ObjectKey, Arc<Slice>>,
     pub(super) nodes: Relist<String, Arc<Node>>,
     /// What changed in `state`, from the oldest kept view on.
     pub(super) journal: Vec<Dirty>,
@@ -108,7 +108,10 @@ impl Mirror {
                 &mut self.services,
                 e,
                 |s: &Service| ObjectKey::of(&s.metadata),
-                |s: &mut Service| trim_meta(&mut s.metadata),
+                |mut s: Service| {
+                    trim_service(&mut s);
+                    s
+                },
             )
             .map(Dirty::Service),
             Change::EndpointSlice(e) => apply_event(
@@ -116,7 +119,7 @@ impl Mirror {
                 &mut self.slices,
                 e,
                 |s: &EndpointSlice| ObjectKey::of(&s.metadata),
-                |s: &mut EndpointSlice| trim_meta(&mut s.metadata),
+                Slice::from,
             )
             .map(Dirty::EndpointSlice),
             Change::Node(e) => apply_event(
@@ -124,7 +127,10 @@ impl Mirror {
                 &mut self.nodes,
                 e,
                 |n: &Node| n.metadata.name.clone().filter(|n| !n.is_empty()),
-                trim_node,
+                |mut n: Node| {
+                    trim_node(&mut n);
+                    n
+                },
             )
             .map(Dirty::Node),
         };
@@ -211,12 +217,12 @@ pub(super) fn replay(dst: &mut ClusterState, src: &ClusterState, dirty: &Dirty) 
 
 /// Applies one event to a kind's live map (or its relist). Returns what
 /// changed in the live map, if anything.
-pub(super) fn apply_event<K: Ord + Clone, T: PartialEq>(
-    live: &mut BTreeMap<K, Arc<T>>,
-    relist: &mut Relist<K, Arc<T>>,
+pub(super) fn apply_event<K: Ord + Clone, T, U: PartialEq>(
+    live: &mut BTreeMap<K, Arc<U>>,
+    relist: &mut Relist<K, Arc<U>>,
     event: Event<T>,
     key: impl Fn(&T) -> Option<K>,
-    trim: impl Fn(&mut T),
+    keep: impl Fn(T) -> U,
 ) -> Option<Touched<K>> {
     match event {
         Event::Init => {
@@ -225,13 +231,12 @@ pub(super) fn apply_event<K: Ord + Clone, T: PartialEq>(
             relist.pending = Some(BTreeMap::new());
             None
         }
-        Event::InitApply(mut obj) => {
-            trim(&mut obj);
+        Event::InitApply(obj) => {
             if let Some(k) = key(&obj) {
                 relist
                     .pending
                     .get_or_insert_with(BTreeMap::new)
-                    .insert(k, Arc::new(obj));
+                    .insert(k, Arc::new(keep(obj)));
             }
             None
         }
@@ -256,9 +261,9 @@ pub(super) fn apply_event<K: Ord + Clone, T: PartialEq>(
             *live = merged;
             (changed || first).then_some(Touched::All)
         }
-        Event::Apply(mut obj) => {
-            trim(&mut obj);
+        Event::Apply(obj) => {
             let k = key(&obj)?;
+            let obj = keep(obj);
             if live.get(&k).is_some_and(|old| **old == obj) {
                 return None;
             }
