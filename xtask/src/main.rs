@@ -41,10 +41,10 @@ enum Task {
     Lint,
     /// Simulate a cluster in network namespaces and send traffic through it.
     Demo,
-    /// Benchmarks: datapath (BPF_PROG_TEST_RUN), cni, control-plane.
+    /// Benchmarks: datapath (BPF_PROG_TEST_RUN), cni, control-plane, memory.
     Bench {
         /// Which benchmark (default: all).
-        #[arg(value_parser = ["datapath", "cni", "control-plane", "all"], default_value = "all")]
+        #[arg(value_parser = ["datapath", "cni", "control-plane", "memory", "all"], default_value = "all")]
         which: String,
     },
 }

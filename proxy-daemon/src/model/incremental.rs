@@ -50,7 +50,10 @@ pub struct IncrementalModel {
     /// The view the state was computed from.
     prev: Option<Arc<ClusterState>>,
     /// EndpointSlices kube-proxy would see, by the Service they name.
-    slices: BTreeMap<ObjectKey, BTreeMap<ObjectKey, Arc<Slice>>>,
+    // Inner collections are sorted Vecs: nearly every Service has one
+    // slice and every address one claimant, and a one-entry BTreeMap
+    // allocates a whole node (half a KiB here) for it.
+    slices: BTreeMap<ObjectKey, Vec<(ObjectKey, Arc<Slice>)>>,
     slice_owner: BTreeMap<ObjectKey, ObjectKey>,
     /// Slices that name no Service.
     unowned: BTreeMap<ObjectKey, Skip>,
@@ -58,7 +61,7 @@ pub struct IncrementalModel {
     /// Slices naming a Service that does not exist, by that Service.
     orphans: BTreeMap<ObjectKey, Vec<Skip>>,
     /// Which Services claim each frontend address.
-    claims: BTreeMap<Slot, BTreeSet<ObjectKey>>,
+    claims: BTreeMap<Slot, Vec<ObjectKey>>,
     /// Claims that lost, by address.
     lost: BTreeMap<Slot, Vec<Skip>>,
     /// Frontends using each address that needs an address-only entry.
@@ -156,10 +159,11 @@ impl IncrementalModel {
                 self.unowned.insert(key.clone(), skip);
             }
             SliceOwner::Service(service) => {
-                self.slices
-                    .entry(service.clone())
-                    .or_default()
-                    .insert(key.clone(), slice.clone());
+                let slices = self.slices.entry(service.clone()).or_default();
+                match slices.binary_search_by(|(k, _)| k.cmp(key)) {
+                    Ok(i) => slices[i].1 = slice.clone(),
+                    Err(i) => slices.insert(i, (key.clone(), slice.clone())),
+                }
                 self.slice_owner.insert(key.clone(), service.clone());
                 dirty.insert(service);
             }
@@ -172,7 +176,9 @@ impl IncrementalModel {
             return;
         };
         if let Some(slices) = self.slices.get_mut(&service) {
-            slices.remove(key);
+            if let Ok(i) = slices.binary_search_by(|(k, _)| k.cmp(key)) {
+                slices.remove(i);
+            }
             if slices.is_empty() {
                 self.slices.remove(&service);
             }
@@ -194,7 +200,9 @@ impl IncrementalModel {
                 let s = slot(&c.frontend.key);
                 touched.insert(s);
                 if let Some(claimants) = self.claims.get_mut(&s) {
-                    claimants.remove(key);
+                    if let Ok(i) = claimants.binary_search(key) {
+                        claimants.remove(i);
+                    }
                     if claimants.is_empty() {
                         self.claims.remove(&s);
                     }
@@ -205,7 +213,7 @@ impl IncrementalModel {
         let slices: Vec<(&ObjectKey, &Slice)> = self
             .slices
             .get(key)
-            .map(|m| m.iter().map(|(k, s)| (k, &**s)).collect())
+            .map(|v| v.iter().map(|(k, s)| (k, &**s)).collect())
             .unwrap_or_default();
         let Some(service) = cluster.services.get(key) else {
             if !slices.is_empty() {
@@ -226,7 +234,10 @@ impl IncrementalModel {
         for c in &candidates {
             let s = slot(&c.frontend.key);
             touched.insert(s);
-            self.claims.entry(s).or_default().insert(key.clone());
+            let claimants = self.claims.entry(s).or_default();
+            if let Err(i) = claimants.binary_search(key) {
+                claimants.insert(i, key.clone());
+            }
         }
         self.services
             .insert(key.clone(), Computed { candidates, skips });

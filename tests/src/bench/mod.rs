@@ -4,6 +4,7 @@
 pub mod cni;
 pub mod control_plane;
 pub mod datapath;
+pub mod memory;
 
 use std::time::Duration;
 

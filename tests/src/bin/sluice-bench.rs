@@ -1,4 +1,10 @@
-//! `sluice-bench <datapath|cni|control-plane|all>` (run by `cargo xtask bench`).
+//! `sluice-bench <datapath|cni|control-plane|memory|all>` (run by `cargo xtask bench`).
+
+// Counts live heap bytes for the memory bench; costs the others nothing
+// that matters (one relaxed atomic per allocation in the harness).
+#[global_allocator]
+static ALLOC: sluice_tests::bench::memory::CountingAlloc =
+    sluice_tests::bench::memory::CountingAlloc;
 
 fn main() -> anyhow::Result<()> {
     let which = std::env::args().nth(1).unwrap_or_else(|| "all".into());
@@ -16,9 +22,13 @@ fn main() -> anyhow::Result<()> {
         sluice_tests::bench::control_plane::run()?;
         ran = true;
     }
+    if all || which == "memory" {
+        sluice_tests::bench::memory::run()?;
+        ran = true;
+    }
     anyhow::ensure!(
         ran,
-        "unknown benchmark {which:?} (datapath, cni, control-plane, all)"
+        "unknown benchmark {which:?} (datapath, cni, control-plane, memory, all)"
     );
     Ok(())
 }
