@@ -862,6 +862,16 @@ fn nft_noflush_probe(services: usize) -> Result<Duration> {
     )
 }
 
+/// A peer's partial-sync line: p50/p99 of `partial`, with its size.
+fn print_partial(partial: &[Duration], size: &str) {
+    println!(
+        "  partial sync, one endpoint changed:           p50 {:>7.2} ms   p99 {:>7.2} ms   (n={}, {size})",
+        ms(percentile(partial, 0.50)),
+        ms(percentile(partial, 0.99)),
+        partial.len(),
+    );
+}
+
 fn program_exists(program: &str) -> bool {
     std::env::var_os("PATH")
         .is_some_and(|paths| std::env::split_paths(&paths).any(|d| d.join(program).is_file()))
@@ -1048,13 +1058,7 @@ pub fn run() -> Result<()> {
             "  full resync over it:                          {:>9.1} ms",
             ms(f.full_resync)
         );
-        println!(
-            "  partial sync, one endpoint changed:           p50 {:>7.2} ms   p99 {:>7.2} ms   (n={}, {} KiB input)",
-            ms(percentile(&f.partial, 0.50)),
-            ms(percentile(&f.partial, 0.99)),
-            f.partial.len(),
-            f.partial_bytes / 1024
-        );
+        print_partial(&f.partial, &format!("{} KiB input", f.partial_bytes / 1024));
     }
     if let Some(f) = &nft_figures {
         println!();
@@ -1063,13 +1067,7 @@ pub fn run() -> Result<()> {
             "  full sync, empty node:                        {:>9.1} ms",
             ms(f.full_load)
         );
-        println!(
-            "  partial sync, one endpoint changed:           p50 {:>7.2} ms   p99 {:>7.2} ms   (n={}, {} B transaction)",
-            ms(percentile(&f.partial, 0.50)),
-            ms(percentile(&f.partial, 0.99)),
-            f.partial.len(),
-            f.partial_bytes
-        );
+        print_partial(&f.partial, &format!("{} B transaction", f.partial_bytes));
     }
     // Each peer: its name, full sync and partial syncs.
     let mut peers: Vec<(String, Duration, &[Duration])> = ipt
