@@ -94,9 +94,9 @@ fn state(objects: Vec<KubeObject>) -> DesiredState {
 fn incremental_agrees(objects: &[KubeObject]) {
     let mut model = IncrementalModel::new();
     let mut view = ClusterState::default();
-    let mut check = |view: &ClusterState, step: &str| {
-        let changes = model.update(&std::sync::Arc::new(view.clone()), &node());
-        let full = desired_state(view, &node());
+    let mut check_on = |view: &ClusterState, node: &NodeContext, step: &str| {
+        let changes = model.update(&std::sync::Arc::new(view.clone()), node);
+        let full = desired_state(view, node);
         let got = model.desired();
         assert_eq!(got.frontends, full.frontends, "{step}: frontends differ");
         assert_eq!(got.service_addrs, full.service_addrs, "{step}: addresses");
@@ -109,15 +109,23 @@ fn incremental_agrees(objects: &[KubeObject]) {
         assert_eq!(sorted(&got.skipped), sorted(&full.skipped), "{step}: skips");
         changes
     };
-    check(&view, "empty");
+    check_on(&view, &node(), "empty");
     for (i, o) in objects.iter().enumerate() {
         view.insert(o.clone());
-        let changes = check(&view, &format!("after adding object {i}"));
+        let changes = check_on(&view, &node(), &format!("after adding object {i}"));
         assert!(!changes.full, "adding object {i} recomputed everything");
     }
+    // This node changes (zone label, then back): everything is recomputed
+    // over a model that already holds every frontend.
+    let moved = NodeContext {
+        zone: Some("zone-b".into()),
+        ..node()
+    };
+    assert!(check_on(&view, &moved, "after the node's zone changed").full);
+    assert!(check_on(&view, &node(), "after the node's zone changed back").full);
     for (i, o) in objects.iter().enumerate().rev() {
         view.remove(o.kind(), &o.key().unwrap());
-        check(&view, &format!("after removing object {i}"));
+        check_on(&view, &node(), &format!("after removing object {i}"));
     }
 }
 

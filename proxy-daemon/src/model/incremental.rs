@@ -94,14 +94,14 @@ impl IncrementalModel {
                 self.follow(&prev, cluster, &mut dirty);
             }
             _ => {
+                // From nothing: a full plan (`Touch::All`) compares with
+                // the maps, not with the previous state, and every address
+                // is claimed again by the frontends that use it.
                 changes.full = true;
-                touched.extend(self.desired.frontends.keys().map(slot));
-                let frontends = std::mem::take(&mut self.desired.frontends);
                 *self = Self {
                     node: Some(node.clone()),
                     ..Self::default()
                 };
-                self.desired.frontends = frontends;
                 self.desired.node_addrs = node.addresses.iter().copied().collect();
                 for (key, slice) in &cluster.endpoint_slices {
                     self.index_slice(key, slice, &mut dirty);
