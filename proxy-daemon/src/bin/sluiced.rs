@@ -26,6 +26,7 @@ use sluice::{
         CtSweepGauge, Programmed, Telemetry,
         server::{self as telemetry_server, Endpoints},
     },
+    writer::ApplyReport,
 };
 use tokio::signal::unix::{SignalKind, signal};
 use tracing::{error, info, warn};
@@ -280,9 +281,7 @@ async fn apply(reconciler: &mut Reconciler, telemetry: &Telemetry, update: &Upda
                     partial: !r.failures.is_empty(),
                 },
             );
-            if r.names_changed {
-                telemetry.set_frontend_names(writer.names());
-            }
+            follow_names(reconciler, telemetry, &r);
             info!(
                 frontends = r.frontends,
                 backends = r.backends,
@@ -472,6 +471,14 @@ async fn run_daemon(args: Args, cfg: DaemonConfig) -> Result<()> {
     Ok(())
 }
 
+/// Gives the metrics the frontends' names when an apply or a resync
+/// changed them (the writer reports a change once).
+fn follow_names(reconciler: &Reconciler, telemetry: &Telemetry, report: &ApplyReport) {
+    if report.names_changed {
+        telemetry.set_frontend_names(reconciler.writer_ref().names());
+    }
+}
+
 /// The periodic full resync, reported (a repair means something outside
 /// sluiced changed the maps).
 fn full_resync(reconciler: &mut Reconciler, telemetry: &Telemetry) {
@@ -479,6 +486,7 @@ fn full_resync(reconciler: &mut Reconciler, telemetry: &Telemetry) {
     match reconciler.resync() {
         Ok(r) => {
             telemetry.resynced(r.ops);
+            follow_names(reconciler, telemetry, &r);
             if r.ops > 0 {
                 warn!(
                     repaired = r.ops,
