@@ -144,9 +144,6 @@ pub(crate) fn read_service(
     })
 }
 
-/// Services kube-proxy never proxies by design (another proxy's, headless,
-/// ExternalName): left out without a word, since they are normal in every
-/// cluster and a skip is logged as a warning.
 /// Drops every part of `service` that [`read_service`] does not read, so
 /// that a stored Service costs what the model needs (the API's objects
 /// carry uids, owner references, status conditions, families, ...) and an
@@ -199,6 +196,9 @@ pub fn trim_service(service: &mut Service) {
     }
 }
 
+/// Services kube-proxy never proxies by design (another proxy's, headless,
+/// ExternalName): left out without a word, since they are normal in every
+/// cluster and a skip is logged as a warning.
 fn ignored_by_design(service: &Service) -> bool {
     let labels = service.metadata.labels.as_ref();
     labels

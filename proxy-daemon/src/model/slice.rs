@@ -65,10 +65,7 @@ pub struct Hints {
 
 impl Address {
     fn new(s: String) -> Self {
-        match parse_ipv4(&s) {
-            Ok(a) if a.to_string() == s => Address::V4(a),
-            _ => Address::Other(s.into_boxed_str()),
-        }
+        parse_ipv4(&s).map_or_else(|_| Address::Other(s.into_boxed_str()), Address::V4)
     }
 }
 
@@ -182,7 +179,7 @@ mod tests {
         assert_eq!(e[0].node_name.as_deref(), Some("n1"));
         assert_eq!(&*e[0].hints.as_ref().unwrap().zones[0], "a");
         assert_eq!(e[1].address, Some(Address::Other("10.1.0.999".into())));
-        // Not the canonical form: kept for the model to judge, as before.
+        // Leading zeros are not an address (kube-proxy's parser agrees).
         assert_eq!(e[2].address, Some(Address::Other("010.1.0.2".into())));
         assert_eq!(e[3].address, None);
     }

@@ -139,7 +139,6 @@ impl Telemetry {
         });
     }
 
-    /// Programming failed as a whole; the change stays pending.
     /// A full resync rewrote `repaired` map entries.
     pub fn resynced(&self, repaired: usize) {
         self.with(|s| {
@@ -148,6 +147,7 @@ impl Telemetry {
         });
     }
 
+    /// Programming failed as a whole; the change stays pending.
     pub fn failed(&self) {
         self.with(|s| s.sync_errors += 1);
     }
