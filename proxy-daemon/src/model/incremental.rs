@@ -54,7 +54,6 @@ pub struct IncrementalModel {
     // slice and every address one claimant, and a one-entry BTreeMap
     // allocates a whole node (half a KiB here) for it.
     slices: BTreeMap<ObjectKey, Vec<(ObjectKey, Arc<Slice>)>>,
-    slice_owner: BTreeMap<ObjectKey, ObjectKey>,
     /// Slices that name no Service.
     unowned: BTreeMap<ObjectKey, Skip>,
     services: BTreeMap<ObjectKey, Computed>,
@@ -138,8 +137,10 @@ impl IncrementalModel {
         diff(
             &prev.endpoint_slices,
             &cluster.endpoint_slices,
-            |key, _, new| {
-                self.unindex_slice(key, dirty);
+            |key, old, new| {
+                if let Some(slice) = old {
+                    self.unindex_slice(key, slice, dirty);
+                }
                 if let Some(slice) = new {
                     self.index_slice(key, slice, dirty);
                 }
@@ -164,26 +165,31 @@ impl IncrementalModel {
                     Ok(i) => slices[i].1 = slice.clone(),
                     Err(i) => slices.insert(i, (key.clone(), slice.clone())),
                 }
-                self.slice_owner.insert(key.clone(), service.clone());
                 dirty.insert(service);
             }
         }
     }
 
-    fn unindex_slice(&mut self, key: &ObjectKey, dirty: &mut BTreeSet<ObjectKey>) {
-        self.unowned.remove(key);
-        let Some(service) = self.slice_owner.remove(key) else {
-            return;
-        };
-        if let Some(slices) = self.slices.get_mut(&service) {
-            if let Ok(i) = slices.binary_search_by(|(k, _)| k.cmp(key)) {
-                slices.remove(i);
+    /// Undoes [`Self::index_slice`] for the slice `key` held before (its
+    /// owner follows from the slice itself, so none is recorded).
+    fn unindex_slice(&mut self, key: &ObjectKey, old: &Slice, dirty: &mut BTreeSet<ObjectKey>) {
+        match slice_owner(key, old) {
+            SliceOwner::Invisible => {}
+            SliceOwner::Nobody(_) => {
+                self.unowned.remove(key);
             }
-            if slices.is_empty() {
-                self.slices.remove(&service);
+            SliceOwner::Service(service) => {
+                if let Some(slices) = self.slices.get_mut(&service) {
+                    if let Ok(i) = slices.binary_search_by(|(k, _)| k.cmp(key)) {
+                        slices.remove(i);
+                    }
+                    if slices.is_empty() {
+                        self.slices.remove(&service);
+                    }
+                }
+                dirty.insert(service);
             }
         }
-        dirty.insert(service);
     }
 
     /// Recomputes one Service's candidates; records the addresses whose
