@@ -7,7 +7,7 @@ use std::net::Ipv4Addr;
 use anyhow::{Context, Result};
 use aya::programs::{TestRun, TestRunOptions};
 use proxy_common::{
-    Backend, CtEntry, CtKey, ServiceKey, ServiceValue, proto,
+    Backend, CtEntry, CtKey, ServiceKey, ServiceValue, ct, proto,
     service::{KIND_CLUSTER_IP, SCOPE_EXTERNAL, SVC_F_ADDR_ONLY},
 };
 use sluice::datapath::{Capacities, LoadedPrograms, Loader, PinnedMaps};
@@ -169,6 +169,30 @@ impl Datapath {
         self.maps.ct_for_mut(key.proto).remove(key)?;
         Ok(())
     }
+}
+
+/// The `i`th of a made-up set of established ClusterIP TCP flows (from
+/// 10.200.0.0/14 to 10.201.0.0/24, port 80), last seen at CT time `seen`:
+/// load for sweeps and CT tables, never one of a test host's flows.
+pub fn made_up_tcp_flow(i: u32, seen: u32) -> (CtKey, CtEntry) {
+    let key = CtKey {
+        saddr: u32::from_ne_bytes([10, 200 + (i >> 24) as u8, (i >> 16) as u8, (i >> 8) as u8]),
+        daddr: u32::from_ne_bytes([10, 201, 0, i as u8]),
+        sport: 1000u16.to_be(),
+        dport: 80u16.to_be(),
+        proto: proto::TCP,
+        dir: ct::CT_DIR_SERVICE,
+        _pad: [0; 2],
+    };
+    let entry = CtEntry {
+        flags: ct::CT_F_REWRITE_DST | ct::CT_F_REPLY_SEEN | ct::CT_F_ASSURED,
+        new_daddr: key.daddr,
+        new_dport: key.dport,
+        last_seen: seen,
+        created: seen,
+        ..Default::default()
+    };
+    (key, entry)
 }
 
 /// The backends of frontend `vip:port`/TCP as the datapath has them, read

@@ -8,10 +8,10 @@ use std::{
     time::{Duration, Instant},
 };
 
-use proxy_common::{CtEntry, CtKey, ct, proto};
 use sluice::datapath::PinnedMaps;
 use sluice_tests::{
     apps::{self, PushListener, Server, Stream},
+    fixture::made_up_tcp_flow,
     manifests::{self, Endpoint, Service, ready, tcp_port, udp_port},
     sim::{Cluster, Pod, wait_until},
 };
@@ -125,23 +125,7 @@ fn sweeps_that_straddle_a_second_never_break_established_streams() {
     let mut maps = PinnedMaps::open(&node.bpffs).unwrap();
     let now = sluice::conntrack::monotonic_secs();
     for i in 0..150_000u32 {
-        let key = CtKey {
-            saddr: u32::from_ne_bytes([10, 200, (i >> 16) as u8, (i >> 8) as u8]),
-            daddr: u32::from_ne_bytes([10, 201, 0, i as u8]),
-            sport: 1000u16.to_be(),
-            dport: 80u16.to_be(),
-            proto: proto::TCP,
-            dir: ct::CT_DIR_SERVICE,
-            _pad: [0; 2],
-        };
-        let entry = CtEntry {
-            flags: ct::CT_F_REWRITE_DST | ct::CT_F_REPLY_SEEN | ct::CT_F_ASSURED,
-            new_daddr: key.daddr,
-            new_dport: key.dport,
-            last_seen: now,
-            created: now,
-            ..Default::default()
-        };
+        let (key, entry) = made_up_tcp_flow(i, now);
         maps.ct_tcp.insert(key, entry, 0).unwrap();
     }
     let target = SocketAddr::from((VIP, 80));

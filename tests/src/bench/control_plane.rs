@@ -49,7 +49,7 @@ use sluice_testkit::netns::{NetNs, command_entering};
 use crate::{
     apiserver::ApiServerConfig,
     bench::percentile,
-    fixture::frontend_backends,
+    fixture::{frontend_backends, made_up_tcp_flow},
     sim::{CLUSTER_CIDR, Cluster},
 };
 
@@ -518,7 +518,6 @@ struct SweepFigures {
 }
 
 fn measure_ct_sweep(entries: usize) -> Result<SweepFigures> {
-    use proxy_common::{CtEntry, CtKey, ct, proto};
     use sluice::conntrack::{Policy, collect, monotonic_secs};
     let mut cluster = Cluster::new(1)?;
     let capacity = entries.next_power_of_two().max(1 << 20).to_string();
@@ -527,20 +526,6 @@ fn measure_ct_sweep(entries: usize) -> Result<SweepFigures> {
     let fill = |maps: &mut PinnedMaps, expired: bool| -> Result<()> {
         let now = monotonic_secs();
         for i in 0..entries as u32 {
-            let key = CtKey {
-                saddr: u32::from_ne_bytes([
-                    10,
-                    200 + (i >> 24) as u8,
-                    (i >> 16) as u8,
-                    (i >> 8) as u8,
-                ]),
-                daddr: u32::from_ne_bytes([10, 250, 0, i as u8]),
-                sport: 1000u16.to_be(),
-                dport: 80u16.to_be(),
-                proto: proto::TCP,
-                dir: ct::CT_DIR_SERVICE,
-                _pad: [0; 2],
-            };
             // Every other flow idle for a day: past every timeout (the CT
             // clock is seconds since boot; ages are wrapping differences).
             let seen = if expired && i % 2 == 0 {
@@ -548,14 +533,7 @@ fn measure_ct_sweep(entries: usize) -> Result<SweepFigures> {
             } else {
                 now
             };
-            let entry = CtEntry {
-                flags: ct::CT_F_REWRITE_DST | ct::CT_F_REPLY_SEEN | ct::CT_F_ASSURED,
-                new_daddr: key.daddr,
-                new_dport: key.dport,
-                last_seen: seen,
-                created: seen,
-                ..Default::default()
-            };
+            let (key, entry) = made_up_tcp_flow(i, seen);
             maps.ct_tcp.insert(key, entry, 0)?;
         }
         Ok(())
@@ -862,13 +840,21 @@ fn nft_noflush_probe(services: usize) -> Result<Duration> {
     )
 }
 
-/// A peer's partial-sync line: p50/p99 of `partial`, with its size.
-fn print_partial(partial: &[Duration], size: &str) {
+/// One figure's line: `label`, then p50/p99 of `samples`, then `note`.
+fn print_quantiles(label: &str, samples: &[Duration], note: &str) {
     println!(
-        "  partial sync, one endpoint changed:           p50 {:>7.2} ms   p99 {:>7.2} ms   (n={}, {size})",
-        ms(percentile(partial, 0.50)),
-        ms(percentile(partial, 0.99)),
-        partial.len(),
+        "{label:<48}p50 {:>7.2} ms   p99 {:>7.2} ms{note}",
+        ms(percentile(samples, 0.50)),
+        ms(percentile(samples, 0.99)),
+    );
+}
+
+/// A peer's partial-sync line, with the size of what it wrote.
+fn print_partial(partial: &[Duration], size: &str) {
+    print_quantiles(
+        "  partial sync, one endpoint changed:",
+        partial,
+        &format!("   (n={}, {size})", partial.len()),
     );
 }
 
@@ -961,29 +947,27 @@ pub fn run() -> Result<()> {
             "  cold start, complete view -> all programmed:  {:>9.1} ms",
             ms(s.start_to_programmed.saturating_sub(s.start_to_listed))
         );
-        println!(
-            "  EndpointSlice change committed -> in maps:    p50 {:>7.2} ms   p99 {:>7.2} ms   (n={})",
-            ms(percentile(&s.changes, 0.50)),
-            ms(percentile(&s.changes, 0.99)),
-            s.changes.len()
+        print_quantiles(
+            "  EndpointSlice change committed -> in maps:",
+            &s.changes,
+            &format!("   (n={})", s.changes.len()),
         );
         if !s.daemon_changes.is_empty() {
-            println!(
-                "    daemon's log, change arrival -> apply done: p50 {:>7.2} ms   p99 {:>7.2} ms",
-                ms(percentile(&s.daemon_changes, 0.50)),
-                ms(percentile(&s.daemon_changes, 0.99))
+            print_quantiles(
+                "    daemon's log, change arrival -> apply done:",
+                &s.daemon_changes,
+                "",
             );
         }
-        println!(
-            "  Service added (slice present) -> in maps:     p50 {:>7.2} ms   p99 {:>7.2} ms   (n={})",
-            ms(percentile(&s.service_adds, 0.50)),
-            ms(percentile(&s.service_adds, 0.99)),
-            s.service_adds.len()
+        print_quantiles(
+            "  Service added (slice present) -> in maps:",
+            &s.service_adds,
+            &format!("   (n={})", s.service_adds.len()),
         );
-        println!(
-            "  Service deleted -> gone from maps:            p50 {:>7.2} ms   p99 {:>7.2} ms",
-            ms(percentile(&s.service_deletes, 0.50)),
-            ms(percentile(&s.service_deletes, 0.99)),
+        print_quantiles(
+            "  Service deleted -> gone from maps:",
+            &s.service_deletes,
+            "",
         );
         println!(
             "  sluiced RSS after sync: peak (VmHWM) {:.1} MiB, now (VmRSS) {:.1} MiB",
@@ -1006,17 +990,12 @@ pub fn run() -> Result<()> {
             "  start -> fully programmed:                    {:>9.1} ms",
             ms(m.cold_start)
         );
-        println!(
-            "  EndpointSlice file renamed in -> in maps:     p50 {:>7.2} ms   p99 {:>7.2} ms   (n={})",
-            ms(percentile(&m.changes, 0.50)),
-            ms(percentile(&m.changes, 0.99)),
-            m.changes.len()
+        print_quantiles(
+            "  EndpointSlice file renamed in -> in maps:",
+            &m.changes,
+            &format!("   (n={})", m.changes.len()),
         );
-        println!(
-            "  Service file renamed in -> in maps:           p50 {:>7.2} ms   p99 {:>7.2} ms",
-            ms(percentile(&m.service_adds, 0.50)),
-            ms(percentile(&m.service_adds, 0.99)),
-        );
+        print_quantiles("  Service file renamed in -> in maps:", &m.service_adds, "");
         println!(
             "  sluiced CPU while nothing changes (32 s): {:.2}% of one core",
             m.idle_cpu_percent
