@@ -86,6 +86,25 @@ impl std::error::Error for BatchError {
     }
 }
 
+/// One `bpf(cmd, attr)` batch call; the error, if it failed.
+///
+/// # Safety
+/// Every pointer in `attr` must point at a live buffer of the size the
+/// map and `attr.count` imply, for the duration of the call.
+unsafe fn bpf_batch(cmd: libc::c_long, attr: &mut BatchAttr) -> Option<std::io::Error> {
+    // SAFETY: the caller's contract; attr itself is a live, exclusive
+    // BatchAttr of the size passed.
+    let rc = unsafe {
+        libc::syscall(
+            libc::SYS_bpf,
+            cmd,
+            attr as *mut BatchAttr,
+            size_of::<BatchAttr>(),
+        )
+    };
+    (rc != 0).then(std::io::Error::last_os_error)
+}
+
 /// Runs one batch command over `count` entries.
 fn batch(
     cmd: libc::c_long,
@@ -102,21 +121,11 @@ fn batch(
     };
     // SAFETY: attr points at live key (and value) buffers of `count`
     // entries each, which outlive the call.
-    let rc = unsafe {
-        libc::syscall(
-            libc::SYS_bpf,
-            cmd,
-            &mut attr as *mut BatchAttr,
-            size_of::<BatchAttr>(),
-        )
-    };
+    let failed = unsafe { bpf_batch(cmd, &mut attr) };
     // The kernel writes back how many entries it processed, also on error.
     let done = (attr.count as usize).min(keys.len());
-    if rc != 0 {
-        return Err(BatchError {
-            done,
-            source: std::io::Error::last_os_error(),
-        });
+    if let Some(source) = failed {
+        return Err(BatchError { done, source });
     }
     if done != keys.len() {
         return Err(BatchError {
@@ -150,17 +159,13 @@ pub fn lookup_batch<K: aya::Pod, V: aya::Pod>(
     let zero_value: V = unsafe { std::mem::zeroed() };
     let mut keys: Vec<K> = vec![zero_key; chunk];
     let mut values: Vec<V> = vec![zero_value; chunk];
-    // The hash map's batch token is its bucket index.
-    let mut token: u32 = 0;
-    let mut first = true;
+    // The hash map's batch token is its bucket index; none for the first
+    // call.
+    let mut token: Option<u32> = None;
     loop {
         let mut next: u32 = 0;
         let mut attr = BatchAttr {
-            in_batch: if first {
-                0
-            } else {
-                &token as *const u32 as u64
-            },
+            in_batch: token.as_ref().map_or(0, |t| t as *const u32 as u64),
             out_batch: &mut next as *mut u32 as u64,
             keys: keys.as_mut_ptr() as u64,
             values: values.as_mut_ptr() as u64,
@@ -170,15 +175,7 @@ pub fn lookup_batch<K: aya::Pod, V: aya::Pod>(
         };
         // SAFETY: attr points at the token and at key and value buffers of
         // `chunk` entries of the map's sizes, all outliving the call.
-        let rc = unsafe {
-            libc::syscall(
-                libc::SYS_bpf,
-                BPF_MAP_LOOKUP_BATCH,
-                &mut attr as *mut BatchAttr,
-                size_of::<BatchAttr>(),
-            )
-        };
-        let err = (rc != 0).then(std::io::Error::last_os_error);
+        let err = unsafe { bpf_batch(BPF_MAP_LOOKUP_BATCH, &mut attr) };
         let n = (attr.count as usize).min(chunk);
         for i in 0..n {
             f(keys[i], values[i]);
@@ -189,8 +186,7 @@ pub fn lookup_batch<K: aya::Pod, V: aya::Pod>(
             Some(e) if e.raw_os_error() == Some(libc::ENOENT) => return Ok(()),
             Some(e) => return Err(e),
         }
-        token = next;
-        first = false;
+        token = Some(next);
     }
 }
 
