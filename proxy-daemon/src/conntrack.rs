@@ -171,12 +171,25 @@ impl Store for CtMap {
     fn walk(&self, f: &mut dyn FnMut(CtKey, CtEntry)) {
         use std::os::fd::AsFd;
         let fd = aya::maps::IterableMap::map(self).fd().as_fd();
-        if let Err(e) = crate::datapath::raw::lookup_batch(fd, WALK_CHUNK, &mut *f) {
+        let mut delivered = false;
+        let walked = crate::datapath::raw::lookup_batch(fd, WALK_CHUNK, |k, e| {
+            delivered = true;
+            f(k, e);
+        });
+        match walked {
+            Ok(()) => {}
             // Kernels without batched hash lookups (before 5.6): one entry
             // at a time.
-            tracing::debug!(error = %e, "batched CT walk unavailable; walking entry by entry");
-            for (k, e) in self.iter().filter_map(Result::ok) {
-                f(k, e);
+            Err(e) if !delivered => {
+                tracing::debug!(error = %e, "batched CT walk unavailable; walking entry by entry");
+                for (k, e) in self.iter().filter_map(Result::ok) {
+                    f(k, e);
+                }
+            }
+            // Walking again would show the entries seen so far twice; the
+            // next sweep covers the rest.
+            Err(e) => {
+                tracing::warn!(error = %e, "CT walk stopped part way; the next sweep walks the map again")
             }
         }
     }
