@@ -48,7 +48,7 @@ use sluice_testkit::netns::{NetNs, command_entering};
 
 use crate::{
     apiserver::ApiServerConfig,
-    bench::percentile,
+    bench::{ENDPOINTS, endpoint, percentile, vip},
     fixture::{frontend_backends, made_up_tcp_flow},
     sim::{CLUSTER_CIDR, Cluster},
 };
@@ -56,27 +56,22 @@ use crate::{
 mod nft;
 
 const SERVICES: usize = 10_000;
-const ENDPOINTS: usize = 10;
 const CHANGES: usize = 100;
 const SERVICE_PORT: u16 = 80;
 /// Size of the iptables-nft `--noflush` full-sync probe.
 const PROBE_SERVICES: usize = 1_000;
 const TARGET_PORT: u16 = 8080;
 
-fn env_usize(name: &str, default: usize) -> usize {
-    std::env::var(name)
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .filter(|&v| v > 0)
-        .unwrap_or(default)
-}
-
-fn vip(i: usize) -> Ipv4Addr {
-    Ipv4Addr::from(u32::from(Ipv4Addr::new(10, 96, 0, 0)) + 1 + i as u32)
-}
-
-fn endpoint(i: usize, e: usize) -> Ipv4Addr {
-    Ipv4Addr::from(u32::from(Ipv4Addr::new(10, 128, 0, 0)) + (i * ENDPOINTS + e) as u32)
+/// A positive count from the environment, `default` when unset; anything
+/// else (a list meant for another bench, say) is an error, not a default.
+fn env_usize(name: &str, default: usize) -> Result<usize> {
+    match std::env::var(name) {
+        Err(_) => Ok(default),
+        Ok(v) => match v.trim().parse() {
+            Ok(n) if n > 0 => Ok(n),
+            _ => bail!("{name}={v:?}: a positive number for this bench"),
+        },
+    }
 }
 
 /// The address the `k`th change brings in (never used before).
@@ -865,44 +860,48 @@ fn program_exists(program: &str) -> bool {
 
 pub fn run() -> Result<()> {
     sluice_testkit::privileges::require_root();
-    let services = env_usize("SLUICE_BENCH_SERVICES", SERVICES);
-    let changes = env_usize("SLUICE_BENCH_CHANGES", CHANGES);
+    let services = env_usize("SLUICE_BENCH_SERVICES", SERVICES)?;
+    let changes = env_usize("SLUICE_BENCH_CHANGES", CHANGES)?;
     let only = std::env::var("SLUICE_BENCH_ONLY").unwrap_or_default();
     println!(
         "== control plane: {services} Services x {ENDPOINTS} endpoints, {changes} single-endpoint changes"
     );
-    // `iptables` and `nft` run that peer alone.
-    let peer_only = only == "iptables" || only == "nft";
-    let s = if peer_only {
-        None
-    } else {
+    // `sluiced`, `iptables` or `nft` runs that side alone.
+    if !["", "sluiced", "iptables", "nft"].contains(&only.as_str()) {
+        bail!("SLUICE_BENCH_ONLY={only:?}: sluiced, iptables or nft");
+    }
+    let run_sluiced = only.is_empty() || only == "sluiced";
+    let run_iptables = only.is_empty() || only == "iptables";
+    let run_nft = only.is_empty() || only == "nft";
+    let s = if run_sluiced {
         Some(measure_sluiced(services, changes)?)
+    } else {
+        None
     };
-    let m = if peer_only || std::env::var_os("SLUICE_BENCH_NO_MANIFESTS").is_some() {
+    let m = if !run_sluiced || std::env::var_os("SLUICE_BENCH_NO_MANIFESTS").is_some() {
         None
     } else {
         Some(measure_manifests(services, changes)?)
     };
-    let sweep = if peer_only {
+    let sweep = if !run_sluiced {
         None
     } else {
         Some(measure_ct_sweep(env_usize(
             "SLUICE_BENCH_CT_ENTRIES",
             1_000_000,
-        ))?)
+        )?)?)
     };
     let mut ipt = Vec::new();
     let mut nft_figures = None;
     let mut probe = None;
-    if only != "sluiced" {
+    if run_iptables {
         // iptables-nft's --noflush full sync is quadratic in chains here
         // (see nft_noflush_probe): past 1000 Services it would take many
         // minutes.
-        let iptables = [
+        for (program, full_noflush) in [
             ("iptables-restore", services <= PROBE_SERVICES),
             ("iptables-legacy-restore", true),
-        ];
-        for (program, full_noflush) in iptables.into_iter().filter(|_| only != "nft") {
+        ] {
             if !program_exists(program) {
                 println!("  ({program} not installed: skipped)");
                 continue;
@@ -914,19 +913,20 @@ pub fn run() -> Result<()> {
                 Err(e) => return Err(e),
             }
         }
-        if only == "iptables" {
-        } else if program_exists("nft") {
-            nft_figures = Some(nft::measure(services, changes)?);
-        } else {
-            println!("  (nft not installed: skipped)");
-        }
-        if services > PROBE_SERVICES && only != "nft" && program_exists("iptables-restore") {
+        if services > PROBE_SERVICES && program_exists("iptables-restore") {
             let took = nft_noflush_probe(PROBE_SERVICES)?;
             eprintln!(
                 "  iptables-restore --noflush, full sync of {PROBE_SERVICES} Services: {:.1} ms",
                 ms(took)
             );
             probe = Some(took);
+        }
+    }
+    if run_nft {
+        if program_exists("nft") {
+            nft_figures = Some(nft::measure(services, changes)?);
+        } else {
+            println!("  (nft not installed: skipped)");
         }
     }
 

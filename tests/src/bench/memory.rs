@@ -27,6 +27,7 @@ use std::{
     },
 };
 
+use super::{ENDPOINTS, endpoint, vip};
 use anyhow::{Result, ensure};
 use k8s_openapi::api::{core::v1::Service, discovery::v1::EndpointSlice};
 use serde_json::{Value, json};
@@ -71,16 +72,7 @@ fn live() -> usize {
     LIVE.load(Ordering::Relaxed)
 }
 
-const ENDPOINTS: usize = 10;
 const UID: &str = "0b5c6a3e-8d0f-4a47-9f5e-1f2d3c4b5a69";
-
-fn vip(i: usize) -> Ipv4Addr {
-    Ipv4Addr::from(u32::from(Ipv4Addr::new(10, 96, 0, 0)) + 1 + i as u32)
-}
-
-fn endpoint(i: usize, e: usize) -> Ipv4Addr {
-    Ipv4Addr::from(u32::from(Ipv4Addr::new(10, 128, 0, 0)) + (i * ENDPOINTS + e) as u32)
-}
 
 /// A Service as the API server returns it.
 fn service(i: usize) -> Value {

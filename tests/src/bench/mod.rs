@@ -6,7 +6,20 @@ pub mod control_plane;
 pub mod datapath;
 pub mod memory;
 
-use std::time::Duration;
+use std::{net::Ipv4Addr, time::Duration};
+
+/// Endpoints per Service in the control-plane and memory benches.
+pub(crate) const ENDPOINTS: usize = 10;
+
+/// The ClusterIP of the benches' Service `i`.
+pub(crate) fn vip(i: usize) -> Ipv4Addr {
+    Ipv4Addr::from(u32::from(Ipv4Addr::new(10, 96, 0, 0)) + 1 + i as u32)
+}
+
+/// Endpoint `e` of the benches' Service `i`.
+pub(crate) fn endpoint(i: usize, e: usize) -> Ipv4Addr {
+    Ipv4Addr::from(u32::from(Ipv4Addr::new(10, 128, 0, 0)) + (i * ENDPOINTS + e) as u32)
+}
 
 /// The `p` quantile of `v` (nearest rank).
 pub fn percentile(v: &[Duration], p: f64) -> Duration {
