@@ -162,35 +162,10 @@ trait Store {
     fn remove(&mut self, k: &CtKey) -> Result<bool, MapError>;
 }
 
-/// Entries per batched read of a CT map: more than any hash bucket holds
-/// (the kernel refuses a chunk smaller than a bucket), few enough to stay
-/// in cache.
-const WALK_CHUNK: usize = 4096;
-
 impl Store for CtMap {
     fn walk(&self, f: &mut dyn FnMut(CtKey, CtEntry)) {
-        use std::os::fd::AsFd;
-        let fd = aya::maps::IterableMap::map(self).fd().as_fd();
-        let mut delivered = false;
-        let walked = crate::datapath::raw::lookup_batch(fd, WALK_CHUNK, |k, e| {
-            delivered = true;
-            f(k, e);
-        });
-        match walked {
-            Ok(()) => {}
-            // Kernels without batched hash lookups (before 5.6): one entry
-            // at a time.
-            Err(e) if !delivered => {
-                tracing::debug!(error = %e, "batched CT walk unavailable; walking entry by entry");
-                for (k, e) in self.iter().filter_map(Result::ok) {
-                    f(k, e);
-                }
-            }
-            // Walking again would show the entries seen so far twice; the
-            // next sweep covers the rest.
-            Err(e) => {
-                tracing::warn!(error = %e, "CT walk stopped part way; the next sweep walks the map again")
-            }
+        if let Err(e) = crate::datapath::raw::walk_hash(self, f) {
+            tracing::warn!(error = %e, "CT walk stopped part way; the next sweep walks the map again");
         }
     }
 

@@ -394,20 +394,23 @@ impl Writer {
 /// What the pinned maps hold, read back (Maglev tables by presence only).
 fn read_back(maps: &PinnedMaps) -> Result<MapContents, DatapathError> {
     let mut current = MapContents::default();
-    for item in maps.services.iter() {
-        let (k, v) = item.map_err(|source| DatapathError::Map {
-            name: names::MAP_SERVICES,
-            source,
-        })?;
+    let walk_failed = |name| {
+        move |io_error| DatapathError::Map {
+            name,
+            source: MapError::SyscallError(aya::sys::SyscallError {
+                call: "bpf_map_lookup_batch",
+                io_error,
+            }),
+        }
+    };
+    datapath::raw::walk_hash(&maps.services, |k, v| {
         current.services.insert(k, v);
-    }
-    for item in maps.backends.iter() {
-        let (k, v) = item.map_err(|source| DatapathError::Map {
-            name: names::MAP_BACKENDS,
-            source,
-        })?;
+    })
+    .map_err(walk_failed(names::MAP_SERVICES))?;
+    datapath::raw::walk_hash(&maps.backends, |k, v| {
         current.backends.insert(k, v);
-    }
+    })
+    .map_err(walk_failed(names::MAP_BACKENDS))?;
     for key in maps.source_ranges.keys() {
         let key = key.map_err(|source| DatapathError::Map {
             name: names::MAP_SOURCE_RANGES,
