@@ -1204,11 +1204,12 @@ mod extra_tests {
     use super::*;
     use crate::model::{BackendAddr, FrontendKind, Protocol, Scope, ServiceRef};
 
-    fn ip(s: &str) -> Ipv4Addr {
+    pub(super) fn ip(s: &str) -> Ipv4Addr {
         s.parse().unwrap()
     }
 
-    fn fe(vip: &str, backends: &[&str]) -> Frontend {
+    /// A LoadBalancer frontend `vip:80`/TCP of Service default/lb.
+    pub(super) fn fe(vip: &str, backends: &[&str]) -> Frontend {
         Frontend {
             key: FrontendKey {
                 addr: ip(vip),
@@ -1241,7 +1242,7 @@ mod extra_tests {
         }
     }
 
-    fn desired(fes: Vec<Frontend>, node: &[&str]) -> DesiredState {
+    pub(super) fn desired(fes: Vec<Frontend>, node: &[&str]) -> DesiredState {
         let mut d = DesiredState::default();
         for f in fes {
             d.service_addrs.insert(f.key.addr);
@@ -1467,45 +1468,23 @@ mod extra_tests {
 
 #[cfg(test)]
 mod incremental_tests {
-    use std::net::Ipv4Addr;
+    use super::{
+        extra_tests::{self, fe as lb, ip},
+        *,
+    };
+    use crate::model::{FrontendKind, ServiceRef};
 
-    use super::*;
-    use crate::model::{BackendAddr, FrontendKind, Protocol, Scope, ServiceRef};
-
-    fn ip(s: &str) -> Ipv4Addr {
-        s.parse().unwrap()
-    }
-
+    /// A frontend `vip:80`/TCP of `kind`, of a Service named after it.
     fn fe(vip: &str, kind: FrontendKind, backends: &[&str]) -> Frontend {
         Frontend {
-            key: FrontendKey {
-                addr: ip(vip),
-                port: 80,
-                protocol: Protocol::Tcp,
-                scope: Scope::External,
-            },
             kind,
             service: ServiceRef {
                 namespace: "default".into(),
                 name: vip.into(),
                 port_name: String::new(),
             },
-            backends: backends
-                .iter()
-                .map(|a| BackendAddr {
-                    addr: ip(a),
-                    port: 8080,
-                    local: false,
-                    terminating: false,
-                })
-                .collect(),
-            local_only: false,
-            drop_when_empty: false,
-            affinity_timeout: None,
             snat_remote: false,
-            source_ranges: vec![],
-            health_check_node_port: None,
-            lb_algorithm: None,
+            ..lb(vip, backends)
         }
     }
 
@@ -1514,12 +1493,7 @@ mod incremental_tests {
     }
 
     fn desired(fes: &[Frontend]) -> DesiredState {
-        let mut d = DesiredState::default();
-        for f in fes {
-            d.service_addrs.insert(f.key.addr);
-            d.frontends.insert(f.key, f.clone());
-        }
-        d
+        extra_tests::desired(fes.to_vec(), &[])
     }
 
     const OPTIONS: PlanOptions = PlanOptions {
