@@ -250,12 +250,12 @@ fn delete_matching(
     map: &mut CtMap,
     pred: impl Fn(&CtKey, &CtEntry) -> bool,
 ) -> Result<usize, MapError> {
-    let doomed: Vec<CtKey> = map
-        .iter()
-        .filter_map(Result::ok)
-        .filter(|(k, e)| pred(k, e))
-        .map(|(k, _)| k)
-        .collect();
+    let mut doomed: Vec<CtKey> = Vec::new();
+    map.walk(&mut |k, e| {
+        if pred(&k, &e) {
+            doomed.push(k);
+        }
+    });
     let mut removed = 0;
     for k in doomed {
         removed += usize::from(remove(map, &k)?);

@@ -245,6 +245,8 @@ pub struct Reconciler {
     overlay: Option<Overlay>,
     health: HealthServers,
     logged: BTreeSet<Skip>,
+    /// Nodes the overlay skipped at the last reconcile.
+    peer_skips: Vec<Skip>,
     /// What `sluicectl nodes` was last told about the overlay.
     overlay_meta: Option<OverlayMeta>,
     /// Skipped objects and parts in the last reconcile, by kind.
@@ -272,6 +274,7 @@ impl Reconciler {
             overlay: None,
             health: HealthServers::default(),
             logged: BTreeSet::new(),
+            peer_skips: Vec::new(),
             overlay_meta: None,
             skipped: Default::default(),
         })
@@ -327,12 +330,15 @@ impl Reconciler {
             full = changes.full,
             "desired state updated"
         );
-        let mut skips = desired.skipped.clone();
         let report = self.writer.apply(desired, touch)?;
         for f in &report.failures {
             warn!(failure = %f, "datapath update incomplete; retried on the next change");
         }
-        self.health.sync(health_checks(desired)).await;
+        // Only when they may have changed: finding them walks every frontend.
+        if changes.full || changes.health_checks || self.health.incomplete() {
+            self.health.sync(health_checks(desired)).await;
+        }
+        let mut peer_skips = Vec::new();
         let mut overlay_meta = OverlayMeta {
             node: self.node.as_ref().and_then(|n| {
                 Some(NodeMeta {
@@ -344,8 +350,8 @@ impl Reconciler {
             ..Default::default()
         };
         if let Some(overlay) = self.overlay.as_mut() {
-            let (peers, peer_skips) = overlay::peers(&cluster, &self.cfg.node_name);
-            skips.extend(peer_skips);
+            let (peers, skips) = overlay::peers(&cluster, &self.cfg.node_name);
+            peer_skips = skips;
             sync_overlay(overlay, &peers).await;
             overlay_meta.device = Some(overlay.device().to_string());
             overlay_meta.peers = peers
@@ -364,7 +370,11 @@ impl Reconciler {
                 Err(e) => warn!(error = %e, "recording the overlay peers failed"),
             }
         }
-        self.log_skips(&skips);
+        if changes.skips || peer_skips != self.peer_skips {
+            let skips: Vec<Skip> = desired.skipped.iter().chain(&peer_skips).cloned().collect();
+            self.log_skips(&skips);
+            self.peer_skips = peer_skips;
+        }
         Ok(report)
     }
 

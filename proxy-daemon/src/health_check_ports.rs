@@ -30,8 +30,8 @@ use crate::{
 /// What one health check port reports.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct HealthCheck {
-    pub namespace: String,
-    pub name: String,
+    pub namespace: Arc<str>,
+    pub name: Arc<str>,
     /// Endpoints of the Service on this node.
     pub local_endpoints: usize,
 }
@@ -107,6 +107,12 @@ impl HealthServers {
 
     /// Starts servers for new ports, stops those no longer wanted, and
     /// updates what every port reports.
+    /// Some wanted port could not be opened yet (the next sync retries).
+    pub fn incomplete(&self) -> bool {
+        let wanted = self.state.read().unwrap_or_else(|e| e.into_inner());
+        wanted.keys().any(|port| !self.servers.contains_key(port))
+    }
+
     pub async fn sync(&mut self, wanted: BTreeMap<u16, HealthCheck>) {
         let ports: Vec<u16> = wanted.keys().copied().collect();
         *self.state.write().unwrap_or_else(|e| e.into_inner()) = wanted;
@@ -201,7 +207,7 @@ mod tests {
             service: ServiceRef {
                 namespace: "shop".into(),
                 name: "web".into(),
-                port_name: String::new(),
+                port_name: "".into(),
             },
             backends: backends
                 .iter()
@@ -239,7 +245,7 @@ mod tests {
                 &[("10.1.0.1", true), ("10.2.0.1", false)],
             ),
         ] {
-            d.frontends.insert(f.key, f);
+            d.frontends.insert(f.key, f.into());
         }
         let checks = health_checks(&d);
         assert_eq!(checks.len(), 1);

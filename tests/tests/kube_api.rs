@@ -456,7 +456,7 @@ fn d_the_source_publishes_only_complete_views() {
                     let svc0 = st
                         .endpoint_slices
                         .iter()
-                        .find(|(k, _)| k.name == "svc-0-abcde")
+                        .find(|(k, _)| &*k.name == "svc-0-abcde")
                         .map_or(0, |(_, s)| s.endpoints.len());
                     let view = View {
                         services: st.services.len(),

@@ -21,7 +21,7 @@ fn proto_name(p: u8) -> String {
 }
 
 fn names_by_id(s: &Snapshot) -> BTreeMap<u32, &FrontendMeta> {
-    s.meta.frontends.iter().map(|f| (f.id, f)).collect()
+    s.meta.frontends.iter().map(|f| (f.id, &**f)).collect()
 }
 
 fn service_name(m: Option<&&FrontendMeta>) -> String {
@@ -436,7 +436,7 @@ mod tests {
             id,
             namespace: "shop".into(),
             name: name.into(),
-            port_name: String::new(),
+            port_name: "".into(),
             kind: kind.into(),
             addr: Ipv4Addr::UNSPECIFIED,
             port: 0,
@@ -651,9 +651,9 @@ mod tests {
             node: "node-1".into(),
             version: "0.1.0".into(),
             frontends: vec![
-                meta(1, "cart", "ClusterIP"),
-                meta(2, "web", "NodePort"),
-                meta(3, "web", "NodePort"),
+                meta(1, "cart", "ClusterIP").into(),
+                meta(2, "web", "NodePort").into(),
+                meta(3, "web", "NodePort").into(),
             ],
         };
         s

@@ -4,8 +4,7 @@
 //! address+port+protocol, the older Service keeps it (then namespace/name,
 //! then port order) and the other is told why it lost.
 
-use std::collections::BTreeMap;
-use std::net::Ipv4Addr;
+use std::{collections::BTreeMap, net::Ipv4Addr, sync::Arc};
 
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 
@@ -51,7 +50,8 @@ impl Owner {
 #[derive(Clone, Debug)]
 pub(crate) struct Candidate {
     pub owner: Owner,
-    pub frontend: Frontend,
+    /// Shared with the desired state when it wins.
+    pub frontend: Arc<Frontend>,
 }
 
 /// The datapath's view of a frontend address, whatever the scope.
@@ -78,7 +78,7 @@ fn kind_rank(kind: FrontendKind) -> u8 {
 pub(crate) fn resolve(
     candidates: Vec<Candidate>,
     skips: &mut Vec<Skip>,
-) -> BTreeMap<FrontendKey, Frontend> {
+) -> BTreeMap<FrontendKey, Arc<Frontend>> {
     let mut by_slot: BTreeMap<Slot, Vec<&Candidate>> = BTreeMap::new();
     for candidate in &candidates {
         by_slot
@@ -97,14 +97,17 @@ pub(crate) fn resolve(
 
 /// The frontends (one per scope) the strongest claim on `slot` gets, and
 /// a skip for every other Service port that claimed it.
-pub(crate) fn resolve_slot(slot: Slot, mut claims: Vec<&Candidate>) -> (Vec<Frontend>, Vec<Skip>) {
+pub(crate) fn resolve_slot(
+    slot: Slot,
+    mut claims: Vec<&Candidate>,
+) -> (Vec<Arc<Frontend>>, Vec<Skip>) {
     claims.sort_by(|a, b| {
         (&a.owner, kind_rank(a.frontend.kind)).cmp(&(&b.owner, kind_rank(b.frontend.kind)))
     });
     let Some(winner) = claims.first().map(|c| &c.owner) else {
         return (Vec::new(), Vec::new());
     };
-    let mut won: Vec<Frontend> = Vec::new();
+    let mut won: Vec<Arc<Frontend>> = Vec::new();
     let mut losers: Vec<&Owner> = Vec::new();
     for claim in &claims {
         if claim.owner != *winner {

@@ -92,27 +92,60 @@ fn state(objects: Vec<KubeObject>) -> DesiredState {
 /// incremental model; after each, its state must be the one computed from
 /// scratch (skips in any order).
 fn incremental_agrees(objects: &[KubeObject]) {
+    // Two models: one finds what changed by comparing views (the
+    // manifests source), one from the deltas the views carry (the API
+    // source); each view here says it follows the one before.
     let mut model = IncrementalModel::new();
+    let mut by_delta = IncrementalModel::new();
     let mut view = ClusterState::default();
-    let mut check_on = |view: &ClusterState, node: &NodeContext, step: &str| {
-        let changes = model.update(&std::sync::Arc::new(view.clone()), node);
-        let full = desired_state(view, node);
-        let got = model.desired();
-        assert_eq!(got.frontends, full.frontends, "{step}: frontends differ");
-        assert_eq!(got.service_addrs, full.service_addrs, "{step}: addresses");
-        assert_eq!(got.node_addrs, full.node_addrs, "{step}: node addresses");
-        let sorted = |s: &[Skip]| {
-            let mut s = s.to_vec();
-            s.sort();
-            s
+    let mut check_on =
+        |view: &ClusterState, touched: Option<&KubeObject>, node: &NodeContext, step: &str| {
+            let changes = model.update(&std::sync::Arc::new(view.clone()), node);
+            let numbered = ClusterState {
+                id: view.id + 1,
+                delta: Some(delta_of(view.id, touched)),
+                ..view.clone()
+            };
+            let delta_changes = by_delta.update(&std::sync::Arc::new(numbered), node);
+            let full = desired_state(view, node);
+            for (got, how) in [
+                (model.desired(), "compared"),
+                (by_delta.desired(), "by delta"),
+            ] {
+                assert_eq!(
+                    got.frontends, full.frontends,
+                    "{step} ({how}): frontends differ"
+                );
+                assert_eq!(
+                    got.service_addrs, full.service_addrs,
+                    "{step} ({how}): addresses"
+                );
+                assert_eq!(
+                    got.node_addrs, full.node_addrs,
+                    "{step} ({how}): node addresses"
+                );
+                let sorted = |s: &[Skip]| {
+                    let mut s = s.to_vec();
+                    s.sort();
+                    s
+                };
+                assert_eq!(
+                    sorted(&got.skipped),
+                    sorted(&full.skipped),
+                    "{step} ({how}): skips"
+                );
+            }
+            assert_eq!(
+                changes, delta_changes,
+                "{step}: the two models saw different changes"
+            );
+            changes
         };
-        assert_eq!(sorted(&got.skipped), sorted(&full.skipped), "{step}: skips");
-        changes
-    };
-    check_on(&view, &node(), "empty");
+    check_on(&view, None, &node(), "empty");
     for (i, o) in objects.iter().enumerate() {
         view.insert(o.clone());
-        let changes = check_on(&view, &node(), &format!("after adding object {i}"));
+        view.id += 1;
+        let changes = check_on(&view, Some(o), &node(), &format!("after adding object {i}"));
         assert!(!changes.full, "adding object {i} recomputed everything");
     }
     // This node changes (zone label, then back): everything is recomputed
@@ -121,12 +154,40 @@ fn incremental_agrees(objects: &[KubeObject]) {
         zone: Some("zone-b".into()),
         ..node()
     };
-    assert!(check_on(&view, &moved, "after the node's zone changed").full);
-    assert!(check_on(&view, &node(), "after the node's zone changed back").full);
+    view.id += 1;
+    assert!(check_on(&view, None, &moved, "after the node's zone changed").full);
+    view.id += 1;
+    assert!(check_on(&view, None, &node(), "after the node's zone changed back").full);
     for (i, o) in objects.iter().enumerate().rev() {
         view.remove(o.kind(), &o.key().unwrap());
-        check_on(&view, &node(), &format!("after removing object {i}"));
+        view.id += 1;
+        check_on(
+            &view,
+            Some(o),
+            &node(),
+            &format!("after removing object {i}"),
+        );
     }
+}
+
+/// The delta of a view that differs from view `from` in `touched` only.
+fn delta_of(from: u64, touched: Option<&KubeObject>) -> ViewDelta {
+    let mut d = ViewDelta {
+        from,
+        services: Some(Default::default()),
+        endpoint_slices: Some(Default::default()),
+        endpoints: Some(Default::default()),
+    };
+    if let Some(o) = touched {
+        let keys = match o {
+            KubeObject::Service(_) => &mut d.services,
+            KubeObject::EndpointSlice(..) => &mut d.endpoint_slices,
+            KubeObject::Endpoints(_) => &mut d.endpoints,
+            KubeObject::Node(_) => return d,
+        };
+        keys.as_mut().unwrap().insert(o.key().unwrap());
+    }
+    d
 }
 
 // ---- reading the result ----------------------------------------------------
@@ -263,7 +324,10 @@ fn several_ports_and_protocols_each_get_their_endpoints() {
     assert_eq!(backends(fe(&s, "10.96.0.53:53/UDP")), ["10.1.0.7:5353"]);
     assert_eq!(backends(fe(&s, "10.96.0.53:53/TCP")), ["10.1.0.7:5353"]);
     assert_eq!(backends(fe(&s, "10.96.0.53:9153/TCP")), ["10.1.0.7:9253"]);
-    assert_eq!(fe(&s, "10.96.0.53:53/UDP").service.port_name, "dns");
+    assert_eq!(
+        fe(&s, "10.96.0.53:53/UDP").service.port_name.as_ref(),
+        "dns"
+    );
     assert_eq!(
         skips(&s),
         ["Service default/dns: port sig: SCTP not supported by the datapath yet"]
@@ -1077,9 +1141,9 @@ fn conflicting_frontends_go_to_the_older_service() {
             at("2024-01-01T00:00:00Z"),
         ),
     ]);
-    assert_eq!(fe(&s, "10.96.0.10:80/TCP").service.name, "zzz-old");
+    assert_eq!(fe(&s, "10.96.0.10:80/TCP").service.name.as_ref(), "zzz-old");
     // The loser keeps what nobody else claims.
-    assert_eq!(fe(&s, "10.96.0.10:81/TCP").service.name, "aaa-new");
+    assert_eq!(fe(&s, "10.96.0.10:81/TCP").service.name.as_ref(), "aaa-new");
     assert_eq!(
         skips(&s),
         [
@@ -1100,9 +1164,9 @@ fn conflicts_without_timestamps_go_by_namespace_and_name() {
             json!({"type": "NodePort", "clusterIP": "10.96.0.1", "ports": [{"port": 80, "nodePort": 30080}]}),
         ),
     ]);
-    assert_eq!(fe(&s, "192.168.0.10:30080/TCP").service.name, "a");
-    assert_eq!(fe(&s, "203.0.113.10:30080/TCP").service.name, "a");
-    assert_eq!(fe(&s, "10.96.0.2:80/TCP").service.name, "b");
+    assert_eq!(fe(&s, "192.168.0.10:30080/TCP").service.name.as_ref(), "a");
+    assert_eq!(fe(&s, "203.0.113.10:30080/TCP").service.name.as_ref(), "a");
+    assert_eq!(fe(&s, "10.96.0.2:80/TCP").service.name.as_ref(), "b");
     assert_eq!(
         skips(&s),
         [
@@ -1124,8 +1188,11 @@ fn conflicts_cover_every_scope_of_an_external_traffic_policy_local_frontend() {
             json!({"clusterIP": "10.96.0.2", "externalIPs": ["192.0.2.20"], "ports": [{"port": 80}]}),
         ),
     ]);
-    assert_eq!(fe(&s, "192.0.2.20:80/TCP").service.name, "a");
-    assert_eq!(fe(&s, "192.0.2.20:80/TCP (internal)").service.name, "a");
+    assert_eq!(fe(&s, "192.0.2.20:80/TCP").service.name.as_ref(), "a");
+    assert_eq!(
+        fe(&s, "192.0.2.20:80/TCP (internal)").service.name.as_ref(),
+        "a"
+    );
     assert_eq!(skips(&s).len(), 1);
 }
 
@@ -1143,7 +1210,10 @@ fn conflicts_within_one_service() {
     let f = fe(&s, "198.51.100.1:80/TCP");
     assert_eq!(f.kind, FrontendKind::LoadBalancer);
     assert_eq!(f.source_ranges.len(), 1);
-    assert_eq!(fe(&s, "192.168.0.10:30080/TCP").service.port_name, "a");
+    assert_eq!(
+        fe(&s, "192.168.0.10:30080/TCP").service.port_name.as_ref(),
+        "a"
+    );
     assert_eq!(
         skips(&s),
         [

@@ -3,11 +3,14 @@
 //! its externalIPs, each with the endpoints its traffic policy allows
 //! (as kube-proxy's nftables/iptables proxiers route them).
 
+use std::sync::Arc;
+
 use ipnetwork::Ipv4Network;
 
 use super::{
     BackendAddr, Frontend, FrontendKey, FrontendKind, NodeContext, Scope, ServiceRef,
     conflicts::{Candidate, Owner},
+    intern::intern,
     service_spec::{PortSpec, ServiceSpec},
     topology::{Categorized, Usable},
 };
@@ -23,7 +26,7 @@ pub(crate) fn port_frontends(
     let service_ref = ServiceRef {
         namespace: service.key.namespace.clone(),
         name: service.key.name.clone(),
-        port_name: port.name.clone(),
+        port_name: intern(&port.name),
     };
     let cluster = backends(endpoints.cluster.as_ref());
     let local = backends(endpoints.local.as_ref());
@@ -118,7 +121,7 @@ pub(crate) fn port_frontends(
     out.into_iter()
         .map(|frontend| Candidate {
             owner: owner.clone(),
-            frontend,
+            frontend: Arc::new(frontend),
         })
         .collect()
 }

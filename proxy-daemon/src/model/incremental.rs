@@ -18,7 +18,7 @@ use std::{
 };
 
 use super::{
-    ClusterState, DesiredState, FrontendKey, NodeContext, ObjectKey, Scope, Skip, Slice,
+    ClusterState, DesiredState, FrontendKey, NodeContext, ObjectKey, Scope, Skip, Slice, ViewDelta,
     conflicts::{Candidate, Slot, resolve_slot, slot},
     desired::{service_addr, service_candidates},
     endpoints::{SliceOwner, orphan_skip, slice_owner},
@@ -35,6 +35,11 @@ pub struct Changes {
     pub full: bool,
     /// Services recomputed.
     pub services: usize,
+    /// The skipped objects changed (`DesiredState::skipped` was rebuilt).
+    pub skips: bool,
+    /// A frontend with a health check node port was added, changed or
+    /// removed.
+    pub health_checks: bool,
 }
 
 /// One Service's part of the desired state, before conflicts.
@@ -66,6 +71,8 @@ pub struct IncrementalModel {
     /// Frontends using each address that needs an address-only entry.
     addr_refs: BTreeMap<Ipv4Addr, u32>,
     desired: DesiredState,
+    /// Some skip list changed during this update.
+    skips_changed: bool,
 }
 
 impl IncrementalModel {
@@ -86,6 +93,7 @@ impl IncrementalModel {
     /// Brings the desired state up to `cluster` as seen from `node`.
     pub fn update(&mut self, cluster: &Arc<ClusterState>, node: &NodeContext) -> Changes {
         let mut changes = Changes::default();
+        self.skips_changed = false;
         let mut dirty = BTreeSet::new();
         let mut touched: BTreeSet<Slot> = BTreeSet::new();
         match self.prev.take() {
@@ -116,7 +124,12 @@ impl IncrementalModel {
             self.resolve(s, node, &mut changes);
         }
         self.prev = Some(cluster.clone());
-        self.desired.skipped = self.skips();
+        // Rebuilt only when some part changed: walking every Service's
+        // (nearly always empty) list costs more than the rest of a change.
+        if changes.full || self.skips_changed {
+            self.desired.skipped = self.skips();
+            changes.skips = true;
+        }
         changes
     }
 
@@ -128,15 +141,35 @@ impl IncrementalModel {
         cluster: &ClusterState,
         dirty: &mut BTreeSet<ObjectKey>,
     ) {
-        diff(&prev.services, &cluster.services, |key, _, _| {
-            dirty.insert(key.clone());
-        });
-        diff(&prev.endpoints, &cluster.endpoints, |key, _, _| {
-            dirty.insert(key.clone());
-        });
+        // The source's own list of what changed, when it is relative to
+        // the view the state was computed from; every key otherwise.
+        let delta = cluster
+            .delta
+            .as_ref()
+            .filter(|d| prev.id != 0 && d.from == prev.id);
+        let keys = |pick: fn(&ViewDelta) -> &Option<BTreeSet<ObjectKey>>| {
+            delta.and_then(|d| pick(d).as_ref())
+        };
+        diff(
+            &prev.services,
+            &cluster.services,
+            keys(|d| &d.services),
+            |key, _, _| {
+                dirty.insert(key.clone());
+            },
+        );
+        diff(
+            &prev.endpoints,
+            &cluster.endpoints,
+            keys(|d| &d.endpoints),
+            |key, _, _| {
+                dirty.insert(key.clone());
+            },
+        );
         diff(
             &prev.endpoint_slices,
             &cluster.endpoint_slices,
+            keys(|d| &d.endpoint_slices),
             |key, old, new| {
                 if let Some(slice) = old {
                     self.unindex_slice(key, slice, dirty);
@@ -158,6 +191,7 @@ impl IncrementalModel {
             SliceOwner::Invisible => {}
             SliceOwner::Nobody(skip) => {
                 self.unowned.insert(key.clone(), skip);
+                self.skips_changed = true;
             }
             SliceOwner::Service(service) => {
                 let slices = self.slices.entry(service.clone()).or_default();
@@ -177,6 +211,7 @@ impl IncrementalModel {
             SliceOwner::Invisible => {}
             SliceOwner::Nobody(_) => {
                 self.unowned.remove(key);
+                self.skips_changed = true;
             }
             SliceOwner::Service(service) => {
                 if let Some(slices) = self.slices.get_mut(&service) {
@@ -202,6 +237,7 @@ impl IncrementalModel {
         touched: &mut BTreeSet<Slot>,
     ) {
         if let Some(old) = self.services.remove(key) {
+            self.skips_changed |= !old.skips.is_empty();
             for c in &old.candidates {
                 let s = slot(&c.frontend.key);
                 touched.insert(s);
@@ -215,7 +251,7 @@ impl IncrementalModel {
                 }
             }
         }
-        self.orphans.remove(key);
+        self.skips_changed |= self.orphans.remove(key).is_some();
         let slices: Vec<(&ObjectKey, &Slice)> = self
             .slices
             .get(key)
@@ -225,6 +261,7 @@ impl IncrementalModel {
             if !slices.is_empty() {
                 let skips = slices.iter().map(|(s, _)| orphan_skip(s, key)).collect();
                 self.orphans.insert(key.clone(), skips);
+                self.skips_changed = true;
             }
             return;
         };
@@ -245,6 +282,7 @@ impl IncrementalModel {
                 claimants.insert(i, key.clone());
             }
         }
+        self.skips_changed |= !skips.is_empty();
         self.services
             .insert(key.clone(), Computed { candidates, skips });
     }
@@ -263,9 +301,10 @@ impl IncrementalModel {
             .collect();
         let (won, lost) = resolve_slot(s, claims);
         if lost.is_empty() {
-            self.lost.remove(&s);
+            self.skips_changed |= self.lost.remove(&s).is_some();
         } else {
             self.lost.insert(s, lost);
+            self.skips_changed = true;
         }
         let (addr, port, protocol) = s;
         for scope in [Scope::External, Scope::Internal] {
@@ -281,6 +320,8 @@ impl IncrementalModel {
                 continue;
             }
             changes.frontends.insert(key);
+            changes.health_checks |= old.is_some_and(|f| f.health_check_node_port.is_some())
+                || new.is_some_and(|f| f.health_check_node_port.is_some());
             let old_addr = old.and_then(|f| service_addr(f, node));
             let new_addr = new.and_then(|f| service_addr(f, node));
             match new {
@@ -343,12 +384,30 @@ impl IncrementalModel {
 }
 
 /// Calls `f` for every key whose value differs between `old` and `new`
-/// (added, removed or changed), in key order.
+/// (added, removed or changed), in key order: among `candidates` when
+/// given (the rest is known equal), among all keys otherwise.
 fn diff<K: Ord, V: PartialEq>(
     old: &BTreeMap<K, Arc<V>>,
     new: &BTreeMap<K, Arc<V>>,
+    candidates: Option<&BTreeSet<K>>,
     mut f: impl FnMut(&K, Option<&Arc<V>>, Option<&Arc<V>>),
 ) {
+    if let Some(candidates) = candidates {
+        for k in candidates {
+            // The maps' own key, not the delta's copy: the model keeps it.
+            match (old.get_key_value(k), new.get_key_value(k)) {
+                (None, None) => {}
+                (Some((_, a)), Some((k, b))) => {
+                    if !Arc::ptr_eq(a, b) && a != b {
+                        f(k, Some(a), Some(b));
+                    }
+                }
+                (Some((k, a)), None) => f(k, Some(a), None),
+                (None, Some((k, b))) => f(k, None, Some(b)),
+            }
+        }
+        return;
+    }
     let mut a = old.iter().peekable();
     let mut b = new.iter().peekable();
     loop {

@@ -18,7 +18,7 @@ mod types;
 #[cfg(test)]
 mod desired_tests;
 
-pub use cluster::{ClusterState, ObjectKey};
+pub use cluster::{ClusterState, ObjectKey, ViewDelta};
 pub use desired::desired_state;
 pub use endpoints::{SERVICE_NAME_LABEL, SKIP_MIRROR_LABEL};
 pub use incremental::{Changes, IncrementalModel};

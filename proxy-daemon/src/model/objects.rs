@@ -104,7 +104,7 @@ impl ClusterState {
                 self.endpoints.insert(key, o);
             }
             KubeObject::Node(o) => {
-                self.nodes.insert(key.name, o);
+                self.nodes.insert(key.name.to_string(), o);
             }
         }
         true
@@ -118,7 +118,7 @@ impl ClusterState {
             "Service" => self.services.remove(key).is_some(),
             "EndpointSlice" => self.endpoint_slices.remove(key).is_some(),
             "Endpoints" => self.endpoints.remove(key).is_some(),
-            "Node" => self.nodes.remove(&key.name).is_some(),
+            "Node" => self.nodes.remove(&*key.name).is_some(),
             _ => false,
         }
     }

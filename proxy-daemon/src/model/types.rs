@@ -9,6 +9,7 @@ use std::{
     collections::{BTreeMap, BTreeSet},
     fmt,
     net::Ipv4Addr,
+    sync::Arc,
 };
 
 use ipnetwork::Ipv4Network;
@@ -161,11 +162,13 @@ impl fmt::Display for FrontendKey {
 /// The Service (and port) a frontend belongs to, for names in logs and in
 /// `sluicectl`.
 #[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+// Shared strings: every frontend of a Service carries one, in the
+// model's candidates, its desired state and the writer's names.
 pub struct ServiceRef {
-    pub namespace: String,
-    pub name: String,
+    pub namespace: Arc<str>,
+    pub name: Arc<str>,
     /// `spec.ports[].name`; empty for a single unnamed port.
-    pub port_name: String,
+    pub port_name: Arc<str>,
 }
 
 impl fmt::Display for ServiceRef {
@@ -258,7 +261,8 @@ impl SkipKind {
 /// The whole desired state of one node's datapath.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct DesiredState {
-    pub frontends: BTreeMap<FrontendKey, Frontend>,
+    /// Shared with the model's candidates they won from.
+    pub frontends: BTreeMap<FrontendKey, Arc<Frontend>>,
     /// Every address used by some frontend (programmed as address-only
     /// entries, so unknown ports on them are refused).
     pub service_addrs: BTreeSet<Ipv4Addr>,

@@ -139,7 +139,7 @@ fn control_loop(o: &mut Out, s: &State) {
     let services: std::collections::BTreeSet<(&str, &str)> = s
         .frontend_names
         .values()
-        .map(|m| (m.namespace.as_str(), m.name.as_str()))
+        .map(|m| (&*m.namespace, &*m.name))
         .collect();
     o.single(
         "sluice_services_programmed",
@@ -332,9 +332,9 @@ fn per_service(o: &mut Out, s: &State, d: &DatapathCounters) {
             };
             let frontend = format!("{}:{}/{}", m.addr, m.port, m.protocol);
             let l = [
-                ("namespace", m.namespace.as_str()),
-                ("service", m.name.as_str()),
-                ("port", m.port_name.as_str()),
+                ("namespace", &*m.namespace),
+                ("service", &*m.name),
+                ("port", &*m.port_name),
                 ("kind", m.kind.as_str()),
                 ("frontend", frontend.as_str()),
                 (

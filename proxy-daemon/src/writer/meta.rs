@@ -9,6 +9,7 @@ use std::{
     io::Write,
     net::Ipv4Addr,
     path::{Path, PathBuf},
+    sync::Arc,
 };
 
 use serde::{Deserialize, Serialize};
@@ -20,9 +21,10 @@ pub const META_FILE: &str = "frontends.json";
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct FrontendMeta {
     pub id: u32,
-    pub namespace: String,
-    pub name: String,
-    pub port_name: String,
+    // Shared with the frontend's ServiceRef while the daemon holds it.
+    pub namespace: Arc<str>,
+    pub name: Arc<str>,
+    pub port_name: Arc<str>,
     pub kind: String,
     pub addr: Ipv4Addr,
     pub port: u16,
@@ -60,7 +62,8 @@ pub struct DatapathMeta {
     /// The sluiced version that wrote the file.
     #[serde(default)]
     pub version: String,
-    pub frontends: Vec<FrontendMeta>,
+    /// Shared with the writer's names while it serializes them.
+    pub frontends: Vec<Arc<FrontendMeta>>,
 }
 
 pub fn meta_path(state_dir: &Path) -> PathBuf {
@@ -79,7 +82,7 @@ pub fn write(state_dir: &Path, meta: &DatapathMeta) -> std::io::Result<()> {
 /// snapshot published while an earlier one is being written replaces any
 /// other waiting one. Readers see the old file or the new, never half.
 pub struct NamesFile {
-    pending: std::sync::Arc<(std::sync::Mutex<Pending>, std::sync::Condvar)>,
+    pending: Arc<(std::sync::Mutex<Pending>, std::sync::Condvar)>,
     thread: Option<std::thread::JoinHandle<()>>,
 }
 
@@ -88,14 +91,13 @@ const COALESCE: std::time::Duration = std::time::Duration::from_millis(20);
 
 #[derive(Default)]
 struct Pending {
-    snapshot: Option<Vec<std::sync::Arc<FrontendMeta>>>,
+    snapshot: Option<Vec<Arc<FrontendMeta>>>,
     closed: bool,
 }
 
 impl NamesFile {
     pub fn spawn(state_dir: &Path, node: &str) -> std::io::Result<Self> {
-        let pending: std::sync::Arc<(std::sync::Mutex<Pending>, std::sync::Condvar)> =
-            Default::default();
+        let pending: Arc<(std::sync::Mutex<Pending>, std::sync::Condvar)> = Default::default();
         let (state_dir, node) = (state_dir.to_owned(), node.to_owned());
         let shared = pending.clone();
         let thread = std::thread::Builder::new()
@@ -126,7 +128,7 @@ impl NamesFile {
                     let meta = DatapathMeta {
                         node: node.clone(),
                         version: env!("CARGO_PKG_VERSION").to_string(),
-                        frontends: frontends.iter().map(|f| (**f).clone()).collect(),
+                        frontends,
                     };
                     if let Err(e) = write(&state_dir, &meta) {
                         tracing::warn!(
@@ -145,7 +147,7 @@ impl NamesFile {
 
     /// Queues `frontends` to be written (replacing a snapshot not yet
     /// written).
-    pub fn publish(&self, frontends: Vec<std::sync::Arc<FrontendMeta>>) {
+    pub fn publish(&self, frontends: Vec<Arc<FrontendMeta>>) {
         let (lock, ready) = &*self.pending;
         lock.lock().unwrap_or_else(|e| e.into_inner()).snapshot = Some(frontends);
         ready.notify_one();

@@ -14,7 +14,7 @@ use std::{
 
 use aya::maps::{MapData, MapError, PerCpuValues, lpm_trie::Key};
 use proxy_common::{
-    AffinityKey, ServiceCounter, SourceRangeKey,
+    AffinityKey, AffinityValue, ServiceCounter, SourceRangeKey,
     codec::{from_nbo, nbo},
     names,
 };
@@ -188,9 +188,9 @@ impl Writer {
                 .failures
                 .push(format!("forgetting affinity to removed backends: {e}"));
         }
-        if !plan.removed_backends.is_empty() {
+        if !plan.removed_udp_backends.is_empty() {
             report.flushed_flows =
-                conntrack::flush_udp_backends(&mut self.maps, &plan.removed_backends)
+                conntrack::flush_udp_backends(&mut self.maps, &plan.removed_udp_backends)
                     .unwrap_or_else(|e| {
                         report.failures.push(format!("flushing UDP flows: {e}"));
                         0
@@ -362,25 +362,22 @@ impl Writer {
     }
 
     /// Deletes affinity entries the plan says are stale.
-    fn flush_affinity(&mut self, plan: &Plan) -> Result<(), MapError> {
+    fn flush_affinity(&mut self, plan: &Plan) -> std::io::Result<()> {
         if plan.affinity_flush.is_empty() && plan.affinity_flush_frontends.is_empty() {
             return Ok(());
         }
-        let doomed: Vec<AffinityKey> = self
-            .maps
-            .affinity
-            .iter()
-            .filter_map(Result::ok)
-            .filter(|(k, v)| {
-                plan.affinity_flush_frontends.contains(&k.svc_id)
-                    || plan.affinity_flush.contains(&(k.svc_id, v.backend_id))
-            })
-            .map(|(k, _)| k)
-            .collect();
+        let mut doomed: Vec<AffinityKey> = Vec::new();
+        datapath::raw::walk_hash(&self.maps.affinity, |k: AffinityKey, v: AffinityValue| {
+            if plan.affinity_flush_frontends.contains(&k.svc_id)
+                || plan.affinity_flush.contains(&(k.svc_id, v.backend_id))
+            {
+                doomed.push(k);
+            }
+        })?;
         for k in doomed {
             match self.maps.affinity.remove(&k) {
                 Ok(()) | Err(MapError::KeyNotFound) => {}
-                Err(e) => return Err(e),
+                Err(e) => return Err(std::io::Error::other(e)),
             }
         }
         Ok(())

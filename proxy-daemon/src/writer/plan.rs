@@ -26,6 +26,7 @@ use ipnetwork::Ipv4Network;
 use proxy_common::{
     Backend, ServiceKey, ServiceValue,
     codec::nbo,
+    proto,
     service::{
         BE_F_LOCAL, BE_F_TERMINATING, SVC_F_ADDR_ONLY, SVC_F_AFFINITY, SVC_F_DROP_EMPTY,
         SVC_F_LOCAL, SVC_F_MAGLEV, SVC_F_NODE_ADDR, SVC_F_SNAT_REMOTE, SVC_F_SOURCE_RANGES,
@@ -126,9 +127,13 @@ impl Group {
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct Plan {
     pub groups: Vec<Group>,
-    /// Backends no longer used, by id: their UDP flows are flushed from CT
-    /// (kube-proxy clears conntrack for removed UDP endpoints).
+    /// Backends no longer used, by id.
     pub removed_backends: BTreeSet<u32>,
+    /// The UDP ones among them: their flows are flushed from CT (kube-proxy
+    /// clears conntrack for removed UDP endpoints). Kept apart because
+    /// finding flows walks the whole CT map, which a TCP endpoint change
+    /// must not pay for.
+    pub removed_udp_backends: BTreeSet<u32>,
     /// Frontend ids assigned in this plan (their counters start at zero).
     pub new_service_ids: BTreeSet<u32>,
     /// The frontends this plan touched, with their id (`None`: removed, or
@@ -226,7 +231,8 @@ struct Phases {
     removed_masters: Vec<Group>,
     removed_parts: Vec<Group>,
     removed_addrs: Vec<Group>,
-    removed_backends: Vec<u32>,
+    /// With the protocol of each.
+    removed_backends: Vec<(u32, u8)>,
 }
 
 impl Planner {
@@ -326,9 +332,12 @@ impl Planner {
         plan.groups.extend(phases.removed_masters);
         plan.groups.extend(phases.removed_parts);
         plan.groups.extend(phases.removed_addrs);
-        for id in phases.removed_backends {
+        for (id, protocol) in phases.removed_backends {
             plan.groups.push(Group::single(Op::DeleteBackend(id)));
             plan.removed_backends.insert(id);
+            if protocol == proto::UDP {
+                plan.removed_udp_backends.insert(id);
+            }
         }
         plan
     }
@@ -406,7 +415,7 @@ impl Planner {
                     if let Some(id) = self.backend_index.remove(ident) {
                         self.backend_ids.release(id);
                         if current.backends.contains_key(&id) {
-                            phases.removed_backends.push(id);
+                            phases.removed_backends.push((id, ident.2));
                         }
                     }
                 }
@@ -417,9 +426,9 @@ impl Planner {
             // by an earlier release or written by hand) is never used.
             for (id, b) in &current.backends {
                 if self.backend_index.get(&identity(b)) != Some(id)
-                    && !phases.removed_backends.contains(id)
+                    && !phases.removed_backends.iter().any(|(r, _)| r == id)
                 {
-                    phases.removed_backends.push(*id);
+                    phases.removed_backends.push((*id, b.proto));
                 }
             }
         }
@@ -931,7 +940,7 @@ mod tests {
             service: ServiceRef {
                 namespace: "default".into(),
                 name: "web".into(),
-                port_name: String::new(),
+                port_name: "".into(),
             },
             backends: backends
                 .iter()
@@ -956,7 +965,7 @@ mod tests {
         let mut d = DesiredState::default();
         for f in fes {
             d.service_addrs.insert(f.key.addr);
-            d.frontends.insert(f.key, f);
+            d.frontends.insert(f.key, f.into());
         }
         d
     }
@@ -1065,6 +1074,34 @@ mod tests {
     }
 
     #[test]
+    fn removed_udp_backends_are_listed_for_the_ct_flush() {
+        let (mut s, mut b) = ids();
+        let udp = |backends: &[(&str, u16)]| {
+            let mut f = fe("10.96.0.10", 53, backends);
+            f.key.protocol = Protocol::Udp;
+            desired(vec![f])
+        };
+        let two = udp(&[("10.0.0.1", 53), ("10.0.0.2", 53)]);
+        let p1 = plan(
+            &MapContents::default(),
+            &two,
+            &mut s,
+            &mut b,
+            PlanOptions::default(),
+        );
+        let m1 = apply(&MapContents::default(), &p1);
+        let p2 = plan(
+            &m1,
+            &udp(&[("10.0.0.2", 53)]),
+            &mut s,
+            &mut b,
+            PlanOptions::default(),
+        );
+        assert_eq!(p2.removed_backends.len(), 1);
+        assert_eq!(p2.removed_udp_backends, p2.removed_backends);
+    }
+
+    #[test]
     fn shrinking_and_growing_stay_consistent_at_every_step() {
         let (mut s, mut b) = ids();
         let three = desired(vec![fe(
@@ -1084,6 +1121,10 @@ mod tests {
         let p2 = plan(&m1, &one, &mut s, &mut b, PlanOptions::default());
         assert_consistent_throughout(&m1, &p2);
         assert_eq!(p2.removed_backends.len(), 2);
+        assert!(
+            p2.removed_udp_backends.is_empty(),
+            "TCP backends flush no CT"
+        );
         let m2 = apply(&m1, &p2);
         let p3 = plan(&m2, &three, &mut s, &mut b, PlanOptions::default());
         assert_consistent_throughout(&m2, &p3);
@@ -1221,7 +1262,7 @@ mod extra_tests {
             service: ServiceRef {
                 namespace: "default".into(),
                 name: "lb".into(),
-                port_name: String::new(),
+                port_name: "".into(),
             },
             backends: backends
                 .iter()
@@ -1246,7 +1287,7 @@ mod extra_tests {
         let mut d = DesiredState::default();
         for f in fes {
             d.service_addrs.insert(f.key.addr);
-            d.frontends.insert(f.key, f);
+            d.frontends.insert(f.key, f.into());
         }
         d.node_addrs = node.iter().map(|a| ip(a)).collect();
         d
@@ -1481,7 +1522,7 @@ mod incremental_tests {
             service: ServiceRef {
                 namespace: "default".into(),
                 name: vip.into(),
-                port_name: String::new(),
+                port_name: "".into(),
             },
             snat_remote: false,
             ..lb(vip, backends)

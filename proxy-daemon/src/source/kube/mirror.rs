@@ -1,7 +1,10 @@
 //! The watched objects as the published view should hold them, folded from
 //! the watchers' events, with relists collected aside and views recycled.
 
-use std::{collections::BTreeMap, sync::Arc};
+use std::{
+    collections::{BTreeMap, BTreeSet},
+    sync::Arc,
+};
 
 use ::kube::runtime::watcher::Event;
 use k8s_openapi::{
@@ -12,7 +15,7 @@ use k8s_openapi::{
     apimachinery::pkg::apis::meta::v1::ObjectMeta,
 };
 
-use crate::model::{ClusterState, ObjectKey, Slice, trim_service};
+use crate::model::{ClusterState, ObjectKey, Slice, ViewDelta, trim_service};
 
 /// `kubectl apply` keeps a copy of the whole object in this annotation; it
 /// is large and no part of the model reads it.
@@ -92,6 +95,8 @@ pub struct Mirror {
     pub(super) views: std::collections::VecDeque<(Arc<ClusterState>, u64)>,
     /// Views published by bringing an old one up to date.
     pub(super) recycled: u64,
+    /// The last view published: its id and journal position.
+    pub(super) last: Option<(u64, u64)>,
 }
 
 impl Mirror {
@@ -175,6 +180,14 @@ impl Mirror {
             // No free view (or, impossibly, one that was shared after all).
             _ => self.state.clone(),
         };
+        let mut state = state;
+        let id = self.last.map_or(1, |(id, _)| id + 1);
+        state.id = id;
+        state.delta = self.last.map(|(from, at)| {
+            let from_index = usize::try_from(at - self.journal_base).unwrap_or(usize::MAX);
+            delta(from, self.journal.get(from_index..).unwrap_or_default())
+        });
+        self.last = Some((id, end));
         let view = Arc::new(state);
         self.views.push_back((view.clone(), end));
         while self.views.len() > KEPT_VIEWS {
@@ -187,6 +200,33 @@ impl Mirror {
         self.journal_base = keep_from;
         view
     }
+}
+
+/// What the journal entries `since` the view `from` changed.
+fn delta(from: u64, since: &[Dirty]) -> ViewDelta {
+    let mut d = ViewDelta {
+        from,
+        services: Some(BTreeSet::new()),
+        endpoint_slices: Some(BTreeSet::new()),
+        // Not watched: the API source never has v1 Endpoints.
+        endpoints: Some(BTreeSet::new()),
+    };
+    fn note(keys: &mut Option<BTreeSet<ObjectKey>>, touched: &Touched<ObjectKey>) {
+        match (keys.as_mut(), touched) {
+            (Some(keys), Touched::Key(k)) => {
+                keys.insert(k.clone());
+            }
+            _ => *keys = None,
+        }
+    }
+    for dirty in since {
+        match dirty {
+            Dirty::Service(t) => note(&mut d.services, t),
+            Dirty::EndpointSlice(t) => note(&mut d.endpoint_slices, t),
+            Dirty::Node(_) => {}
+        }
+    }
+    d
 }
 
 /// Makes `dst` agree with `src` on what `dirty` touched.

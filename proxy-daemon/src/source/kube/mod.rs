@@ -230,7 +230,10 @@ pub fn spawn(client: Client, cfg: KubeSourceConfig) -> watch::Receiver<Option<Up
 mod tests {
     use serde_json::json;
 
-    use std::sync::Arc;
+    use std::{
+        collections::{BTreeMap, BTreeSet},
+        sync::Arc,
+    };
 
     use ::kube::runtime::watcher::Event;
 
@@ -345,7 +348,7 @@ mod tests {
             .state()
             .endpoint_slices
             .keys()
-            .map(|k| k.name.clone())
+            .map(|k| k.name.to_string())
             .collect();
         assert_eq!(names, ["web-a", "web-c"]);
     }
@@ -439,6 +442,7 @@ mod tests {
         sync_all(&mut m);
         // Views still held, as the watch channel and the daemon hold them.
         let mut held: Vec<Arc<ClusterState>> = Vec::new();
+        let mut previous: Option<ClusterState> = None;
         let mut seed = 0x2545_f491_4f6c_dd1du64;
         for step in 0..600u32 {
             seed ^= seed << 13;
@@ -473,6 +477,12 @@ mod tests {
             if (seed >> 20).is_multiple_of(3) {
                 let v = m.view();
                 assert_view_is_live(&v, &m, &format!("step {step}"));
+                if let Some(before) = &previous {
+                    assert_delta_covers(before, &v, &format!("step {step}"));
+                }
+                // A copy: holding the view itself would keep it from
+                // being recycled.
+                previous = Some((*v).clone());
                 held.push(v);
                 while held.len() > ((seed >> 24) % 3) as usize {
                     held.remove(0);
@@ -493,6 +503,58 @@ mod tests {
         // recycling only ever touches views nobody holds.
         let v = m.view();
         assert_view_is_live(&v, &m, "last");
+    }
+
+    /// `after` says it follows `before`, and its delta names every key
+    /// whose object differs between the two.
+    fn assert_delta_covers(before: &ClusterState, after: &ClusterState, at: &str) {
+        let delta = after.delta.as_ref().expect("a published view has a delta");
+        assert_eq!(delta.from, before.id, "{at}");
+        assert_eq!(after.id, before.id + 1, "{at}");
+        fn covers<V: PartialEq>(
+            a: &BTreeMap<ObjectKey, Arc<V>>,
+            b: &BTreeMap<ObjectKey, Arc<V>>,
+            keys: &Option<BTreeSet<ObjectKey>>,
+            at: &str,
+        ) {
+            let Some(keys) = keys else { return };
+            for k in a.keys().chain(b.keys()) {
+                if a.get(k) != b.get(k) {
+                    assert!(keys.contains(k), "{at}: {k} changed, not in the delta");
+                }
+            }
+        }
+        covers(&before.services, &after.services, &delta.services, at);
+        covers(
+            &before.endpoint_slices,
+            &after.endpoint_slices,
+            &delta.endpoint_slices,
+            at,
+        );
+    }
+
+    #[test]
+    fn a_view_lists_what_changed_since_the_last_one_and_a_relist_lists_all() {
+        let mut m = Mirror::new();
+        sync_all(&mut m);
+        let first = m.view();
+        assert_eq!(first.delta, None, "nothing came before the first view");
+        m.apply(Change::Service(Event::Apply(svc("web", "10.96.0.99", "2"))));
+        m.apply(Change::Node(Event::Apply(node(
+            "n1",
+            "2026-01-01T00:00:00Z",
+        ))));
+        let second = m.view();
+        let d = second.delta.as_ref().unwrap();
+        assert_eq!(d.from, first.id);
+        let web: BTreeSet<_> = [ObjectKey::new("default", "web")].into();
+        assert_eq!(d.services.as_ref(), Some(&web));
+        assert_eq!(d.endpoint_slices.as_ref(), Some(&BTreeSet::new()));
+        list_services(&mut m, vec![svc("web", "10.96.0.98", "3")]);
+        let third = m.view();
+        let d = third.delta.as_ref().unwrap();
+        assert_eq!((d.from, &d.services), (second.id, &None));
+        assert_eq!(d.endpoint_slices.as_ref(), Some(&BTreeSet::new()));
     }
 
     #[test]

@@ -31,7 +31,7 @@ fn service_ids(s: &Snapshot, wanted: &str) -> Result<Vec<u32>> {
         .meta
         .frontends
         .iter()
-        .filter(|f| f.namespace == ns && f.name == name)
+        .filter(|f| &*f.namespace == ns && &*f.name == name)
         .map(|f| f.id)
         .collect();
     if ids.is_empty() {
