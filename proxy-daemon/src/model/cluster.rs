@@ -5,9 +5,9 @@ use std::{
     sync::Arc,
 };
 
-use k8s_openapi::api::core::v1::{Endpoints, Node, Service};
+use k8s_openapi::api::core::v1::{Endpoints, Node};
 
-use super::{Slice, intern::intern};
+use super::{ServiceInfo, Slice, intern::intern};
 
 /// `namespace/name` of a namespaced object.
 ///
@@ -81,7 +81,8 @@ impl std::fmt::Display for ObjectKey {
 /// pointers first to find what a change touched).
 #[derive(Clone, Debug, Default)]
 pub struct ClusterState {
-    pub services: BTreeMap<ObjectKey, Arc<Service>>,
+    /// Services, read on receipt.
+    pub services: BTreeMap<ObjectKey, Arc<ServiceInfo>>,
     /// EndpointSlices, converted on receipt.
     pub endpoint_slices: BTreeMap<ObjectKey, Arc<Slice>>,
     /// v1 Endpoints, used for Services without a selector that have no

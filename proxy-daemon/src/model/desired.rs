@@ -2,14 +2,14 @@
 
 use std::{collections::BTreeSet, net::Ipv4Addr};
 
-use k8s_openapi::api::core::v1::{Endpoints, Service};
+use k8s_openapi::api::core::v1::Endpoints;
 
 use super::{
     ClusterState, DesiredState, Frontend, FrontendKind, NodeContext, ObjectKey, Skip, Slice,
     conflicts::{Candidate, resolve},
     endpoints::{PortKey, SliceIndex, service_endpoints},
     frontends::port_frontends,
-    service_spec::read_service,
+    service_spec::ServiceInfo,
     topology::categorize,
 };
 
@@ -51,13 +51,14 @@ pub fn desired_state(cluster: &ClusterState, node: &NodeContext) -> DesiredState
 /// other Services are resolved.
 pub(crate) fn service_candidates(
     key: &ObjectKey,
-    service: &Service,
+    service: &ServiceInfo,
     slices: &[(&ObjectKey, &Slice)],
     endpoints: Option<&Endpoints>,
     node: &NodeContext,
     skipped: &mut Vec<Skip>,
 ) -> Vec<Candidate> {
-    let Some(spec) = read_service(key, service, skipped) else {
+    skipped.extend(service.skips.iter().cloned());
+    let Some(spec) = &service.spec else {
         return Vec::new();
     };
     let zone = node.zone.as_deref().filter(|z| !z.is_empty());
@@ -78,12 +79,12 @@ pub(crate) fn service_candidates(
         let port_endpoints = endpoints.get(&port_key).map_or(&[][..], Vec::as_slice);
         let categorized = categorize(
             port_endpoints,
-            port.uses_cluster_endpoints(&spec),
-            port.uses_local_endpoints(&spec),
+            port.uses_cluster_endpoints(spec),
+            port.uses_local_endpoints(spec),
             &node.name,
             zone,
         );
-        candidates.extend(port_frontends(&spec, port, &categorized, node));
+        candidates.extend(port_frontends(spec, port, &categorized, node));
     }
     candidates
 }

@@ -25,7 +25,7 @@ pub use incremental::{Changes, IncrementalModel};
 pub use node::{NodeInfo, ZONE_LABEL, node_info};
 pub use objects::{DEFAULT_NAMESPACE, KubeObject};
 pub use service_spec::{
-    DEFAULT_AFFINITY_TIMEOUT, HEADLESS_LABEL, SERVICE_PROXY_NAME_LABEL, trim_service,
+    DEFAULT_AFFINITY_TIMEOUT, HEADLESS_LABEL, SERVICE_PROXY_NAME_LABEL, ServiceInfo, trim_service,
 };
 pub use slice::{Address, Hints, Slice, SliceEndpoint, SlicePort};
 pub use types::*;

@@ -11,7 +11,7 @@ use k8s_openapi::{
 
 use std::sync::Arc;
 
-use super::{ClusterState, ObjectKey, Slice};
+use super::{ClusterState, ObjectKey, ServiceInfo, Slice};
 
 /// Namespace of a namespaced object that does not name one, as `kubectl
 /// apply` assumes.
@@ -95,7 +95,8 @@ impl ClusterState {
         };
         match object {
             KubeObject::Service(o) => {
-                self.services.insert(key, o);
+                let info = ServiceInfo::new(&key, &o);
+                self.services.insert(key, Arc::new(info));
             }
             KubeObject::EndpointSlice(_, o) => {
                 self.endpoint_slices.insert(key, o);
@@ -131,8 +132,13 @@ mod tests {
     use super::*;
 
     fn service(meta: serde_json::Value) -> KubeObject {
+        let ip = meta["labels"]["v"].as_str().map(|v| format!("10.96.0.{v}"));
         KubeObject::Service(Arc::new(
-            serde_json::from_value(json!({ "metadata": meta })).unwrap(),
+            serde_json::from_value(json!({
+                "metadata": meta,
+                "spec": {"clusterIP": ip, "ports": [{"port": 80}]}
+            }))
+            .unwrap(),
         ))
     }
 
@@ -165,7 +171,10 @@ mod tests {
         let mut state = ClusterState::from_objects([first, second, nameless, node]);
         assert_eq!(state.services.len(), 1);
         let web = &state.services[&ObjectKey::new("default", "web")];
-        assert_eq!(web.metadata.labels.as_ref().unwrap()["v"], "2");
+        assert_eq!(
+            web.cluster_ip(),
+            Some(std::net::Ipv4Addr::new(10, 96, 0, 2))
+        );
         assert!(state.nodes.contains_key("n1"));
 
         assert!(state.remove("Service", &ObjectKey::new("default", "web")));

@@ -94,6 +94,30 @@ pub(crate) fn service_skip(key: &ObjectKey, reason: impl Into<String>) -> Skip {
     }
 }
 
+/// A Service as the model keeps it: read once, on receipt (kube-proxy's
+/// ServiceChangeTracker converts Services the same way), so a stored
+/// Service costs its spec, not the API object, and an update that changes
+/// nothing the model reads compares equal.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ServiceInfo {
+    pub(crate) spec: Option<ServiceSpec>,
+    /// What of it is skipped, and why.
+    pub(crate) skips: Vec<Skip>,
+}
+
+impl ServiceInfo {
+    pub fn new(key: &ObjectKey, service: &Service) -> Self {
+        let mut skips = Vec::new();
+        let spec = read_service(key, service, &mut skips);
+        Self { spec, skips }
+    }
+
+    /// The ClusterIP, when the Service is proxied at all.
+    pub fn cluster_ip(&self) -> Option<Ipv4Addr> {
+        self.spec.as_ref().map(|s| s.cluster_ip)
+    }
+}
+
 /// How kube-proxy reads `service`, or `None` when nothing of it is
 /// proxied: either by design (silently) or for a reason pushed to `skips`.
 pub(crate) fn read_service(

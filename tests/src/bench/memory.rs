@@ -6,7 +6,7 @@
 //! - objects as stored: Services and EndpointSlices (ten endpoints each,
 //!   with the target refs, owner references, uids and zones the
 //!   EndpointSlice controller writes) parsed as the API client does, then
-//!   trimmed / converted as the sources keep them; the k8s-openapi objects
+//!   converted as the API source keeps them; the k8s-openapi objects
 //!   untouched, for comparison;
 //! - the model: the incremental model's caches and desired state after
 //!   the first full computation;
@@ -28,11 +28,13 @@ use std::{
 };
 
 use super::{ENDPOINTS, endpoint, vip};
-use anyhow::{Result, ensure};
+use anyhow::{Context, Result, ensure};
 use k8s_openapi::api::{core::v1::Service, discovery::v1::EndpointSlice};
 use serde_json::{Value, json};
 use sluice::{
-    model::{ClusterState, IncrementalModel, KubeObject, NodeContext, trim_service},
+    model::{
+        ClusterState, IncrementalModel, KubeObject, NodeContext, ObjectKey, ServiceInfo, Slice,
+    },
     writer::{
         IdAllocator, PlanOptions, Touch,
         plan::{MapContents, Planner},
@@ -138,27 +140,33 @@ fn measure(services: usize) -> Result<Figures> {
     let raw_objects = live() - before;
     drop(raw);
 
-    // What the sources keep.
+    // What the API source keeps (the manifests source keeps trimmed
+    // Services besides, per file).
     let before = live();
-    let svcs: Vec<KubeObject> = (0..services)
+    let svcs: Vec<(ObjectKey, Arc<ServiceInfo>)> = (0..services)
         .map(|i| {
-            let mut s: Service = serde_json::from_value(service(i))?;
-            trim_service(&mut s);
-            Ok(KubeObject::Service(Arc::new(s)))
+            let s: Service = serde_json::from_value(service(i))?;
+            let key = ObjectKey::of(&s.metadata).context("a Service without a name")?;
+            let info = Arc::new(ServiceInfo::new(&key, &s));
+            Ok((key, info))
         })
         .collect::<Result<_>>()?;
     let stored_services = live() - before;
     let before = live();
-    let slices: Vec<KubeObject> = (0..services)
-        .map(|i| {
-            Ok(KubeObject::endpoint_slice(serde_json::from_value(slice(
-                i,
-            ))?))
-        })
+    let slices: Vec<(ObjectKey, Arc<Slice>)> = (0..services)
+        .map(
+            |i| match KubeObject::endpoint_slice(serde_json::from_value(slice(i))?) {
+                KubeObject::EndpointSlice(Some(key), slice) => Ok((key, slice)),
+                _ => anyhow::bail!("an EndpointSlice without a name"),
+            },
+        )
         .collect::<Result<_>>()?;
     let stored_slices = live() - before;
     let before = live();
-    let cluster = Arc::new(ClusterState::from_objects(svcs.into_iter().chain(slices)));
+    let mut cluster = ClusterState::default();
+    cluster.services.extend(svcs);
+    cluster.endpoint_slices.extend(slices);
+    let cluster = Arc::new(cluster);
     let cluster_maps = live() - before;
 
     let before = live();

@@ -15,7 +15,7 @@ use k8s_openapi::{
     apimachinery::pkg::apis::meta::v1::ObjectMeta,
 };
 
-use crate::model::{ClusterState, ObjectKey, Slice, ViewDelta, trim_service};
+use crate::model::{ClusterState, ObjectKey, ServiceInfo, Slice, ViewDelta};
 
 /// `kubectl apply` keeps a copy of the whole object in this annotation; it
 /// is large and no part of the model reads it.
@@ -84,7 +84,7 @@ pub(super) const KEPT_VIEWS: usize = 3;
 #[derive(Debug, Default)]
 pub struct Mirror {
     pub(super) state: ClusterState,
-    pub(super) services: Relist<ObjectKey, Arc<Service>>,
+    pub(super) services: Relist<ObjectKey, Arc<ServiceInfo>>,
     pub(super) slices: Relist<ObjectKey, Arc<Slice>>,
     pub(super) nodes: Relist<String, Arc<Node>>,
     /// What changed in `state`, from the oldest kept view on.
@@ -113,10 +113,7 @@ impl Mirror {
                 &mut self.services,
                 e,
                 |s: &Service| ObjectKey::of(&s.metadata),
-                |mut s: Service| {
-                    trim_service(&mut s);
-                    s
-                },
+                |key, s: Service| ServiceInfo::new(key, &s),
             )
             .map(Dirty::Service),
             Change::EndpointSlice(e) => apply_event(
@@ -124,7 +121,7 @@ impl Mirror {
                 &mut self.slices,
                 e,
                 |s: &EndpointSlice| ObjectKey::of(&s.metadata),
-                Slice::from,
+                |_, s| Slice::from(s),
             )
             .map(Dirty::EndpointSlice),
             Change::Node(e) => apply_event(
@@ -132,7 +129,7 @@ impl Mirror {
                 &mut self.nodes,
                 e,
                 |n: &Node| n.metadata.name.clone().filter(|n| !n.is_empty()),
-                |mut n: Node| {
+                |_, mut n: Node| {
                     trim_node(&mut n);
                     n
                 },
@@ -262,7 +259,7 @@ pub(super) fn apply_event<K: Ord + Clone, T, U: PartialEq>(
     relist: &mut Relist<K, Arc<U>>,
     event: Event<T>,
     key: impl Fn(&T) -> Option<K>,
-    keep: impl Fn(T) -> U,
+    keep: impl Fn(&K, T) -> U,
 ) -> Option<Touched<K>> {
     match event {
         Event::Init => {
@@ -273,10 +270,11 @@ pub(super) fn apply_event<K: Ord + Clone, T, U: PartialEq>(
         }
         Event::InitApply(obj) => {
             if let Some(k) = key(&obj) {
+                let kept = Arc::new(keep(&k, obj));
                 relist
                     .pending
                     .get_or_insert_with(BTreeMap::new)
-                    .insert(k, Arc::new(keep(obj)));
+                    .insert(k, kept);
             }
             None
         }
@@ -303,7 +301,7 @@ pub(super) fn apply_event<K: Ord + Clone, T, U: PartialEq>(
         }
         Event::Apply(obj) => {
             let k = key(&obj)?;
-            let obj = keep(obj);
+            let obj = keep(&k, obj);
             if live.get(&k).is_some_and(|old| **old == obj) {
                 return None;
             }

@@ -373,7 +373,7 @@ mod tests {
         assert!(m.apply(Change::Service(Event::Apply(svc("db", "10.96.0.12", "9")))));
         assert_eq!(m.state().services.len(), 2);
         let stored = &m.state().services[&ObjectKey::new("default", "web")];
-        assert!(stored.metadata.managed_fields.is_none());
+        assert_eq!(stored.cluster_ip(), Some("10.96.0.11".parse().unwrap()));
         assert!(m.apply(Change::Service(Event::Delete(svc(
             "db",
             "10.96.0.12",
@@ -569,12 +569,9 @@ mod tests {
         let fourth = m.view();
         let ip = |v: &ClusterState| {
             v.services[&ObjectKey::new("default", "web")]
-                .spec
-                .as_ref()
+                .cluster_ip()
                 .unwrap()
-                .cluster_ip
-                .clone()
-                .unwrap()
+                .to_string()
         };
         assert_eq!(ip(&first), "10.96.0.10");
         assert_eq!(ip(&second), "10.96.0.10");
