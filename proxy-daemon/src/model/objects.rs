@@ -20,7 +20,7 @@ pub const DEFAULT_NAMESPACE: &str = "default";
 /// One object of a kind the model reads.
 // Shared: the manifests source keeps each file's objects and puts the
 // same allocations into every view it publishes.
-#[derive(Clone, Debug)]
+#[derive(Clone, Debug, PartialEq)]
 pub enum KubeObject {
     Service(Arc<Service>),
     /// Converted on receipt ([`KubeObject::endpoint_slice`]), with the key

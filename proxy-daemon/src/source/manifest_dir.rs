@@ -7,14 +7,19 @@
 //! and the failure is reported; a document that fails inside a file is
 //! reported and skipped while the file's other documents are used. A file
 //! that is removed takes its objects with it.
+//!
+//! The view is kept up to date file by file: a changed file touches only
+//! the objects whose content it changed, and the view it publishes says
+//! which (a [`ViewDelta`]), as the API source's views do.
 
 use std::{
-    collections::BTreeMap,
+    collections::{BTreeMap, BTreeSet},
     path::{Path, PathBuf},
+    sync::Arc,
     time::SystemTime,
 };
 
-use crate::model::{ClusterState, KubeObject};
+use crate::model::{ClusterState, KubeObject, ObjectKey, ViewDelta};
 
 use super::parse::{ParsedObject, parse_manifest};
 
@@ -34,9 +39,14 @@ fn stamp(meta: &std::fs::Metadata) -> Stamp {
     }
 }
 
+/// An object's kind and key: one file holds one object per kind and key
+/// (a later document replacing an earlier one), and among files a later
+/// one (by name) wins.
+type ObjectId = (&'static str, ObjectKey);
+
 struct FileState {
     stamp: Stamp,
-    objects: Vec<KubeObject>,
+    objects: BTreeMap<ObjectId, KubeObject>,
     /// Documents (or the whole file) that could not be used.
     problems: usize,
 }
@@ -59,7 +69,15 @@ pub struct Scan {
 
 pub struct ManifestDir {
     dir: PathBuf,
-    files: BTreeMap<PathBuf, FileState>,
+    files: BTreeMap<Arc<Path>, FileState>,
+    /// The files defining each object, in name order (the last one wins).
+    defined_in: BTreeMap<ObjectId, Vec<Arc<Path>>>,
+    /// Every object as the winning file has it.
+    state: ClusterState,
+    /// Objects changed since the last view was taken.
+    pending: BTreeSet<ObjectId>,
+    /// The last view's number.
+    last_view: u64,
     /// Entries that look like manifests but cannot be read at all (a
     /// dangling symbolic link, a link loop, a directory), with the reason
     /// last reported.
@@ -93,6 +111,10 @@ impl ManifestDir {
         Self {
             dir: dir.into(),
             files: BTreeMap::new(),
+            defined_in: BTreeMap::new(),
+            state: ClusterState::default(),
+            pending: BTreeSet::new(),
+            last_view: 0,
             unusable: BTreeMap::new(),
         }
     }
@@ -111,7 +133,7 @@ impl ManifestDir {
                 return scan;
             }
         };
-        let mut present = Vec::new();
+        let mut present: BTreeSet<PathBuf> = BTreeSet::new();
         let mut unusable = BTreeMap::new();
         for entry in entries.filter_map(Result::ok) {
             let path = entry.path();
@@ -129,16 +151,25 @@ impl ManifestDir {
                     continue;
                 }
             };
-            present.push(path.clone());
             let st = stamp(&meta);
-            if self.files.get(&path).is_none_or(|f| f.stamp != st) {
+            if self.files.get(path.as_path()).is_none_or(|f| f.stamp != st) {
                 scan.changed = true;
-                self.read_file(path, st, &mut scan);
+                self.read_file(&path, st, &mut scan);
+            }
+            present.insert(path);
+        }
+        let gone: Vec<Arc<Path>> = self
+            .files
+            .keys()
+            .filter(|p| !present.contains(&***p))
+            .cloned()
+            .collect();
+        for path in gone {
+            scan.changed = true;
+            if let Some(old) = self.files.remove(&path) {
+                self.replace_objects(&path, old.objects, &BTreeMap::new());
             }
         }
-        let before = self.files.len();
-        self.files.retain(|p, _| present.contains(p));
-        scan.changed |= self.files.len() != before;
         // Reported when they appear or their reason changes, not every scan.
         for (path, reason) in &unusable {
             if self.unusable.get(path) != Some(reason) {
@@ -157,27 +188,33 @@ impl ManifestDir {
     /// (Re)reads one changed file. One that cannot be read or parsed as a
     /// whole keeps what it held before; its stamp is remembered so the same
     /// broken content is not reported again on every scan.
-    fn read_file(&mut self, path: PathBuf, st: Stamp, scan: &mut Scan) {
-        let parsed = std::fs::read(&path)
+    fn read_file(&mut self, path: &Path, st: Stamp, scan: &mut Scan) {
+        let parsed = std::fs::read(path)
             .map_err(|e| format!("cannot read: {e}"))
-            .and_then(|bytes| parse_manifest(&path, &bytes).map_err(|e| e.to_string()));
+            .and_then(|bytes| parse_manifest(path, &bytes).map_err(|e| e.to_string()));
+        let (key, old) = match self.files.remove_entry(path) {
+            Some((key, f)) => (key, Some(f)),
+            None => (Arc::from(path), None),
+        };
         let state = match parsed {
             Ok(parsed) => {
-                let objects = parsed
+                let objects: BTreeMap<ObjectId, KubeObject> = parsed
                     .objects
                     .into_iter()
                     .filter_map(|p| match p {
-                        ParsedObject::Object(o) => Some(o),
+                        ParsedObject::Object(o) => Some(((o.kind(), o.key()?), o)),
                         ParsedObject::Ignored { .. } => None,
                     })
                     .collect();
                 let problems = parsed.errors.len();
                 for problem in parsed.errors {
                     scan.problems.push(SourceProblem {
-                        file: path.clone(),
+                        file: path.to_owned(),
                         reason: problem.to_string(),
                     });
                 }
+                let before = old.map(|f| f.objects).unwrap_or_default();
+                self.replace_objects(&key, before, &objects);
                 FileState {
                     stamp: st,
                     objects,
@@ -186,22 +223,71 @@ impl ManifestDir {
             }
             Err(why) => {
                 scan.problems.push(SourceProblem {
-                    file: path.clone(),
+                    file: path.to_owned(),
                     reason: format!("{why} (keeping what the file held before)"),
                 });
-                let objects = self
-                    .files
-                    .remove(&path)
-                    .map(|f| f.objects)
-                    .unwrap_or_default();
                 FileState {
                     stamp: st,
-                    objects,
+                    objects: old.map(|f| f.objects).unwrap_or_default(),
                     problems: 1,
                 }
             }
         };
-        self.files.insert(path, state);
+        self.files.insert(key, state);
+    }
+
+    /// The file `path` held `before` and now holds `after` (not yet in
+    /// `files`): the objects whose content changed are resolved again.
+    fn replace_objects(
+        &mut self,
+        path: &Arc<Path>,
+        before: BTreeMap<ObjectId, KubeObject>,
+        after: &BTreeMap<ObjectId, KubeObject>,
+    ) {
+        let mut touched = Vec::new();
+        for (id, old) in &before {
+            match after.get(id) {
+                Some(new) if new == old => {}
+                Some(_) => touched.push(id.clone()),
+                None => {
+                    if let Some(files) = self.defined_in.get_mut(id) {
+                        files.retain(|p| p != path);
+                        if files.is_empty() {
+                            self.defined_in.remove(id);
+                        }
+                    }
+                    touched.push(id.clone());
+                }
+            }
+        }
+        for id in after.keys() {
+            if !before.contains_key(id) {
+                let files = self.defined_in.entry(id.clone()).or_default();
+                if let Err(i) = files.binary_search(path) {
+                    files.insert(i, path.clone());
+                }
+                touched.push(id.clone());
+            }
+        }
+        for id in touched {
+            let winner = self.defined_in.get(&id).and_then(|files| files.last());
+            let object = winner.and_then(|p| {
+                if p == path {
+                    after.get(&id)
+                } else {
+                    self.files.get(p).and_then(|f| f.objects.get(&id))
+                }
+            });
+            match object {
+                Some(o) => {
+                    self.state.insert(o.clone());
+                }
+                None => {
+                    self.state.remove(id.0, &id.1);
+                }
+            }
+            self.pending.insert(id);
+        }
     }
 
     /// Files and documents that cannot be used right now.
@@ -210,8 +296,35 @@ impl ManifestDir {
     }
 
     /// Every object from every file (a later file wins for the same object).
-    pub fn state(&self) -> ClusterState {
-        ClusterState::from_objects(self.files.values().flat_map(|f| f.objects.iter().cloned()))
+    pub fn state(&self) -> &ClusterState {
+        &self.state
+    }
+
+    /// A numbered copy of the state to publish, with what changed since
+    /// the last one.
+    pub fn view(&mut self) -> ClusterState {
+        let pending = std::mem::take(&mut self.pending);
+        let keys = |kind: &str| {
+            Some(
+                pending
+                    .iter()
+                    .filter(|(k, _)| *k == kind)
+                    .map(|(_, key)| key.clone())
+                    .collect(),
+            )
+        };
+        let delta = (self.last_view != 0).then(|| ViewDelta {
+            from: self.last_view,
+            services: keys("Service"),
+            endpoint_slices: keys("EndpointSlice"),
+            endpoints: keys("Endpoints"),
+        });
+        self.last_view += 1;
+        ClusterState {
+            id: self.last_view,
+            delta,
+            ..self.state.clone()
+        }
     }
 }
 
@@ -275,6 +388,63 @@ mod tests {
         let fixed = m.rescan();
         assert!(fixed.changed);
         assert_eq!(m.problems(), 0);
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    fn web(ip: &str) -> String {
+        SERVICE.replace("10.96.0.10", ip)
+    }
+
+    fn web_ip(m: &ManifestDir) -> Option<String> {
+        m.state()
+            .services
+            .get(&ObjectKey::new("default", "web"))
+            .and_then(|s| s.cluster_ip())
+            .map(|ip| ip.to_string())
+    }
+
+    #[test]
+    fn the_last_file_wins_and_each_view_lists_what_changed() {
+        let dir = scratch("winner");
+        let db = "apiVersion: v1\nkind: Service\nmetadata:\n  name: db\nspec:\n  clusterIP: 10.96.0.20\n  ports:\n  - port: 5432\n";
+        std::fs::write(dir.join("a.yaml"), format!("{}---\n{db}", web("10.96.0.1"))).unwrap();
+        let mut m = ManifestDir::new(&dir);
+        m.rescan();
+        let first = m.view();
+        assert_eq!((first.id, &first.delta), (1, &None));
+        assert_eq!(first.services.len(), 2);
+        // A later file overrides web only.
+        std::fs::write(dir.join("b.yaml"), web("10.96.0.2")).unwrap();
+        assert!(m.rescan().changed);
+        assert_eq!(web_ip(&m).as_deref(), Some("10.96.0.2"));
+        let second = m.view();
+        let d = second.delta.clone().unwrap();
+        let only_web: BTreeSet<_> = [ObjectKey::new("default", "web")].into();
+        assert_eq!((d.from, d.services.as_ref()), (1, Some(&only_web)));
+        // The earlier file changes its web: the later one still wins, and
+        // db, untouched, keeps its allocation.
+        let db_before = second.services[&ObjectKey::new("default", "db")].clone();
+        std::fs::write(dir.join("a.yaml"), format!("{}---\n{db}", web("10.96.0.3"))).unwrap();
+        m.rescan();
+        assert_eq!(web_ip(&m).as_deref(), Some("10.96.0.2"));
+        let third = m.view();
+        assert!(Arc::ptr_eq(
+            &db_before,
+            &third.services[&ObjectKey::new("default", "db")]
+        ));
+        // Removing the later file brings the earlier one's web back.
+        std::fs::remove_file(dir.join("b.yaml")).unwrap();
+        assert!(m.rescan().changed);
+        assert_eq!(web_ip(&m).as_deref(), Some("10.96.0.3"));
+        let fourth = m.view();
+        assert_eq!(fourth.delta.unwrap().services.as_ref(), Some(&only_web));
+        // The state always equals a rebuild from every file.
+        let rebuilt =
+            ClusterState::from_objects(m.files.values().flat_map(|f| f.objects.values().cloned()));
+        assert_eq!(rebuilt.services, m.state().services);
+        std::fs::remove_file(dir.join("a.yaml")).unwrap();
+        m.rescan();
+        assert!(m.state().services.is_empty());
         std::fs::remove_dir_all(&dir).unwrap();
     }
 

@@ -50,7 +50,7 @@ fn scan(dir: &mut ManifestDir, seen: Instant, tx: &watch::Sender<Option<Update>>
     }
     if scan.changed {
         let update = Update {
-            state: Arc::new(dir.state()),
+            state: Arc::new(dir.view()),
             seen,
             problems: dir.problems(),
         };
@@ -93,7 +93,7 @@ pub fn spawn(dir: PathBuf) -> Result<watch::Receiver<Option<Update>>, ManifestSo
         warn!(file = %p.file.display(), reason = %p.reason, "manifest skipped");
     }
     tx.send_replace(Some(Update {
-        state: Arc::new(files.state()),
+        state: Arc::new(files.view()),
         seen: Instant::now(),
         problems: files.problems(),
     }));
