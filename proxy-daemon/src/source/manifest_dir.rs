@@ -19,7 +19,9 @@ use std::{
     time::SystemTime,
 };
 
-use crate::model::{ClusterState, KubeObject, ObjectKey, ViewDelta};
+use crate::model::{ClusterState, KubeObject, ObjectKey};
+
+use super::views::{Dirty, Touched, Views};
 
 use super::parse::{ParsedObject, parse_manifest};
 
@@ -74,10 +76,7 @@ pub struct ManifestDir {
     defined_in: BTreeMap<ObjectId, Vec<Arc<Path>>>,
     /// Every object as the winning file has it.
     state: ClusterState,
-    /// Objects changed since the last view was taken.
-    pending: BTreeSet<ObjectId>,
-    /// The last view's number.
-    last_view: u64,
+    views: Views,
     /// Entries that look like manifests but cannot be read at all (a
     /// dangling symbolic link, a link loop, a directory), with the reason
     /// last reported.
@@ -113,8 +112,7 @@ impl ManifestDir {
             files: BTreeMap::new(),
             defined_in: BTreeMap::new(),
             state: ClusterState::default(),
-            pending: BTreeSet::new(),
-            last_view: 0,
+            views: Views::default(),
             unusable: BTreeMap::new(),
         }
     }
@@ -286,7 +284,13 @@ impl ManifestDir {
                     self.state.remove(id.0, &id.1);
                 }
             }
-            self.pending.insert(id);
+            let (kind, key) = id;
+            self.views.note(match kind {
+                "Service" => Dirty::Service(Touched::Key(key)),
+                "EndpointSlice" => Dirty::EndpointSlice(Touched::Key(key)),
+                "Endpoints" => Dirty::Endpoints(Touched::Key(key)),
+                _ => Dirty::Node(Touched::Key(key.name.to_string())),
+            });
         }
     }
 
@@ -300,31 +304,10 @@ impl ManifestDir {
         &self.state
     }
 
-    /// A numbered copy of the state to publish, with what changed since
-    /// the last one.
-    pub fn view(&mut self) -> ClusterState {
-        let pending = std::mem::take(&mut self.pending);
-        let keys = |kind: &str| {
-            Some(
-                pending
-                    .iter()
-                    .filter(|(k, _)| *k == kind)
-                    .map(|(_, key)| key.clone())
-                    .collect(),
-            )
-        };
-        let delta = (self.last_view != 0).then(|| ViewDelta {
-            from: self.last_view,
-            services: keys("Service"),
-            endpoint_slices: keys("EndpointSlice"),
-            endpoints: keys("Endpoints"),
-        });
-        self.last_view += 1;
-        ClusterState {
-            id: self.last_view,
-            delta,
-            ..self.state.clone()
-        }
+    /// The state as an immutable view to publish, numbered and with what
+    /// changed since the last one.
+    pub fn view(&mut self) -> Arc<ClusterState> {
+        self.views.publish(&self.state)
     }
 }
 
@@ -437,7 +420,10 @@ mod tests {
         assert!(m.rescan().changed);
         assert_eq!(web_ip(&m).as_deref(), Some("10.96.0.3"));
         let fourth = m.view();
-        assert_eq!(fourth.delta.unwrap().services.as_ref(), Some(&only_web));
+        assert_eq!(
+            fourth.delta.as_ref().unwrap().services.as_ref(),
+            Some(&only_web)
+        );
         // The state always equals a rebuild from every file.
         let rebuilt =
             ClusterState::from_objects(m.files.values().flat_map(|f| f.objects.values().cloned()));

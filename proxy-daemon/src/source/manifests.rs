@@ -3,7 +3,7 @@
 //! lead to a reread of the files that changed and, when the objects
 //! changed, a new [`Update`].
 
-use std::{path::PathBuf, sync::Arc, time::Duration, time::Instant};
+use std::{path::PathBuf, time::Duration, time::Instant};
 
 use tokio::sync::{mpsc, watch};
 use tracing::warn;
@@ -50,7 +50,7 @@ fn scan(dir: &mut ManifestDir, seen: Instant, tx: &watch::Sender<Option<Update>>
     }
     if scan.changed {
         let update = Update {
-            state: Arc::new(dir.view()),
+            state: dir.view(),
             seen,
             problems: dir.problems(),
         };
@@ -93,7 +93,7 @@ pub fn spawn(dir: PathBuf) -> Result<watch::Receiver<Option<Update>>, ManifestSo
         warn!(file = %p.file.display(), reason = %p.reason, "manifest skipped");
     }
     tx.send_replace(Some(Update {
-        state: Arc::new(files.view()),
+        state: files.view(),
         seen: Instant::now(),
         problems: files.problems(),
     }));

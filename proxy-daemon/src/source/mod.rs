@@ -11,6 +11,7 @@ pub mod kube;
 pub mod manifest_dir;
 pub mod manifests;
 pub mod parse;
+mod views;
 
 /// A new view of the cluster.
 #[derive(Clone, Debug)]

@@ -1,10 +1,7 @@
 //! The watched objects as the published view should hold them, folded from
 //! the watchers' events, with relists collected aside and views recycled.
 
-use std::{
-    collections::{BTreeMap, BTreeSet},
-    sync::Arc,
-};
+use std::{collections::BTreeMap, sync::Arc};
 
 use ::kube::runtime::watcher::Event;
 use k8s_openapi::{
@@ -15,7 +12,10 @@ use k8s_openapi::{
     apimachinery::pkg::apis::meta::v1::ObjectMeta,
 };
 
-use crate::model::{ClusterState, ObjectKey, ServiceInfo, Slice, ViewDelta};
+use crate::{
+    model::{ClusterState, ObjectKey, ServiceInfo, Slice},
+    source::views::{Dirty, Touched, Views},
+};
 
 /// `kubectl apply` keeps a copy of the whole object in this annotation; it
 /// is large and no part of the model reads it.
@@ -52,51 +52,15 @@ impl<K, T> Default for Relist<K, T> {
     }
 }
 
-/// What a change touched, to bring an older copy of the view up to date.
-#[derive(Clone, Debug)]
-pub(super) enum Touched<K> {
-    Key(K),
-    All,
-}
-
-#[derive(Clone, Debug)]
-pub(super) enum Dirty {
-    Service(Touched<ObjectKey>),
-    EndpointSlice(Touched<ObjectKey>),
-    Node(Touched<String>),
-}
-
-/// Published views kept for reuse. Three suffice: when view N is
-/// published, N-3 is normally held by nobody any more (the channel holds
-/// N-1 and the daemon keeps the view it last applied, N-2, to tell what the
-/// next one changed). A view costs its map nodes only; the objects are
-/// shared.
-pub(super) const KEPT_VIEWS: usize = 3;
-
 /// The watched objects as the published view should hold them: the live
 /// state of every kind plus, aside, the relists in progress.
-///
-/// Publishing a view of 10k Services by cloning every object costs about
-/// as much as the daemon's whole recomputation, so views are recycled: a
-/// published copy that nobody holds any more is brought up to date with
-/// the objects changed since (a journal of touched keys) and published
-/// again.
 #[derive(Debug, Default)]
 pub struct Mirror {
     pub(super) state: ClusterState,
     pub(super) services: Relist<ObjectKey, Arc<ServiceInfo>>,
     pub(super) slices: Relist<ObjectKey, Arc<Slice>>,
     pub(super) nodes: Relist<String, Arc<Node>>,
-    /// What changed in `state`, from the oldest kept view on.
-    pub(super) journal: Vec<Dirty>,
-    /// Journal position of `journal[0]`.
-    pub(super) journal_base: u64,
-    /// Views published lately, each with the journal position it matches.
-    pub(super) views: std::collections::VecDeque<(Arc<ClusterState>, u64)>,
-    /// Views published by bringing an old one up to date.
-    pub(super) recycled: u64,
-    /// The last view published: its id and journal position.
-    pub(super) last: Option<(u64, u64)>,
+    pub(super) views: Views,
 }
 
 impl Mirror {
@@ -138,7 +102,7 @@ impl Mirror {
         };
         match dirty {
             Some(d) => {
-                self.journal.push(d);
+                self.views.note(d);
                 true
             }
             None => false,
@@ -156,99 +120,9 @@ impl Mirror {
         &self.state
     }
 
-    /// The current view as an immutable snapshot to publish: a recycled
-    /// earlier view brought up to date when one is free, a copy otherwise.
+    /// The current view as an immutable snapshot to publish.
     pub fn view(&mut self) -> Arc<ClusterState> {
-        let end = self.journal_base + self.journal.len() as u64;
-        let free = self
-            .views
-            .iter()
-            .position(|(v, _)| Arc::strong_count(v) == 1)
-            .and_then(|i| self.views.remove(i));
-        let state = match free.map(|(v, at)| (Arc::try_unwrap(v), at)) {
-            Some((Ok(mut old), at)) => {
-                self.recycled += 1;
-                let from = usize::try_from(at - self.journal_base).unwrap_or(usize::MAX);
-                for d in self.journal.get(from..).unwrap_or_default() {
-                    replay(&mut old, &self.state, d);
-                }
-                old
-            }
-            // No free view (or, impossibly, one that was shared after all).
-            _ => self.state.clone(),
-        };
-        let mut state = state;
-        let id = self.last.map_or(1, |(id, _)| id + 1);
-        state.id = id;
-        state.delta = self.last.map(|(from, at)| {
-            let from_index = usize::try_from(at - self.journal_base).unwrap_or(usize::MAX);
-            delta(from, self.journal.get(from_index..).unwrap_or_default())
-        });
-        self.last = Some((id, end));
-        let view = Arc::new(state);
-        self.views.push_back((view.clone(), end));
-        while self.views.len() > KEPT_VIEWS {
-            self.views.pop_front();
-        }
-        // The journal is needed back to the oldest kept view only.
-        let keep_from = self.views.front().map_or(end, |(_, at)| *at);
-        let drained = usize::try_from(keep_from - self.journal_base).unwrap_or(0);
-        self.journal.drain(..drained.min(self.journal.len()));
-        self.journal_base = keep_from;
-        view
-    }
-}
-
-/// What the journal entries `since` the view `from` changed.
-fn delta(from: u64, since: &[Dirty]) -> ViewDelta {
-    let mut d = ViewDelta {
-        from,
-        services: Some(BTreeSet::new()),
-        endpoint_slices: Some(BTreeSet::new()),
-        // Not watched: the API source never has v1 Endpoints.
-        endpoints: Some(BTreeSet::new()),
-    };
-    fn note(keys: &mut Option<BTreeSet<ObjectKey>>, touched: &Touched<ObjectKey>) {
-        match (keys.as_mut(), touched) {
-            (Some(keys), Touched::Key(k)) => {
-                keys.insert(k.clone());
-            }
-            _ => *keys = None,
-        }
-    }
-    for dirty in since {
-        match dirty {
-            Dirty::Service(t) => note(&mut d.services, t),
-            Dirty::EndpointSlice(t) => note(&mut d.endpoint_slices, t),
-            Dirty::Node(_) => {}
-        }
-    }
-    d
-}
-
-/// Makes `dst` agree with `src` on what `dirty` touched.
-pub(super) fn replay(dst: &mut ClusterState, src: &ClusterState, dirty: &Dirty) {
-    pub(super) fn one<K: Ord + Clone, T: Clone>(
-        dst: &mut BTreeMap<K, T>,
-        src: &BTreeMap<K, T>,
-        touched: &Touched<K>,
-    ) {
-        match touched {
-            Touched::All => dst.clone_from(src),
-            Touched::Key(k) => match src.get(k) {
-                Some(v) => {
-                    dst.insert(k.clone(), v.clone());
-                }
-                None => {
-                    dst.remove(k);
-                }
-            },
-        }
-    }
-    match dirty {
-        Dirty::Service(t) => one(&mut dst.services, &src.services, t),
-        Dirty::EndpointSlice(t) => one(&mut dst.endpoint_slices, &src.endpoint_slices, t),
-        Dirty::Node(t) => one(&mut dst.nodes, &src.nodes, t),
+        self.views.publish(&self.state)
     }
 }
 

@@ -490,14 +490,14 @@ mod tests {
             }
         }
         assert!(
-            m.recycled > 50,
+            m.views.recycled > 50,
             "views were recycled only {} times",
-            m.recycled
+            m.views.recycled
         );
         assert!(
-            m.journal.len() < 200,
+            m.views.journal.len() < 200,
             "the journal keeps growing: {}",
-            m.journal.len()
+            m.views.journal.len()
         );
         // Every held view still shows what it showed when published:
         // recycling only ever touches views nobody holds.
@@ -577,13 +577,13 @@ mod tests {
         assert_eq!(ip(&second), "10.96.0.10");
         assert_eq!(ip(&third), "10.96.0.99");
         assert_eq!(ip(&fourth), "10.96.0.98");
-        assert_eq!(m.recycled, 0, "a held view was reused");
+        assert_eq!(m.views.recycled, 0, "a held view was reused");
         drop((first, second, third));
         m.apply(Change::Service(Event::Apply(svc("web", "10.96.0.97", "4"))));
         let fifth = m.view();
         assert_eq!(ip(&fifth), "10.96.0.97");
         assert_eq!(ip(&fourth), "10.96.0.98");
-        assert_eq!(m.recycled, 1);
+        assert_eq!(m.views.recycled, 1);
     }
 
     #[test]
