@@ -92,6 +92,24 @@ fn is_manifest(path: &Path) -> bool {
     !hidden && matches!(ext, "yaml" | "yml" | "json")
 }
 
+/// What a directory entry named like a manifest is now.
+enum Entry {
+    File(Stamp),
+    /// There, but cannot be read as a file (with why).
+    Unusable(String),
+    Gone,
+}
+
+fn look(path: &Path) -> Entry {
+    match std::fs::metadata(path) {
+        Ok(m) if m.is_file() => Entry::File(stamp(&m)),
+        Ok(_) => Entry::Unusable("not a regular file".to_string()),
+        // Neither it nor a link by that name: removed (or renamed away).
+        Err(_) if std::fs::symlink_metadata(path).is_err() => Entry::Gone,
+        Err(e) => Entry::Unusable(unreadable_reason(path, &e)),
+    }
+}
+
 /// Why a directory entry named like a manifest cannot be opened.
 fn unreadable_reason(path: &Path, e: &std::io::Error) -> String {
     let is_link = std::fs::symlink_metadata(path).is_ok_and(|m| m.file_type().is_symlink());
@@ -132,55 +150,78 @@ impl ManifestDir {
             }
         };
         let mut present: BTreeSet<PathBuf> = BTreeSet::new();
-        let mut unusable = BTreeMap::new();
         for entry in entries.filter_map(Result::ok) {
             let path = entry.path();
-            if !is_manifest(&path) {
-                continue;
+            if is_manifest(&path) {
+                self.refresh(&path, look(&path), &mut scan);
+                present.insert(path);
             }
-            let meta = match std::fs::metadata(&path) {
-                Ok(m) if m.is_file() => m,
-                Ok(_) => {
-                    unusable.insert(path, "not a regular file".to_string());
-                    continue;
-                }
-                Err(e) => {
-                    unusable.insert(path.clone(), unreadable_reason(&path, &e));
-                    continue;
-                }
-            };
-            let st = stamp(&meta);
-            if self.files.get(path.as_path()).is_none_or(|f| f.stamp != st) {
-                scan.changed = true;
-                self.read_file(&path, st, &mut scan);
-            }
-            present.insert(path);
         }
-        let gone: Vec<Arc<Path>> = self
+        let gone: Vec<PathBuf> = self
             .files
             .keys()
-            .filter(|p| !present.contains(&***p))
-            .cloned()
+            .map(|p| p.to_path_buf())
+            .chain(self.unusable.keys().cloned())
+            .filter(|p| !present.contains(p))
             .collect();
         for path in gone {
-            scan.changed = true;
-            if let Some(old) = self.files.remove(&path) {
-                self.replace_objects(&path, old.objects, &BTreeMap::new());
-            }
+            self.refresh(&path, Entry::Gone, &mut scan);
         }
-        // Reported when they appear or their reason changes, not every scan.
-        for (path, reason) in &unusable {
-            if self.unusable.get(path) != Some(reason) {
-                scan.problems.push(SourceProblem {
-                    file: path.clone(),
-                    reason: reason.clone(),
-                });
-            }
-        }
-        self.unusable = unusable;
         // A new problem changes what the daemon reports, if not the objects.
         scan.changed |= self.problems() != problems_before;
         scan
+    }
+
+    /// Re-reads only `paths` (what file events named): a change costs its
+    /// own files, not a stat of every file in the directory.
+    pub fn rescan_paths<'a>(&mut self, paths: impl IntoIterator<Item = &'a Path>) -> Scan {
+        let mut scan = Scan::default();
+        let problems_before = self.problems();
+        for path in paths {
+            if path.parent() == Some(self.dir.as_path()) && is_manifest(path) {
+                self.refresh(path, look(path), &mut scan);
+            }
+        }
+        scan.changed |= self.problems() != problems_before;
+        scan
+    }
+
+    /// Brings one directory entry up to date.
+    fn refresh(&mut self, path: &Path, entry: Entry, scan: &mut Scan) {
+        let st = match entry {
+            Entry::File(st) => st,
+            Entry::Unusable(reason) => {
+                // Reported when it appears or its reason changes, not
+                // every scan.
+                if self.unusable.get(path) != Some(&reason) {
+                    scan.problems.push(SourceProblem {
+                        file: path.to_owned(),
+                        reason: reason.clone(),
+                    });
+                    self.unusable.insert(path.to_owned(), reason);
+                }
+                self.forget(path, scan);
+                return;
+            }
+            Entry::Gone => {
+                self.unusable.remove(path);
+                self.forget(path, scan);
+                return;
+            }
+        };
+        self.unusable.remove(path);
+        if self.files.get(path).is_none_or(|f| f.stamp != st) {
+            scan.changed = true;
+            self.read_file(path, st, scan);
+        }
+    }
+
+    /// A file that is gone (or unusable) takes its objects with it.
+    fn forget(&mut self, path: &Path, scan: &mut Scan) {
+        if let Some((key, old)) = self.files.remove_entry(path) {
+            scan.changed = true;
+            self.replace_objects(&key, old.objects, &BTreeMap::new());
+        }
     }
 
     /// (Re)reads one changed file. One that cannot be read or parsed as a
@@ -431,6 +472,28 @@ mod tests {
         std::fs::remove_file(dir.join("a.yaml")).unwrap();
         m.rescan();
         assert!(m.state().services.is_empty());
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn named_paths_are_read_alone_and_others_wait_for_the_full_scan() {
+        let dir = scratch("named");
+        let mut m = ManifestDir::new(&dir);
+        m.rescan();
+        std::fs::write(dir.join("web.yaml"), web("10.96.0.1")).unwrap();
+        std::fs::write(dir.join("db.yaml"), web("10.96.0.2").replace("web", "db")).unwrap();
+        let outside = std::env::temp_dir().join("sluice-named-outside.yaml");
+        std::fs::write(&outside, web("10.96.0.9")).unwrap();
+        let scan = m.rescan_paths([dir.join("web.yaml").as_path(), outside.as_path()]);
+        assert!(scan.changed);
+        assert_eq!(web_ip(&m).as_deref(), Some("10.96.0.1"));
+        assert_eq!(m.state().services.len(), 1, "db.yaml was not named");
+        std::fs::remove_file(dir.join("web.yaml")).unwrap();
+        assert!(m.rescan_paths([dir.join("web.yaml").as_path()]).changed);
+        assert_eq!(web_ip(&m), None);
+        assert!(m.rescan().changed);
+        assert_eq!(m.state().services.len(), 1, "the full scan finds db.yaml");
+        std::fs::remove_file(outside).unwrap();
         std::fs::remove_dir_all(&dir).unwrap();
     }
 

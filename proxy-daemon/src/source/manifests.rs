@@ -3,7 +3,12 @@
 //! lead to a reread of the files that changed and, when the objects
 //! changed, a new [`Update`].
 
-use std::{path::PathBuf, time::Duration, time::Instant};
+use std::{
+    collections::BTreeSet,
+    path::PathBuf,
+    sync::{Arc, Mutex, PoisonError},
+    time::{Duration, Instant},
+};
 
 use tokio::sync::{mpsc, watch};
 use tracing::warn;
@@ -41,10 +46,24 @@ pub enum ManifestSourceError {
     },
 }
 
-/// Rereads what changed; publishes a new view if the objects changed.
-/// Returns false once nobody listens any more.
-fn scan(dir: &mut ManifestDir, seen: Instant, tx: &watch::Sender<Option<Update>>) -> bool {
-    let scan = dir.rescan();
+/// Paths file events named since the last scan; `None` when some event
+/// named none (or the watcher failed): then the whole directory is
+/// scanned.
+type Named = Arc<Mutex<Option<BTreeSet<PathBuf>>>>;
+
+/// Rereads what changed (the files `named`, or the whole directory);
+/// publishes a new view if the objects changed. Returns false once nobody
+/// listens any more.
+fn scan(
+    dir: &mut ManifestDir,
+    named: Option<BTreeSet<PathBuf>>,
+    seen: Instant,
+    tx: &watch::Sender<Option<Update>>,
+) -> bool {
+    let scan = match named {
+        Some(paths) => dir.rescan_paths(paths.iter().map(PathBuf::as_path)),
+        None => dir.rescan(),
+    };
     for p in &scan.problems {
         warn!(file = %p.file.display(), reason = %p.reason, "manifest skipped");
     }
@@ -70,11 +89,24 @@ pub fn spawn(dir: PathBuf) -> Result<watch::Receiver<Option<Update>>, ManifestSo
         return Err(ManifestSourceError::Missing(dir));
     }
     let (dirty_tx, mut dirty) = mpsc::channel::<()>(1);
+    let named: Named = Arc::new(Mutex::new(Some(BTreeSet::new())));
+    let noted = named.clone();
     let mut watcher = notify::recommended_watcher(move |event: notify::Result<notify::Event>| {
-        // An error (a queue overflow, say) may hide any change.
-        if event.as_ref().map_or(true, changes_content) {
-            let _ = dirty_tx.try_send(());
+        let relevant = event.as_ref().map_or(true, changes_content);
+        if !relevant {
+            return;
         }
+        {
+            let mut named = noted.lock().unwrap_or_else(PoisonError::into_inner);
+            match (&event, named.as_mut()) {
+                (Ok(e), Some(paths)) if !e.paths.is_empty() => {
+                    paths.extend(e.paths.iter().cloned())
+                }
+                // An error (a queue overflow, say) may hide any change.
+                _ => *named = None,
+            }
+        }
+        let _ = dirty_tx.try_send(());
     })
     .map_err(|source| ManifestSourceError::Watch {
         path: dir.clone(),
@@ -107,8 +139,14 @@ pub fn spawn(dir: PathBuf) -> Result<watch::Receiver<Option<Update>>, ManifestSo
                 // No waiting for a burst to end: a lone change is read at
                 // once, and events arriving while a scan runs are coalesced
                 // into the next one (the channel holds one).
-                Some(()) = dirty.recv() => scan(&mut files, Instant::now(), &tx),
-                _ = rescan.tick() => scan(&mut files, Instant::now(), &tx),
+                Some(()) = dirty.recv() => {
+                    let paths = named
+                        .lock()
+                        .unwrap_or_else(PoisonError::into_inner)
+                        .replace(BTreeSet::new());
+                    scan(&mut files, paths, Instant::now(), &tx)
+                }
+                _ = rescan.tick() => scan(&mut files, None, Instant::now(), &tx),
             };
             if !alive {
                 break;
