@@ -746,3 +746,46 @@ fn n_a_full_resync_repairs_a_map_entry_deleted_by_hand() {
     let seen = s.spread(SocketAddr::from((VIP, 80)), 30);
     assert_eq!(seen.len(), 3, "{seen:?}");
 }
+
+#[test]
+fn o_a_full_backend_map_is_reported_and_what_fits_keeps_working() {
+    // Room for 5 backends: `web` takes 3; `more` needs 3 others (another
+    // target port on the same pods). Its backends go to the map in one
+    // batched write that the kernel stops at the full map; the rest are
+    // retried one by one, fail, and `more` waits for room while `web`
+    // keeps all its backends.
+    let mut cluster = Cluster::new(1).unwrap();
+    cluster
+        .start_daemon_with_args(0, &["--max-backends", "5"])
+        .unwrap();
+    let web = manifests::service("web", VIP, vec![tcp_port("http", 80, 8080)]);
+    let mut s = Web::start(cluster, web, 3, 3, Duration::from_secs(5));
+    let more = manifests::service(
+        "more",
+        Ipv4Addr::new(10, 96, 0, 11),
+        vec![tcp_port("http", 80, 9090)],
+    );
+    s.cluster.publish("more-svc.yaml", &more.yaml()).unwrap();
+    let pods: Vec<&Pod> = s.backends.iter().collect();
+    s.cluster
+        .publish(
+            "more-slice.yaml",
+            &manifests::endpoint_slice(&more, &[("http", 9090, "TCP")], &endpoints(&pods)),
+        )
+        .unwrap();
+    let log = s.cluster.nodes[0].log.clone();
+    let reported = wait_until(Duration::from_secs(5), || {
+        std::fs::read_to_string(&log)
+            .is_ok_and(|l| l.contains("map sluice_be4_v1 is full (5 entries)"))
+    });
+    assert!(
+        reported,
+        "the full backend map was not reported: {}",
+        s.log()
+    );
+    let maps = sluice::datapath::PinnedMaps::open(&s.cluster.nodes[0].bpffs).unwrap();
+    assert_eq!(maps.backends.keys().count(), 5, "the map was not filled");
+    let seen = s.spread(s.target(), 30);
+    assert_eq!(seen.len(), 3, "web lost backends: {seen:?}");
+    assert!(s.cluster.nodes[0].running(), "sluiced died: {}", s.log());
+}

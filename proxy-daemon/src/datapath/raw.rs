@@ -106,11 +106,11 @@ unsafe fn bpf_batch(cmd: libc::c_long, attr: &mut BatchAttr) -> Option<std::io::
 }
 
 /// Runs one batch command over `count` entries.
-fn batch(
+fn batch<K, V>(
     cmd: libc::c_long,
     fd: BorrowedFd<'_>,
-    keys: &[u32],
-    values: Option<&[u32]>,
+    keys: &[K],
+    values: Option<&[V]>,
 ) -> Result<(), BatchError> {
     let mut attr = BatchAttr {
         keys: keys.as_ptr() as u64,
@@ -136,9 +136,14 @@ fn batch(
     Ok(())
 }
 
-/// Sets `keys[i]` to `values[i]` in the map `fd` (u32 keys and values; for a
-/// map-of-maps the values are inner map fds).
-pub fn update_batch(fd: BorrowedFd<'_>, keys: &[u32], values: &[u32]) -> Result<(), BatchError> {
+/// Sets `keys[i]` to `values[i]` in the map `fd`, in order (for a
+/// map-of-maps the values are inner map fds). On an error the entries
+/// before `done` are written, the others not.
+pub fn update_batch<K: aya::Pod, V: aya::Pod>(
+    fd: BorrowedFd<'_>,
+    keys: &[K],
+    values: &[V],
+) -> Result<(), BatchError> {
     assert_eq!(keys.len(), values.len(), "one value per key");
     batch(BPF_MAP_UPDATE_BATCH, fd, keys, Some(values))
 }
@@ -224,7 +229,7 @@ pub fn walk_hash<K: aya::Pod, V: aya::Pod>(
 /// Deletes `keys` from the map `fd`; stops at the first missing key
 /// (ENOENT), like the kernel does.
 pub fn delete_batch(fd: BorrowedFd<'_>, keys: &[u32]) -> Result<(), BatchError> {
-    batch(BPF_MAP_DELETE_BATCH, fd, keys, None)
+    batch::<u32, u32>(BPF_MAP_DELETE_BATCH, fd, keys, None)
 }
 
 /// A new Maglev table holding `values` (two slots per 8-byte element, the

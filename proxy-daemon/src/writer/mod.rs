@@ -8,13 +8,14 @@ pub mod plan;
 
 use std::{
     collections::{BTreeMap, BTreeSet},
+    os::fd::AsFd,
     path::Path,
     sync::Arc,
 };
 
 use aya::maps::{MapData, MapError, PerCpuValues, lpm_trie::Key};
 use proxy_common::{
-    AffinityKey, AffinityValue, ServiceCounter, SourceRangeKey,
+    AffinityKey, AffinityValue, Backend, ServiceCounter, ServiceKey, ServiceValue, SourceRangeKey,
     codec::{from_nbo, nbo},
     names,
 };
@@ -24,7 +25,7 @@ pub use self::ids::IdAllocator;
 pub use self::plan::{PlanOptions, Touch};
 use self::{
     meta::{FrontendMeta, NamesFile},
-    plan::{MapContents, Op, Plan, Planner},
+    plan::{Group, MapContents, Op, Plan, Planner},
 };
 use crate::{
     conntrack,
@@ -87,6 +88,36 @@ pub struct Writer {
     /// batch: their single operations are done.
     maglev_batched_puts: std::collections::HashSet<u32>,
     maglev_batched_deletes: std::collections::HashSet<u32>,
+}
+
+/// Entries per batched map update: few enough that a failure part way
+/// re-runs little one by one, many enough that a cold start is a few
+/// hundred system calls, not millions.
+const BATCH_OPS: usize = 4096;
+
+/// How many groups from the first on form a run [`Writer::execute_batched`]
+/// can write: every op a put to the same map (backends, or service
+/// entries), no group needing a backend that failed. Runs stop at a
+/// group of another kind, so the plan's order between phases holds.
+fn batchable_run(groups: &[Group], failed_backends: &BTreeSet<u32>) -> usize {
+    let kind = |g: &Group| {
+        let mut ops = g.ops.iter().map(|op| match op {
+            Op::PutBackend(..) => Some(0),
+            Op::PutService(..) => Some(1),
+            _ => None,
+        });
+        let first = ops.next()??;
+        ops.all(|k| k == Some(first)).then_some(first)
+    };
+    let Some(first) = groups.first().and_then(kind) else {
+        return 0;
+    };
+    groups
+        .iter()
+        .take_while(|g| {
+            kind(g) == Some(first) && !g.needs_backends.iter().any(|b| failed_backends.contains(b))
+        })
+        .count()
 }
 
 fn map_error(name: &'static str, capacity: u32, source: MapError) -> DatapathError {
@@ -271,7 +302,9 @@ impl Writer {
     fn execute(&mut self, plan: &Plan, report: &mut ApplyReport) {
         let mut failed_backends = BTreeSet::new();
         let (mut puts_batched, mut deletes_batched) = (false, false);
-        'groups: for (i, g) in plan.groups.iter().enumerate() {
+        let mut i = 0;
+        while i < plan.groups.len() {
+            let g = &plan.groups[i];
             if !puts_batched && g.ops.iter().any(|op| matches!(op, Op::PutMaglev(..))) {
                 puts_batched = true;
                 self.batch_maglev_puts(&plan.groups[i..], &failed_backends);
@@ -280,38 +313,135 @@ impl Writer {
                 deletes_batched = true;
                 self.batch_maglev_deletes(&plan.groups[i..], &failed_backends);
             }
-            if g.needs_backends.iter().any(|b| failed_backends.contains(b)) {
-                report.failures.push(format!(
-                    "skipped {} operations: a backend they need failed",
-                    g.ops.len()
-                ));
-                self.retry.extend(g.frontend);
+            let run = batchable_run(&plan.groups[i..], &failed_backends);
+            if run > 1 {
+                self.execute_batched(&plan.groups[i..i + run], &mut failed_backends, report);
+                i += run;
                 continue;
             }
-            for op in &g.ops {
-                let result = self.apply_op(op);
-                match result {
-                    Ok(()) => {
-                        report.ops += 1;
-                        self.current.record(op);
+            self.execute_group(g, 0, &mut failed_backends, report);
+            i += 1;
+        }
+    }
+
+    /// Writes a run of groups that only put backends, or only put service
+    /// entries, with one system call per [`BATCH_OPS`] entries (a cold
+    /// start at 100k Services is 2M entries). The kernel writes a batch in
+    /// order and stops at the first failure: what it wrote is recorded,
+    /// and from the failing entry on the groups run one write at a time,
+    /// so failures are handled exactly as without batching.
+    fn execute_batched(
+        &mut self,
+        run: &[Group],
+        failed_backends: &mut BTreeSet<u32>,
+        report: &mut ApplyReport,
+    ) {
+        let ops: Vec<&Op> = run.iter().flat_map(|g| &g.ops).collect();
+        let mut done = 0;
+        for chunk in ops.chunks(BATCH_OPS) {
+            let written = self.put_batch(chunk);
+            for op in &chunk[..written] {
+                self.current.record(op);
+            }
+            done += written;
+            report.ops += written;
+            if written < chunk.len() {
+                break;
+            }
+        }
+        // The groups not wholly written, one write at a time.
+        let mut seen = 0;
+        for g in run {
+            let in_group = done.saturating_sub(seen).min(g.ops.len());
+            seen += g.ops.len();
+            if in_group < g.ops.len() {
+                self.execute_group(g, in_group, failed_backends, report);
+            }
+        }
+    }
+
+    /// One batched write of `ops` (all puts to one map); how many the
+    /// kernel wrote.
+    fn put_batch(&mut self, ops: &[&Op]) -> usize {
+        let result = match ops.first() {
+            Some(Op::PutBackend(..)) => {
+                let (keys, values): (Vec<u32>, Vec<Backend>) = ops
+                    .iter()
+                    .filter_map(|op| match op {
+                        Op::PutBackend(id, b) => Some((*id, *b)),
+                        _ => None,
+                    })
+                    .unzip();
+                let fd = aya::maps::IterableMap::map(&self.maps.backends)
+                    .fd()
+                    .as_fd();
+                datapath::raw::update_batch(fd, &keys, &values)
+            }
+            Some(Op::PutService(..)) => {
+                let (keys, values): (Vec<ServiceKey>, Vec<ServiceValue>) = ops
+                    .iter()
+                    .filter_map(|op| match op {
+                        Op::PutService(k, v) => Some((*k, *v)),
+                        _ => None,
+                    })
+                    .unzip();
+                let fd = aya::maps::IterableMap::map(&self.maps.services)
+                    .fd()
+                    .as_fd();
+                datapath::raw::update_batch(fd, &keys, &values)
+            }
+            _ => return 0,
+        };
+        match result {
+            Ok(()) => ops.len(),
+            // Older kernels have no batched updates: every write goes one
+            // at a time, which reports each failure as it is.
+            Err(e) => {
+                debug!(error = %e, "batched map update stopped; writing the rest one by one");
+                e.done
+            }
+        }
+    }
+
+    /// Runs one group's operations from `from` on; a failure skips the
+    /// rest of the group and queues its frontend for the next change.
+    fn execute_group(
+        &mut self,
+        g: &Group,
+        from: usize,
+        failed_backends: &mut BTreeSet<u32>,
+        report: &mut ApplyReport,
+    ) {
+        if g.needs_backends.iter().any(|b| failed_backends.contains(b)) {
+            report.failures.push(format!(
+                "skipped {} operations: a backend they need failed",
+                g.ops.len()
+            ));
+            self.retry.extend(g.frontend);
+            return;
+        }
+        for op in &g.ops[from..] {
+            match self.apply_op(op) {
+                Ok(()) => {
+                    report.ops += 1;
+                    self.current.record(op);
+                }
+                // No room for another table: the frontend is still
+                // written and its flows fall back to a random backend
+                // (the datapath's choice when a table is missing).
+                // Only for a new table: a replaced one always fits.
+                Err(e @ DatapathError::MapFull { .. }) if matches!(op, Op::PutMaglev(..)) => {
+                    warn!(error = %e, ?op, "no room for a Maglev table; the frontend chooses backends at random until there is");
+                    report.failures.push(e.to_string());
+                }
+                Err(e) => {
+                    warn!(error = %e, ?op, "map update failed; the rest of its group is skipped");
+                    report.failures.push(e.to_string());
+                    if let Op::PutBackend(id, _) = op {
+                        failed_backends.insert(*id);
                     }
-                    // No room for another table: the frontend is still
-                    // written and its flows fall back to a random backend
-                    // (the datapath's choice when a table is missing).
-                    // Only for a new table: a replaced one always fits.
-                    Err(e @ DatapathError::MapFull { .. }) if matches!(op, Op::PutMaglev(..)) => {
-                        warn!(error = %e, ?op, "no room for a Maglev table; the frontend chooses backends at random until there is");
-                        report.failures.push(e.to_string());
-                    }
-                    Err(e) => {
-                        warn!(error = %e, ?op, "map update failed; the rest of its group is skipped");
-                        report.failures.push(e.to_string());
-                        if let Op::PutBackend(id, _) = op {
-                            failed_backends.insert(*id);
-                        }
-                        self.retry.extend(g.frontend);
-                        continue 'groups;
-                    }
+                    self.retry.extend(g.frontend);
+                    return;
                 }
             }
         }
@@ -429,4 +559,54 @@ fn read_back(maps: &PinnedMaps) -> Result<MapContents, DatapathError> {
         current.maglev.insert(key, 0);
     }
     Ok(current)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn put_backend(id: u32) -> Group {
+        Group::single(Op::PutBackend(id, Backend::default()))
+    }
+
+    fn put_service(slot: u16) -> Op {
+        Op::PutService(
+            ServiceKey {
+                slot,
+                ..Default::default()
+            },
+            ServiceValue::default(),
+        )
+    }
+
+    #[test]
+    fn runs_are_puts_to_one_map_and_stop_at_anything_else() {
+        let frontend = |needs: Vec<u32>| Group {
+            ops: vec![put_service(1), put_service(0)],
+            needs_backends: needs,
+            frontend: None,
+        };
+        let none = BTreeSet::new();
+        let groups = vec![
+            put_backend(1),
+            put_backend(2),
+            frontend(vec![1]),
+            frontend(vec![2]),
+            Group::single(Op::DeleteBackend(3)),
+            frontend(vec![]),
+        ];
+        assert_eq!(batchable_run(&groups, &none), 2, "backends first");
+        assert_eq!(batchable_run(&groups[2..], &none), 2, "then the frontends");
+        assert_eq!(batchable_run(&groups[4..], &none), 0, "deletes one by one");
+        // A group needing a failed backend ends the run (it is skipped).
+        let failed = BTreeSet::from([2]);
+        assert_eq!(batchable_run(&groups[2..], &failed), 1);
+        // A group mixing maps is never batched.
+        let mixed = [Group {
+            ops: vec![put_service(0), Op::DeleteBackend(1)],
+            needs_backends: vec![],
+            frontend: None,
+        }];
+        assert_eq!(batchable_run(&mixed, &none), 0);
+    }
 }

@@ -115,7 +115,7 @@ pub struct Group {
 }
 
 impl Group {
-    fn single(op: Op) -> Self {
+    pub(super) fn single(op: Op) -> Self {
         Self {
             ops: vec![op],
             needs_backends: Vec::new(),
