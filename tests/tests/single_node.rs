@@ -750,10 +750,9 @@ fn n_a_full_resync_repairs_a_map_entry_deleted_by_hand() {
 #[test]
 fn o_a_full_backend_map_is_reported_and_what_fits_keeps_working() {
     // Room for 5 backends: `web` takes 3; `more` needs 3 others (another
-    // target port on the same pods). Its backends go to the map in one
-    // batched write that the kernel stops at the full map; the rest are
-    // retried one by one, fail, and `more` waits for room while `web`
-    // keeps all its backends.
+    // target port on the same pods) and gets only 2: the daemon says the
+    // backend map is full and how many backends were left out (planning
+    // `more` again with every change), while `web` keeps all its own.
     let mut cluster = Cluster::new(1).unwrap();
     cluster
         .start_daemon_with_args(0, &["--max-backends", "5"])
@@ -776,7 +775,7 @@ fn o_a_full_backend_map_is_reported_and_what_fits_keeps_working() {
     let log = s.cluster.nodes[0].log.clone();
     let reported = wait_until(Duration::from_secs(5), || {
         std::fs::read_to_string(&log)
-            .is_ok_and(|l| l.contains("map sluice_be4_v1 is full (5 entries)"))
+            .is_ok_and(|l| l.contains("map sluice_be4_v1 is full (5 entries): 1 backends left out"))
     });
     assert!(
         reported,

@@ -207,6 +207,7 @@ impl Writer {
         };
         let plan = self.planner.plan(&self.current, desired, touch);
         let mut report = ApplyReport::default();
+        self.report_starved(&plan, &mut report);
         self.reset_counters(&plan, &mut report);
         self.execute(&plan, &mut report);
         // Dropping our handles leaves each table alive as long as a frontend
@@ -241,6 +242,29 @@ impl Writer {
             self.names_dirty = false;
         }
         Ok(report)
+    }
+
+    /// Frontends the ids did not stretch to are reported, and planned
+    /// again with every change until ids are free (a Service removed, a
+    /// restart with larger limits).
+    fn report_starved(&mut self, plan: &Plan, report: &mut ApplyReport) {
+        if plan.frontends_without_id > 0 {
+            report.failures.push(format!(
+                "no frontend id left ({} ids, --max-service-ids): {} frontends not programmed",
+                self.capacities.service_ids, plan.frontends_without_id
+            ));
+        }
+        if plan.backends_without_id > 0 {
+            let full = DatapathError::MapFull {
+                name: names::MAP_BACKENDS,
+                capacity: self.capacities.backends,
+            };
+            report.failures.push(format!(
+                "{full}: {} backends left out of their frontends (--max-backends)",
+                plan.backends_without_id
+            ));
+        }
+        self.retry.extend(plan.starved.iter().copied());
     }
 
     /// Reads the maps back and plans everything against what they really

@@ -143,6 +143,14 @@ pub struct Plan {
     /// backend left the frontend, and frontends that are gone (all theirs).
     pub affinity_flush: BTreeSet<(u32, u32)>,
     pub affinity_flush_frontends: BTreeSet<u32>,
+    /// Frontends left out, or programmed without some of their backends,
+    /// because the ids ran out (`--max-service-ids`, `--max-backends`):
+    /// planned again with every change until they fit.
+    pub starved: BTreeSet<FrontendKey>,
+    /// How many frontends got no id, and how many backends of the planned
+    /// frontends got none.
+    pub frontends_without_id: usize,
+    pub backends_without_id: usize,
 }
 
 impl Plan {
@@ -473,6 +481,8 @@ impl Planner {
                     }
                     None => {
                         plan.touched.push((*k, None));
+                        plan.starved.insert(*k);
+                        plan.frontends_without_id += 1;
                         continue;
                     }
                 },
@@ -505,6 +515,9 @@ impl Planner {
         for b in &fe.backends {
             let ident = backend_identity(b, fe.key.protocol);
             let Some(&id) = self.backend_index.get(&ident) else {
+                // No id was left for it (see `plan_backends`).
+                plan.starved.insert(fe.key);
+                plan.backends_without_id += 1;
                 continue;
             };
             // A backend written by an earlier plan whose write failed (or
@@ -1071,6 +1084,33 @@ mod tests {
         assert!(again.is_empty(), "{:?}", again.groups);
         assert_eq!(again.target, programmed);
         assert!(again.new_service_ids.is_empty());
+    }
+
+    #[test]
+    fn frontends_and_backends_the_ids_do_not_stretch_to_are_counted() {
+        // One frontend id, two backend ids.
+        let (mut s, mut b) = (IdAllocator::new(2), IdAllocator::new(3));
+        let d = desired(vec![
+            fe(
+                "10.96.0.1",
+                80,
+                &[("10.0.0.1", 80), ("10.0.0.2", 80), ("10.0.0.3", 80)],
+            ),
+            fe("10.96.0.2", 80, &[("10.0.0.1", 80)]),
+        ]);
+        let p = plan(
+            &MapContents::default(),
+            &d,
+            &mut s,
+            &mut b,
+            PlanOptions::default(),
+        );
+        assert_eq!(p.plan.frontends_without_id, 1);
+        assert_eq!(p.plan.backends_without_id, 1);
+        let keys: Vec<String> = p.plan.starved.iter().map(ToString::to_string).collect();
+        assert_eq!(keys, ["10.96.0.1:80/TCP", "10.96.0.2:80/TCP"]);
+        // The frontend that got an id is programmed with what fits.
+        assert_eq!(p.target.backends.len(), 2);
     }
 
     #[test]
