@@ -15,7 +15,7 @@ use std::{
 
 use aya::maps::{MapData, MapError, PerCpuValues, lpm_trie::Key};
 use proxy_common::{
-    AffinityKey, AffinityValue, Backend, ServiceCounter, ServiceKey, ServiceValue, SourceRangeKey,
+    AffinityKey, AffinityValue, ServiceCounter, SourceRangeKey,
     codec::{from_nbo, nbo},
     names,
 };
@@ -88,6 +88,17 @@ pub struct Writer {
     /// batch: their single operations are done.
     maglev_batched_puts: std::collections::HashSet<u32>,
     maglev_batched_deletes: std::collections::HashSet<u32>,
+}
+
+/// The entries `ops` put into `map` (`entry` picks them), in one batch.
+fn update_batch<K: aya::Pod, V: aya::Pod>(
+    map: &aya::maps::HashMap<MapData, K, V>,
+    ops: &[&Op],
+    entry: impl Fn(&Op) -> Option<(K, V)>,
+) -> Result<(), datapath::raw::BatchError> {
+    let (keys, values): (Vec<K>, Vec<V>) = ops.iter().filter_map(|op| entry(op)).unzip();
+    let fd = aya::maps::IterableMap::map(map).fd().as_fd();
+    datapath::raw::update_batch(fd, &keys, &values)
 }
 
 /// Entries per batched map update: few enough that a failure part way
@@ -388,32 +399,14 @@ impl Writer {
     /// kernel wrote.
     fn put_batch(&mut self, ops: &[&Op]) -> usize {
         let result = match ops.first() {
-            Some(Op::PutBackend(..)) => {
-                let (keys, values): (Vec<u32>, Vec<Backend>) = ops
-                    .iter()
-                    .filter_map(|op| match op {
-                        Op::PutBackend(id, b) => Some((*id, *b)),
-                        _ => None,
-                    })
-                    .unzip();
-                let fd = aya::maps::IterableMap::map(&self.maps.backends)
-                    .fd()
-                    .as_fd();
-                datapath::raw::update_batch(fd, &keys, &values)
-            }
-            Some(Op::PutService(..)) => {
-                let (keys, values): (Vec<ServiceKey>, Vec<ServiceValue>) = ops
-                    .iter()
-                    .filter_map(|op| match op {
-                        Op::PutService(k, v) => Some((*k, *v)),
-                        _ => None,
-                    })
-                    .unzip();
-                let fd = aya::maps::IterableMap::map(&self.maps.services)
-                    .fd()
-                    .as_fd();
-                datapath::raw::update_batch(fd, &keys, &values)
-            }
+            Some(Op::PutBackend(..)) => update_batch(&self.maps.backends, ops, |op| match op {
+                Op::PutBackend(id, b) => Some((*id, *b)),
+                _ => None,
+            }),
+            Some(Op::PutService(..)) => update_batch(&self.maps.services, ops, |op| match op {
+                Op::PutService(k, v) => Some((*k, *v)),
+                _ => None,
+            }),
             _ => return 0,
         };
         match result {
@@ -587,6 +580,8 @@ fn read_back(maps: &PinnedMaps) -> Result<MapContents, DatapathError> {
 
 #[cfg(test)]
 mod tests {
+    use proxy_common::{Backend, ServiceKey, ServiceValue};
+
     use super::*;
 
     fn put_backend(id: u32) -> Group {

@@ -987,6 +987,11 @@ mod tests {
         (IdAllocator::new(1000), IdAllocator::new(1000))
     }
 
+    /// The maps after planning `d` on empty ones.
+    fn from_empty(d: &DesiredState, s: &mut IdAllocator, b: &mut IdAllocator) -> MapContents {
+        plan(&MapContents::default(), d, s, b, PlanOptions::default()).target
+    }
+
     /// Applies a plan's operations to a copy of `current`.
     fn apply(current: &MapContents, plan: &Plan) -> MapContents {
         let mut m = current.clone();
@@ -1122,14 +1127,7 @@ mod tests {
             desired(vec![f])
         };
         let two = udp(&[("10.0.0.1", 53), ("10.0.0.2", 53)]);
-        let p1 = plan(
-            &MapContents::default(),
-            &two,
-            &mut s,
-            &mut b,
-            PlanOptions::default(),
-        );
-        let m1 = apply(&MapContents::default(), &p1);
+        let m1 = from_empty(&two, &mut s, &mut b);
         let p2 = plan(
             &m1,
             &udp(&[("10.0.0.2", 53)]),
@@ -1149,14 +1147,7 @@ mod tests {
             80,
             &[("10.0.0.1", 80), ("10.0.0.2", 80), ("10.0.0.3", 80)],
         )]);
-        let p1 = plan(
-            &MapContents::default(),
-            &three,
-            &mut s,
-            &mut b,
-            PlanOptions::default(),
-        );
-        let m1 = apply(&MapContents::default(), &p1);
+        let m1 = from_empty(&three, &mut s, &mut b);
         let one = desired(vec![fe("10.96.0.1", 80, &[("10.0.0.3", 80)])]);
         let p2 = plan(&m1, &one, &mut s, &mut b, PlanOptions::default());
         assert_consistent_throughout(&m1, &p2);
@@ -1184,14 +1175,7 @@ mod tests {
     fn removing_a_frontend_deletes_master_before_slots_and_address_last() {
         let (mut s, mut b) = ids();
         let d = desired(vec![fe("10.96.0.1", 80, &[("10.0.0.1", 80)])]);
-        let p = plan(
-            &MapContents::default(),
-            &d,
-            &mut s,
-            &mut b,
-            PlanOptions::default(),
-        );
-        let m = apply(&MapContents::default(), &p);
+        let m = from_empty(&d, &mut s, &mut b);
         let gone = plan(
             &m,
             &DesiredState::default(),
