@@ -737,11 +737,16 @@ fn n_a_full_resync_repairs_a_map_entry_deleted_by_hand() {
         "the deleted entry was not put back: {}",
         node.log_tail()
     );
+    // The entry is written before the resync logs what it did.
+    let reported = wait_until(Duration::from_secs(2), || {
+        log().contains("full resync rewrote")
+    });
+    assert!(reported, "the repair was not reported: {}", node.log_tail());
     let log = log();
     let line = log
         .lines()
         .find(|l| l.contains("full resync rewrote"))
-        .unwrap_or_else(|| panic!("the repair was not reported: {}", node.log_tail()));
+        .unwrap();
     assert!(line.contains("repaired=1"), "{line}");
     let seen = s.spread(SocketAddr::from((VIP, 80)), 30);
     assert_eq!(seen.len(), 3, "{seen:?}");
