@@ -987,9 +987,14 @@ mod tests {
         (IdAllocator::new(1000), IdAllocator::new(1000))
     }
 
+    /// The plan for `d` on empty maps, with default options.
+    fn plan_from_empty(d: &DesiredState, s: &mut IdAllocator, b: &mut IdAllocator) -> Planned {
+        plan(&MapContents::default(), d, s, b, PlanOptions::default())
+    }
+
     /// The maps after planning `d` on empty ones.
     fn from_empty(d: &DesiredState, s: &mut IdAllocator, b: &mut IdAllocator) -> MapContents {
-        plan(&MapContents::default(), d, s, b, PlanOptions::default()).target
+        plan_from_empty(d, s, b).target
     }
 
     /// Applies a plan's operations to a copy of `current`.
@@ -1056,13 +1061,7 @@ mod tests {
             fe("10.96.0.1", 80, &[("10.0.0.1", 8080), ("10.0.0.2", 8080)]),
             fe("10.96.0.2", 53, &[]),
         ]);
-        let p = plan(
-            &MapContents::default(),
-            &d,
-            &mut s,
-            &mut b,
-            PlanOptions::default(),
-        );
+        let p = plan_from_empty(&d, &mut s, &mut b);
         assert_consistent_throughout(&MapContents::default(), &p);
         let after = apply(&MapContents::default(), &p);
         // 2 backends; 2 address-only + 2 masters + 2 slots.
@@ -1075,13 +1074,7 @@ mod tests {
     fn replanning_the_same_state_is_a_no_op_and_keeps_ids() {
         let (mut s, mut b) = ids();
         let d = desired(vec![fe("10.96.0.1", 80, &[("10.0.0.1", 8080)])]);
-        let first = plan(
-            &MapContents::default(),
-            &d,
-            &mut s,
-            &mut b,
-            PlanOptions::default(),
-        );
+        let first = plan_from_empty(&d, &mut s, &mut b);
         let programmed = apply(&MapContents::default(), &first);
         // A restarted daemon has fresh allocators and reads the maps back.
         let (mut s2, mut b2) = ids();
@@ -1103,13 +1096,7 @@ mod tests {
             ),
             fe("10.96.0.2", 80, &[("10.0.0.1", 80)]),
         ]);
-        let p = plan(
-            &MapContents::default(),
-            &d,
-            &mut s,
-            &mut b,
-            PlanOptions::default(),
-        );
+        let p = plan_from_empty(&d, &mut s, &mut b);
         assert_eq!(p.plan.frontends_without_id, 1);
         assert_eq!(p.plan.backends_without_id, 1);
         let keys: Vec<String> = p.plan.starved.iter().map(ToString::to_string).collect();
@@ -1244,13 +1231,7 @@ mod tests {
             fe("10.96.0.1", 80, &[("10.0.0.1", 80)]),
             fe("10.96.0.2", 80, &[("10.0.0.1", 80)]),
         ]);
-        let p = plan(
-            &MapContents::default(),
-            &d,
-            &mut s,
-            &mut b,
-            PlanOptions::default(),
-        );
+        let p = plan_from_empty(&d, &mut s, &mut b);
         let masters = p
             .target
             .services
