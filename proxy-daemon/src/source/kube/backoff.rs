@@ -53,8 +53,9 @@ impl Backoff {
         self.seed ^= self.seed << 13;
         self.seed ^= self.seed >> 7;
         self.seed ^= self.seed << 17;
-        // 75% to 125% of the base delay.
+        // 75% to 125% of the base delay, but never above the cap: the cap
+        // is what the operator (and the recovery time) can count on.
         let permille = 750 + self.seed % 501;
-        base * permille as u32 / 1000
+        (base * permille as u32 / 1000).min(self.max)
     }
 }
