@@ -13,6 +13,7 @@
 
 pub mod bridge;
 pub mod cmd;
+mod endpoint;
 pub mod env;
 pub mod ipam;
 mod log;

@@ -10,6 +10,7 @@
 pub mod codec;
 pub mod config;
 pub mod ct;
+pub mod endpoint;
 pub mod names;
 pub mod reason;
 pub mod service;
@@ -17,6 +18,7 @@ pub mod stats;
 
 pub use config::NodeConfig;
 pub use ct::{CtEntry, CtKey, CtStats, FragKey, FragPorts};
+pub use endpoint::LocalEndpoint;
 pub use service::{AffinityKey, AffinityValue, Backend, ServiceKey, ServiceValue, SourceRangeKey};
 pub use stats::{ReasonCounter, ServiceCounter};
 
@@ -62,5 +64,6 @@ mod pod_impls {
         crate::AffinityKey,
         crate::AffinityValue,
         crate::SourceRangeKey,
+        crate::LocalEndpoint,
     );
 }

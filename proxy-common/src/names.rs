@@ -36,9 +36,12 @@ pub const MAP_AFFINITY: &str = "sluice_aff4_v1";
 pub const MAP_SOURCE_RANGES: &str = "sluice_srcr4_v1";
 /// Maglev tables, hash of maps: `svc_id -> array of backend ids`.
 pub const MAP_MAGLEV: &str = "sluice_mglv4_v3";
+/// Pods on this node: `u32` (pod IPv4, NBO) -> `LocalEndpoint`. Written by
+/// the CNI plugin.
+pub const MAP_LOCAL_ENDPOINTS: &str = "sluice_ep4_v1";
 
 /// Every map the datapath pins, in the order `sluicectl status` lists them.
-pub const ALL_MAPS: [&str; 13] = [
+pub const ALL_MAPS: [&str; 14] = [
     MAP_SERVICES,
     MAP_BACKENDS,
     MAP_CT_TCP,
@@ -52,6 +55,7 @@ pub const ALL_MAPS: [&str; 13] = [
     MAP_AFFINITY,
     MAP_SOURCE_RANGES,
     MAP_MAGLEV,
+    MAP_LOCAL_ENDPOINTS,
 ];
 
 /// The one CT map of releases before the split by protocol (LRU, `CtKey`

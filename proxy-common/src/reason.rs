@@ -45,6 +45,9 @@ pub const DROP_CT_FULL: u32 = 34;
 /// closed and now answered by a SYN-ACK of a new connection reusing its
 /// ports): passed untranslated, and the dead state removed.
 pub const PASS_CT_STALE: u32 = 35;
+/// A pod's packet to another pod on this node, no service involved, sent
+/// straight into that pod's veth.
+pub const FWD_LOCAL_POD: u32 = 36;
 
 /// Size of the reason counter array (room for codes added later).
 pub const MAX: u32 = 64;
@@ -113,6 +116,7 @@ pub const fn name(code: u32) -> Option<&'static str> {
         ICMP_ERROR_REV_NAT => "icmp-error-rev-nat",
         DROP_CT_FULL => "drop-ct-full",
         PASS_CT_STALE => "pass-ct-stale",
+        FWD_LOCAL_POD => "fwd-local-pod",
         _ => return None,
     })
 }

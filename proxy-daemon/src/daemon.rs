@@ -181,6 +181,7 @@ pub fn reattach(bpffs: &Path) -> usize {
             Vec::new()
         }
     };
+    prune_local_endpoints(bpffs);
     let mut attached = 0;
     for veth in &veths {
         match sluice_net::tc::attach_pod_programs(veth, bpffs) {
@@ -216,6 +217,39 @@ pub fn reattach(bpffs: &Path) -> usize {
         }
     }
     attached
+}
+
+/// Removes the local-endpoint entries whose host veth is gone (a pod
+/// deleted without a CNI DEL, a node rebooted with the pins kept): the
+/// datapath would redirect its packets into an interface that no longer
+/// exists. Entries are read before the veths are listed, so a pod set up
+/// meanwhile is never judged on a listing older than its veth.
+pub fn prune_local_endpoints(bpffs: &Path) {
+    use sluice_net::endpoints::{LocalEndpoints, stale};
+    let mut map = match LocalEndpoints::open(bpffs) {
+        Ok(m) => m,
+        Err(e) => {
+            warn!(error = %e, "local endpoints not checked");
+            return;
+        }
+    };
+    let entries = map.entries();
+    let live = match sluice_net::pods::list_pod_veth_indexes(sluice_net::pods::DEFAULT_BRIDGE) {
+        Ok(l) => l,
+        Err(e) => {
+            warn!(error = %e, "listing pod interfaces failed; local endpoints not checked");
+            return;
+        }
+    };
+    for (ip, seen) in stale(&entries, &live) {
+        match map.forget_if(ip, &seen) {
+            Ok(true) => {
+                info!(pod = %ip, ifindex = seen.ifindex, "removed the local endpoint of a vanished pod veth")
+            }
+            Ok(false) => {}
+            Err(e) => warn!(pod = %ip, error = %e, "removing a stale local endpoint failed"),
+        }
+    }
 }
 
 /// The interface holding `addr` in this network namespace, and its MTU.
@@ -386,6 +420,7 @@ impl Reconciler {
     /// the daemon's back). On an untouched node it writes nothing.
     pub fn resync(&mut self) -> Result<ApplyReport, DaemonError> {
         let report = self.writer.resync(self.model.desired())?;
+        prune_local_endpoints(&self.cfg.bpffs);
         release_free_memory();
         Ok(report)
     }

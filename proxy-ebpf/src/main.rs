@@ -2,7 +2,9 @@
 //!
 //! - `from_pod`, TC ingress of a pod's host-side veth: traffic the pod sends.
 //!   Service frontends are translated to a backend (DNAT, connection
-//!   tracked); a pod reaching itself is turned around at once (hairpin).
+//!   tracked); a pod reaching itself is turned around at once (hairpin);
+//!   whatever is then addressed to a pod on this node goes straight into
+//!   that pod's veth (`deliver`).
 //! - `to_pod`, TC egress of the same veth: traffic about to enter the pod.
 //!   Replies of translated flows get the frontend back as their source.
 //! - `from_netdev` / `to_netdev`, TC ingress / egress of the node's uplink:
@@ -20,6 +22,7 @@
 mod access;
 mod conntrack;
 mod csum;
+mod deliver;
 mod icmp_error;
 mod lb;
 mod maps;
@@ -39,58 +42,55 @@ use proxy_common::reason;
 
 use crate::{
     maps::count_reason,
-    packet::{Packet, Parsed},
+    packet::Parsed,
     verdict::Verdict,
 };
 
 /// Parses the packet and hands IPv4 to `handle`. `malformed` is what a bad
 /// IPv4 header gets: dropped where pods send it, passed where the kernel
-/// built or forwarded it (the stack judges those itself).
-#[inline(always)]
-fn run(
-    ctx: &TcContext,
-    malformed: Verdict,
-    handle: impl FnOnce(&TcContext, &mut Packet) -> Verdict,
-) -> i32 {
-    let v = match packet::parse(ctx) {
-        Parsed::NotIpv4 => Verdict::pass(reason::PASS_NON_IPV4),
-        Parsed::Malformed => malformed,
-        Parsed::Ipv4(mut pkt) => handle(ctx, &mut pkt),
-    };
-    count_reason(v.reason, ctx.len());
-    v.action
+/// built or forwarded it (the stack judges those itself). A macro, not a
+/// function taking the handler: through a closure LLVM may outline the
+/// handler, and an outlined function returning a `Verdict` hands back a
+/// stack pointer, which the verifier refuses.
+macro_rules! run {
+    ($ctx:expr, $malformed:expr, $handle:path) => {{
+        let ctx = &$ctx;
+        let v = match packet::parse(ctx) {
+            Parsed::NotIpv4 => Verdict::pass(reason::PASS_NON_IPV4),
+            Parsed::Malformed => $malformed,
+            Parsed::Ipv4(mut pkt) => $handle(ctx, &mut pkt),
+        };
+        count_reason(v.reason, ctx.len());
+        v.action
+    }};
 }
 
 #[classifier]
 pub fn from_pod(ctx: TcContext) -> i32 {
-    run(&ctx, Verdict::drop(reason::DROP_MALFORMED), pod::from_pod)
+    run!(ctx, Verdict::drop(reason::DROP_MALFORMED), pod::from_pod)
 }
 
 #[classifier]
 pub fn to_pod(ctx: TcContext) -> i32 {
-    run(&ctx, Verdict::pass(reason::PASS_NOT_SERVICE), pod::to_pod)
+    run!(ctx, Verdict::pass(reason::PASS_NOT_SERVICE), pod::to_pod)
 }
 
 #[classifier]
 pub fn from_netdev(ctx: TcContext) -> i32 {
-    run(
-        &ctx,
-        Verdict::pass(reason::PASS_UPLINK),
-        netdev::from_netdev,
-    )
+    run!(ctx, Verdict::pass(reason::PASS_UPLINK), netdev::from_netdev)
 }
 
 #[classifier]
 pub fn to_netdev(ctx: TcContext) -> i32 {
-    run(&ctx, Verdict::pass(reason::PASS_UPLINK), netdev::to_netdev)
+    run!(ctx, Verdict::pass(reason::PASS_UPLINK), netdev::to_netdev)
 }
 
 #[classifier]
 pub fn from_overlay(ctx: TcContext) -> i32 {
-    run(
-        &ctx,
+    run!(
+        ctx,
         Verdict::pass(reason::PASS_OVERLAY),
-        netdev::from_overlay,
+        netdev::from_overlay
     )
 }
 

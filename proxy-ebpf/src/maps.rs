@@ -8,12 +8,14 @@ use aya_ebpf::{
     maps::{Array, HashMap, LpmTrie, LruHashMap, PerCpuArray},
 };
 use proxy_common::{
-    AffinityKey, AffinityValue, Backend, CtEntry, CtKey, CtStats, FragKey, FragPorts, NodeConfig,
-    ReasonCounter, ServiceCounter, ServiceKey, ServiceValue, SourceRangeKey,
+    AffinityKey, AffinityValue, Backend, CtEntry, CtKey, CtStats, FragKey, FragPorts,
+    LocalEndpoint, NodeConfig, ReasonCounter, ServiceCounter, ServiceKey, ServiceValue,
+    SourceRangeKey,
     ct::{
         CT_STATS_ROWS, DEFAULT_MAX_CT_ANY_ENTRIES, DEFAULT_MAX_CT_TCP_ENTRIES,
         DEFAULT_MAX_FRAG_ENTRIES,
     },
+    endpoint::DEFAULT_MAX_LOCAL_ENDPOINTS,
     reason,
     service::{
         DEFAULT_MAX_AFFINITY_ENTRIES, DEFAULT_MAX_BACKENDS, DEFAULT_MAX_MAGLEV_TABLES,
@@ -75,6 +77,11 @@ pub static AFFINITY: LruHashMap<AffinityKey, AffinityValue> =
 #[map(name = "sluice_srcr4_v1")]
 pub static SOURCE_RANGES: LpmTrie<SourceRangeKey, u32> =
     LpmTrie::pinned(DEFAULT_MAX_SOURCE_RANGES, BPF_F_NO_PREALLOC);
+
+/// Pods on this node (`deliver`), written by the CNI plugin.
+#[map(name = "sluice_ep4_v1")]
+pub static LOCAL_ENDPOINTS: HashMap<u32, LocalEndpoint> =
+    HashMap::pinned(DEFAULT_MAX_LOCAL_ENDPOINTS, 0);
 
 /// Inner tables may have any size (BPF_F_INNER_MAP): the operator picks it;
 /// user space writes them through a mapping (BPF_F_MMAPABLE). Two slots per

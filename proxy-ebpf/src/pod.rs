@@ -7,7 +7,7 @@ use proxy_common::{ct::CT_DIR_SERVICE, proto, reason, service::SVC_F_NODE_ADDR};
 use crate::{
     conntrack,
     conntrack::{HAIRPIN_ADDR, Table, per_table},
-    icmp_error, lb,
+    deliver, icmp_error, lb,
     packet::{ECHO_NONE, FRAG_LATER, Packet},
     service::{self, Origin, untranslatable},
     skb::ifindex,
@@ -20,7 +20,21 @@ pub fn from_pod(ctx: &TcContext, pkt: &mut Packet) -> Verdict {
     if pkt.daddr == HAIRPIN_ADDR {
         return hairpin_reply(ctx, pkt);
     }
-    to_service(ctx, pkt)
+    let v = to_service(ctx, pkt);
+    // Only what the stack would merely forward: plain pod-to-pod traffic
+    // and translated service packets (not fragments, options, stale state).
+    match v.reason {
+        reason::PASS_NOT_SERVICE => {
+            let d = deliver::to_local_pod(ctx, pkt, v);
+            if d.action == v.action {
+                d
+            } else {
+                Verdict::action(d.action, reason::FWD_LOCAL_POD)
+            }
+        }
+        reason::FWD_NEW | reason::FWD_ESTABLISHED => deliver::to_local_pod(ctx, pkt, v),
+        _ => v,
+    }
 }
 
 /// Whether `flags` (of an address-only entry) mark a service address, as

@@ -37,7 +37,7 @@ fn at(ctx: &TcContext, off: usize, len: usize) -> Option<usize> {
 
 /// Decrements the TTL and patches the header checksum (RFC 1624).
 #[inline(always)]
-fn decrement_ttl(ctx: &TcContext) -> Result<(), u32> {
+pub fn decrement_ttl(ctx: &TcContext) -> Result<(), u32> {
     let ttl_proto = at(ctx, ETH_HLEN + 8, 2).ok_or(reason::DROP_REWRITE)?;
     let check = at(ctx, ETH_HLEN + 10, 2).ok_or(reason::DROP_REWRITE)?;
     // SAFETY: both addresses are inside the packet (checked above).

@@ -2,12 +2,14 @@
 //! rtnetlink layer ([`netlink`], and [`blocking`] for callers without a
 //! runtime), attaching the pinned programs at Sluice's fixed TC address
 //! ([`tc`]), pod veth names and the pod bridge ([`pods`]), the pod MTU
-//! ([`mtu`]), the CNI configuration format and error type ([`cni`]), the
+//! ([`mtu`]), the local-endpoint map ([`endpoints`]), the CNI configuration
+//! format and error type ([`cni`]), the
 //! daemon's liveness lock ([`liveness`]) and log timestamps ([`time`]).
 //! The CNI plugin depends on this crate and nothing depends on the plugin.
 
 pub mod blocking;
 pub mod cni;
+pub mod endpoints;
 pub mod liveness;
 pub mod mtu;
 pub mod netlink;

@@ -42,23 +42,35 @@ pub fn is_host_veth_name(name: &str) -> bool {
 /// Host-side pod veths among `links`: named like [`host_veth_name`], veths,
 /// ports of `bridge`. Sorted by name; empty when the bridge does not exist.
 pub fn pod_veths_among(links: &[Link], bridge: &str) -> Vec<String> {
-    let Some(br) = links.iter().find(|l| l.name == bridge) else {
-        return Vec::new();
-    };
-    let mut names: Vec<String> = links
-        .iter()
-        .filter(|l| l.controller == Some(br.index) && is_host_veth_name(&l.name))
-        .filter(|l| matches!(l.kind, Some(netlink_packet_route::link::InfoKind::Veth)))
+    let mut names: Vec<String> = pod_veth_links(links, bridge)
         .map(|l| l.name.clone())
         .collect();
     names.sort();
     names
 }
 
+fn pod_veth_links<'a>(links: &'a [Link], bridge: &str) -> impl Iterator<Item = &'a Link> {
+    let bridge = links.iter().find(|l| l.name == bridge).map(|b| b.index);
+    links.iter().filter(move |l| {
+        bridge.is_some()
+            && l.controller == bridge
+            && is_host_veth_name(&l.name)
+            && matches!(l.kind, Some(netlink_packet_route::link::InfoKind::Veth))
+    })
+}
+
 /// The host-side pod veths of `bridge` in the caller's network namespace.
 pub fn list_pod_veths(bridge: &str) -> Result<Vec<String>, NetlinkError> {
     on_fresh_thread(|| -> Result<Vec<String>, NetlinkError> {
         Ok(pod_veths_among(&BlockingNetlink::new()?.links()?, bridge))
+    })?
+}
+
+/// Interface indexes of the host-side pod veths of `bridge`.
+pub fn list_pod_veth_indexes(bridge: &str) -> Result<Vec<u32>, NetlinkError> {
+    on_fresh_thread(|| -> Result<Vec<u32>, NetlinkError> {
+        let links = BlockingNetlink::new()?.links()?;
+        Ok(pod_veth_links(&links, bridge).map(|l| l.index).collect())
     })?
 }
 

@@ -955,3 +955,122 @@ fn maglev_sends_each_new_flow_to_the_slot_it_hashes_to() {
     // Both halves of the two-slot elements were exercised.
     assert!(halves.iter().all(|n| *n > 50), "{halves:?}");
 }
+
+/// Direct delivery to pods of this node (`sluice_ep4_v1`). Run in a test
+/// namespace of its own: BPF_PROG_TEST_RUN gives the skb that namespace's
+/// loopback as its device, and the entries name two veths made there (one
+/// with an MTU too small for a big datagram).
+mod direct_delivery {
+    use super::*;
+    use proxy_common::LocalEndpoint;
+    use sluice_testkit::netns::NetNs;
+
+    const POD_MAC: [u8; 6] = [0x02, 0, 0, 0, 0, 0x20];
+    const SMALL_POD: Ipv4Addr = Ipv4Addr::new(10, 244, 0, 40);
+    const LOOPED_POD: Ipv4Addr = Ipv4Addr::new(10, 244, 0, 41);
+
+    fn link(ns: &NetNs, name: &str, mtu: &str) -> u32 {
+        let st = ns
+            .command("ip")
+            .args([
+                "link", "add", name, "mtu", mtu, "type", "veth", "peer", "name",
+            ])
+            .arg(format!("{name}p"))
+            .status()
+            .unwrap();
+        assert!(st.success(), "ip link add {name}");
+        let name = name.to_owned();
+        ns.run(move || sluice_net::BlockingNetlink::new()?.link(&name))
+            .unwrap()
+            .unwrap()
+            .expect("test link")
+            .index
+    }
+
+    fn entry(ifindex: u32) -> LocalEndpoint {
+        LocalEndpoint {
+            ifindex,
+            mac: POD_MAC,
+            _pad: [0; 2],
+        }
+    }
+
+    /// `f` as the gateway routes it to the pod: one hop less, gateway to pod.
+    fn routed(mut f: Frame) -> Vec<u8> {
+        f.ttl -= 1;
+        f.with_macs(GATEWAY_MAC, POD_MAC).bytes()
+    }
+
+    #[test]
+    fn fixtures() {
+        let ns = NetNs::new("fx-direct").unwrap();
+        let pod_if = link(&ns, "pod0", "1500");
+        let small_if = link(&ns, "small0", "576");
+        ns.run(move || {
+            let mut dp = seeded();
+            let eps = &mut dp.maps.local_endpoints;
+            eps.insert(nbo(BE1), entry(pod_if), 0).unwrap();
+            eps.insert(nbo(SMALL_POD), entry(small_if), 0).unwrap();
+            // The skb's own interface (loopback here): a stale entry.
+            eps.insert(nbo(LOOPED_POD), entry(1), 0).unwrap();
+
+            let syn = || tcp((CLIENT, 40100), (BE1, 8080), TCP_SYN);
+            let mut last_hop = syn();
+            last_hop.ttl = 1;
+            let big = || udp((CLIENT, 40102), (SMALL_POD, 53), &[7u8; 1000]);
+            let cases = vec![
+                case(
+                    "to a local pod through the gateway",
+                    PROG_FROM_POD,
+                    syn().bytes(),
+                )
+                .verdict(TC_ACT_REDIRECT, reason::FWD_LOCAL_POD)
+                .out(routed(syn())),
+                case(
+                    "to a local pod at layer 2",
+                    PROG_FROM_POD,
+                    syn().with_macs(CLIENT_MAC, POD_MAC).bytes(),
+                )
+                .verdict(TC_ACT_REDIRECT, reason::FWD_LOCAL_POD),
+                case(
+                    "ClusterIP to a local backend: translated, then delivered",
+                    PROG_FROM_POD,
+                    tcp((CLIENT, 40101), (VIP, 80), TCP_SYN).bytes(),
+                )
+                .verdict(TC_ACT_REDIRECT, reason::FWD_NEW)
+                .out(routed(tcp((CLIENT, 40101), (BE1, 8080), TCP_SYN))),
+                // The stack sends the ICMP errors.
+                case(
+                    "TTL about to expire: left to the stack",
+                    PROG_FROM_POD,
+                    last_hop.bytes(),
+                ),
+                case(
+                    "too big for the pod's MTU: left to the stack",
+                    PROG_FROM_POD,
+                    big().bytes(),
+                ),
+                case(
+                    "an entry naming the incoming interface: left to the stack",
+                    PROG_FROM_POD,
+                    tcp((CLIENT, 40103), (LOOPED_POD, 80), TCP_SYN).bytes(),
+                ),
+                case("a fragment: left to the stack", PROG_FROM_POD, {
+                    let mut f = udp((CLIENT, 40104), (BE1, 53), &[1u8; 64]).bytes();
+                    // More-fragments set, offset 0.
+                    f[20] |= 0x20;
+                    let c = packet::checksum(&[&{
+                        let mut h = f[14..34].to_vec();
+                        h[10..12].copy_from_slice(&[0, 0]);
+                        h
+                    }]);
+                    f[24..26].copy_from_slice(&c.to_be_bytes());
+                    f
+                })
+                .verdict(TC_ACT_OK, reason::PASS_FRAGMENT),
+            ];
+            run_cases(&mut dp, cases);
+        })
+        .unwrap();
+    }
+}

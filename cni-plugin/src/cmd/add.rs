@@ -5,7 +5,7 @@
 //! 2. IPAM reservation (owned by the attachment, so DEL/GC can find it);
 //! 3. veth under a name derived from the attachment (so DEL/GC can find it);
 //! 4. datapath attached before the veth is up, so no packet bypasses it;
-//! 5. pod side configured last.
+//! 5. pod side configured last, then registered for direct delivery.
 //!
 //! A failure after step 2 undoes steps 2–5 before returning; a kill leaves
 //! only things the following DEL removes by name.
@@ -17,6 +17,7 @@ use serde_json::Value;
 
 use super::Ctx;
 use crate::bridge::{enable_ip_forward, ensure_bridge};
+use crate::endpoint;
 use crate::ipam::{Attachment, IpamStore, Pool};
 use crate::netns::NetNs;
 use crate::result::{CniResult, Interface, IpConfig, Route, format_mac};
@@ -107,6 +108,7 @@ fn setup(
     nl.set_up(host_link.index)?;
 
     let pod_link = ns.run(|| configure_pod(ifname, ip, prefix, gateway))?;
+    endpoint::register(&ctx.log, &conf.bpffs, ip, host_link.index, &pod_link.mac);
 
     let mtu = Some(conf.mtu);
     Ok(CniResult {
@@ -182,6 +184,9 @@ fn configure_pod(
 /// Best effort: each step is attempted even if another fails, and failures
 /// are logged; the runtime's DEL retries whatever is left.
 fn undo(ctx: &Ctx<'_>, store: &IpamStore, owner: &Attachment, host: &str) {
+    if let Ok(Some(ip)) = store.lookup(owner) {
+        endpoint::forget(&ctx.log, &ctx.conf.bpffs, &[ip]);
+    }
     match Netlink::new().and_then(|nl| nl.delete_link(host)) {
         Ok(_) => {}
         Err(e) => ctx.log.warn(format_args!("undo: delete {host}: {e}")),

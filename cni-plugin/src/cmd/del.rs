@@ -6,6 +6,7 @@
 //! was already removed.
 
 use super::Ctx;
+use crate::endpoint;
 use crate::ipam::{Attachment, IpamStore};
 use sluice_net::BlockingNetlink as Netlink;
 use sluice_net::cni::error::CniError;
@@ -24,7 +25,12 @@ pub(crate) fn run(ctx: &Ctx<'_>) -> Result<(), CniError> {
         ctx.log.info(format_args!("deleted host veth {host}"));
     }
     let store = IpamStore::open(ctx.conf.ipam_dir())?;
-    for ip in store.release(&Attachment::new(cid, ifname))? {
+    let owner = Attachment::new(cid, ifname);
+    // Before the release: once released, the address may be another pod's.
+    if let Some(ip) = store.lookup(&owner)? {
+        endpoint::forget(&ctx.log, &ctx.conf.bpffs, &[ip]);
+    }
+    for ip in store.release(&owner)? {
         ctx.log.info(format_args!("released {ip}"));
     }
     Ok(())

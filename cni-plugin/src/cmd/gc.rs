@@ -9,6 +9,7 @@ use std::collections::HashSet;
 use serde_json::{Map, Value};
 
 use super::Ctx;
+use crate::endpoint;
 use crate::ipam::{Attachment, IpamStore};
 use sluice_net::BlockingNetlink as Netlink;
 use sluice_net::cni::error::{CniError, code};
@@ -49,6 +50,8 @@ pub(crate) fn run(ctx: &Ctx<'_>) -> Result<(), CniError> {
 
     let store = IpamStore::open(ctx.conf.ipam_dir())?;
     let stale = store.retain(|a| valid.contains(a))?;
+    let released: Vec<_> = stale.iter().map(|a| a.ip).collect();
+    endpoint::forget(&ctx.log, &ctx.conf.bpffs, &released);
     for a in &stale {
         ctx.log.info(format_args!(
             "released {} of stale {}/{}",

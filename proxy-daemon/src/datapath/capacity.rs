@@ -55,6 +55,7 @@ impl Capacities {
             names::MAP_AFFINITY => self.affinity_entries,
             names::MAP_SOURCE_RANGES => self.source_ranges,
             names::MAP_MAGLEV => self.maglev_tables,
+            names::MAP_LOCAL_ENDPOINTS => proxy_common::endpoint::DEFAULT_MAX_LOCAL_ENDPOINTS,
             other => unreachable!("unknown map {other}"),
         }
     }

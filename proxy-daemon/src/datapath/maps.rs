@@ -2,8 +2,9 @@ use std::path::{Path, PathBuf};
 
 use aya::maps::{Array, HashMap, HashOfMaps, LpmTrie, Map, MapData, PerCpuArray};
 use proxy_common::{
-    AffinityKey, AffinityValue, Backend, CtEntry, CtKey, CtStats, FragKey, FragPorts, NodeConfig,
-    ReasonCounter, ServiceCounter, ServiceKey, ServiceValue, SourceRangeKey, names, proto,
+    AffinityKey, AffinityValue, Backend, CtEntry, CtKey, CtStats, FragKey, FragPorts,
+    LocalEndpoint, NodeConfig, ReasonCounter, ServiceCounter, ServiceKey, ServiceValue,
+    SourceRangeKey, names, proto,
 };
 
 use super::DatapathError;
@@ -140,6 +141,8 @@ pub struct PinnedMaps {
     pub source_ranges: LpmTrie<MapData, SourceRangeKey, u32>,
     /// Frontend id -> its Maglev table (an array of backend ids).
     pub maglev: HashOfMaps<MapData, u32, MapData>,
+    /// Pods on this node, for direct delivery (written by the CNI plugin).
+    pub local_endpoints: HashMap<MapData, u32, LocalEndpoint>,
 }
 
 impl PinnedMaps {
@@ -158,6 +161,7 @@ impl PinnedMaps {
             affinity: typed(bpffs, names::MAP_AFFINITY)?,
             source_ranges: typed(bpffs, names::MAP_SOURCE_RANGES)?,
             maglev: typed(bpffs, names::MAP_MAGLEV)?,
+            local_endpoints: typed(bpffs, names::MAP_LOCAL_ENDPOINTS)?,
         })
     }
 
