@@ -176,7 +176,7 @@ pub fn key(pkt: &Packet, dir: u8) -> CtKey {
 }
 
 #[inline(always)]
-fn is_pure_syn(pkt: &Packet) -> bool {
+pub fn is_pure_syn(pkt: &Packet) -> bool {
     pkt.proto == proto::TCP && pkt.tcp_flags & (TCP_SYN | TCP_ACK) == TCP_SYN
 }
 

@@ -40,11 +40,7 @@ mod verdict;
 use aya_ebpf::{macros::classifier, programs::TcContext};
 use proxy_common::reason;
 
-use crate::{
-    maps::count_reason,
-    packet::Parsed,
-    verdict::Verdict,
-};
+use crate::{maps::count_reason, packet::Parsed, verdict::Verdict};
 
 /// Parses the packet and hands IPv4 to `handle`. `malformed` is what a bad
 /// IPv4 header gets: dropped where pods send it, passed where the kernel

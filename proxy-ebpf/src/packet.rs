@@ -149,15 +149,42 @@ pub fn at(ctx: &TcContext, off: usize, len: usize) -> Option<usize> {
     Some(p)
 }
 
+/// Bytes from the frame's start the datapath may read: Ethernet, the IPv4
+/// header with its options, and the L4 header it uses (TCP 20, UDP 8, for
+/// ICMP an error's quote), capped at [`MAX_HEADERS`] and the packet's
+/// length. Judged from the linear part when it holds the IPv4 header;
+/// otherwise the cap.
+#[inline(always)]
+fn header_need(ctx: &TcContext, len: u32) -> u32 {
+    let cap = if len < MAX_HEADERS { len } else { MAX_HEADERS };
+    let Some(ip) = at(ctx, ETH_HLEN, IP_MIN_HLEN) else {
+        return cap;
+    };
+    // SAFETY: `ip` is IP_MIN_HLEN bytes inside the packet (checked by `at`).
+    let (w0, w2) = unsafe { (load32(ip), load32(ip + 8)) };
+    let ihl = u32::from(w0 as u8 & 0x0f) * 4;
+    let l4 = match (w2 >> 8) as u8 {
+        proto::TCP => 20,
+        proto::UDP => 8,
+        // Header, then the quoted IPv4 header (with options) and 8 bytes.
+        proto::ICMP => 8 + 60 + 8,
+        _ => 0,
+    };
+    let need = ETH_HLEN as u32 + ihl + l4;
+    if need < cap { need } else { cap }
+}
+
 #[inline(always)]
 pub fn parse(ctx: &TcContext) -> Parsed {
     let len = ctx.len();
     // Headers of a non-linear skb may sit outside the linear area; pull what
-    // the parser reads (or the whole packet, if shorter) into it.
-    let want = if len < MAX_HEADERS { len } else { MAX_HEADERS };
-    if (ctx.data_end() - ctx.data()) < want as usize {
+    // the datapath reads into it, and no more: a pull past the headers
+    // (into a TCP segment's payload, which sits in page fragments) copies
+    // the head of what is usually a clone, on every packet.
+    let need = header_need(ctx, len);
+    if (ctx.data_end() - ctx.data()) < need as usize {
         // SAFETY: plain helper call on the program's own skb.
-        unsafe { bpf_skb_pull_data(ctx.skb.skb as *mut _, want) };
+        unsafe { bpf_skb_pull_data(ctx.skb.skb as *mut _, need) };
     }
 
     let Some(eth) = at(ctx, 0, ETH_HLEN) else {

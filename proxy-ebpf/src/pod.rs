@@ -20,18 +20,22 @@ pub fn from_pod(ctx: &TcContext, pkt: &mut Packet) -> Verdict {
     if pkt.daddr == HAIRPIN_ADDR {
         return hairpin_reply(ctx, pkt);
     }
-    let v = to_service(ctx, pkt);
-    // Only what the stack would merely forward: plain pod-to-pod traffic
-    // and translated service packets (not fragments, options, stale state).
-    match v.reason {
-        reason::PASS_NOT_SERVICE => {
-            let d = deliver::to_local_pod(ctx, pkt, v);
-            if d.action == v.action {
-                d
-            } else {
-                Verdict::action(d.action, reason::FWD_LOCAL_POD)
+    // A pod of this node is never a frontend, so a packet for one needs no
+    // service or CT lookup: only the port-reuse check every SYN to a
+    // non-service address gets, then straight into the pod's veth.
+    if pass_reason(pkt) == reason::PASS_NOT_SERVICE {
+        let plain = Verdict::pass(reason::PASS_NOT_SERVICE);
+        let d = deliver::to_local_pod(ctx, pkt, plain);
+        if d.action != plain.action {
+            if conntrack::is_pure_syn(pkt) {
+                conntrack::clear_port_reuse(pkt, conntrack::now());
             }
+            return Verdict::action(d.action, reason::FWD_LOCAL_POD);
         }
+    }
+    let v = to_service(ctx, pkt);
+    // Translated service packets whose backend is a pod of this node.
+    match v.reason {
         reason::FWD_NEW | reason::FWD_ESTABLISHED => deliver::to_local_pod(ctx, pkt, v),
         _ => v,
     }

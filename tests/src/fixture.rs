@@ -200,14 +200,7 @@ pub fn made_up_tcp_flow(i: u32, seen: u32) -> (CtKey, CtEntry) {
 /// backend that cannot be read is left out: that is what a packet would
 /// find.
 pub fn frontend_backends(maps: &PinnedMaps, vip: Ipv4Addr, port: u16) -> Option<Vec<Ipv4Addr>> {
-    let mut key = ServiceKey {
-        addr: nbo(vip),
-        port: port.to_be(),
-        slot: 0,
-        proto: proto::TCP,
-        scope: SCOPE_EXTERNAL,
-        _pad: [0; 2],
-    };
+    let mut key = frontend_key(vip, port);
     let master = maps.services.get(&key, 0).ok()?;
     let mut out = Vec::with_capacity(usize::from(master.count));
     for slot in 1..=master.count {
@@ -220,4 +213,24 @@ pub fn frontend_backends(maps: &PinnedMaps, vip: Ipv4Addr, port: u16) -> Option<
         }
     }
     Some(out)
+}
+
+/// The frontend (slot 0) key of TCP `vip:port`.
+fn frontend_key(vip: Ipv4Addr, port: u16) -> ServiceKey {
+    ServiceKey {
+        addr: nbo(vip),
+        port: port.to_be(),
+        slot: 0,
+        proto: proto::TCP,
+        scope: SCOPE_EXTERNAL,
+        _pad: [0; 2],
+    }
+}
+
+/// The service id of TCP frontend `vip:port`, the index of its counters.
+pub fn frontend_id(maps: &PinnedMaps, vip: Ipv4Addr, port: u16) -> Option<u32> {
+    maps.services
+        .get(&frontend_key(vip, port), 0)
+        .ok()
+        .map(|v| v.svc_id)
 }

@@ -41,7 +41,7 @@ enum Task {
     Lint,
     /// Simulate a cluster in network namespaces and send traffic through it.
     Demo,
-    /// Benchmarks: datapath (BPF_PROG_TEST_RUN), cni, control-plane, memory.
+    /// Benchmarks: datapath (BPF_PROG_TEST_RUN), cni, control-plane, e2e, memory.
     Bench {
         /// Which benchmark (default: all).
         #[arg(value_parser = ["datapath", "cni", "control-plane", "memory", "all"], default_value = "all")]

@@ -53,7 +53,7 @@ use crate::{
     sim::{CLUSTER_CIDR, Cluster},
 };
 
-mod nft;
+pub(crate) mod nft;
 
 const SERVICES: usize = 10_000;
 const CHANGES: usize = 100;
@@ -84,7 +84,7 @@ fn changed_service(k: usize, services: usize) -> usize {
     (k * 7919 + 13) % services
 }
 
-fn service_json(i: usize) -> Value {
+pub(crate) fn service_json(i: usize) -> Value {
     json!({
         "apiVersion": "v1", "kind": "Service",
         "metadata": {"name": format!("svc-{i}"), "namespace": "bench"},
@@ -96,7 +96,7 @@ fn service_json(i: usize) -> Value {
     })
 }
 
-fn slice_json(i: usize, endpoints: &[Ipv4Addr]) -> Value {
+pub(crate) fn slice_json(i: usize, endpoints: &[Ipv4Addr]) -> Value {
     let eps: Vec<Value> = endpoints
         .iter()
         .map(|a| {
@@ -219,7 +219,7 @@ fn idle_cpu(pid: u32) -> Result<f64> {
 }
 
 /// Map capacities for `services` x [`ENDPOINTS`] (twice what they need).
-fn capacity_args(services: usize) -> Vec<String> {
+pub(crate) fn capacity_args(services: usize) -> Vec<String> {
     [
         ("--max-backends", (services * ENDPOINTS * 2).max(65_536)),
         (
@@ -368,7 +368,7 @@ fn measure_sluiced(services: usize, changes: usize) -> Result<SluicedFigures> {
 /// Waits until the daemon logs `services` frontends programmed. Returns
 /// the time since `start` and when its source had listed everything (the
 /// API source logs it; the manifests source does not).
-fn wait_programmed(
+pub(crate) fn wait_programmed(
     cluster: &Cluster,
     services: usize,
     start: Instant,
@@ -437,7 +437,7 @@ struct ManifestFigures {
     idle_cpu_percent: f64,
 }
 
-fn list_json(items: Vec<Value>) -> String {
+pub(crate) fn list_json(items: Vec<Value>) -> String {
     json!({"apiVersion": "v1", "kind": "List", "items": items}).to_string()
 }
 
@@ -638,7 +638,7 @@ fn service_chains(i: usize, eps: &[Ipv4Addr], chains: &mut String, rules: &mut S
 /// sync, only `changed`'s on a partial one (KUBE-SERVICES is always
 /// rewritten whole). `with_jumps` adds the jumps from the built-in chains
 /// (for a restore that flushes the tables).
-fn restore_input(
+pub(crate) fn restore_input(
     services: usize,
     eps: &dyn Fn(usize) -> Vec<Ipv4Addr>,
     changed: Option<usize>,
@@ -714,7 +714,7 @@ const NAT_JUMPS: &str =
 
 /// Runs `program args` with `input` on stdin inside `ns` (entered before
 /// exec, so no `ip netns exec` in the timing); returns start-to-exit time.
-fn restore(ns: &Path, program: &str, args: &[&str], input: &[u8]) -> Result<Duration> {
+pub(crate) fn restore(ns: &Path, program: &str, args: &[&str], input: &[u8]) -> Result<Duration> {
     let mut cmd = command_entering(ns, program)?;
     cmd.args(args)
         .stdin(Stdio::piped())

@@ -4,6 +4,7 @@
 pub mod cni;
 pub mod control_plane;
 pub mod datapath;
+pub mod e2e;
 pub mod memory;
 
 use std::{net::Ipv4Addr, time::Duration};
@@ -26,4 +27,33 @@ pub fn percentile(v: &[Duration], p: f64) -> Duration {
     let mut v = v.to_vec();
     v.sort_unstable();
     v[((v.len() as f64 * p).ceil() as usize).clamp(1, v.len()) - 1]
+}
+
+/// Pins the calling thread to `cpu`.
+pub(crate) fn pin_thread_to_cpu(cpu: usize) {
+    // SAFETY: plain affinity call on the calling thread with a zeroed set.
+    unsafe {
+        let mut set: libc::cpu_set_t = std::mem::zeroed();
+        libc::CPU_SET(cpu, &mut set);
+        libc::sched_setaffinity(0, size_of::<libc::cpu_set_t>(), &set);
+    }
+}
+
+/// Pins process (or thread) `pid` and, for a process, every thread it has
+/// now, to `cpu`.
+pub(crate) fn pin_process_to_cpu(pid: u32, cpu: usize) {
+    let tasks: Vec<i32> = std::fs::read_dir(format!("/proc/{pid}/task"))
+        .map(|d| {
+            d.filter_map(|e| e.ok()?.file_name().to_str()?.parse().ok())
+                .collect()
+        })
+        .unwrap_or_default();
+    for tid in tasks {
+        // SAFETY: as above, for another task.
+        unsafe {
+            let mut set: libc::cpu_set_t = std::mem::zeroed();
+            libc::CPU_SET(cpu, &mut set);
+            libc::sched_setaffinity(tid, size_of::<libc::cpu_set_t>(), &set);
+        }
+    }
 }

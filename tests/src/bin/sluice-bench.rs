@@ -1,4 +1,4 @@
-//! `sluice-bench <datapath|cni|control-plane|memory|all>` (run by `cargo xtask bench`).
+//! `sluice-bench <datapath|cni|control-plane|e2e|memory|all>` (run by `cargo xtask bench`).
 
 // Counts live heap bytes for the memory bench; costs the others nothing
 // that matters (one relaxed atomic per allocation in the harness).
@@ -22,13 +22,17 @@ fn main() -> anyhow::Result<()> {
         sluice_tests::bench::control_plane::run()?;
         ran = true;
     }
+    if all || which == "e2e" {
+        sluice_tests::bench::e2e::run()?;
+        ran = true;
+    }
     if all || which == "memory" {
         sluice_tests::bench::memory::run()?;
         ran = true;
     }
     anyhow::ensure!(
         ran,
-        "unknown benchmark {which:?} (datapath, cni, control-plane, memory, all)"
+        "unknown benchmark {which:?} (datapath, cni, control-plane, e2e, memory, all)"
     );
     Ok(())
 }

@@ -115,12 +115,18 @@ fn service(i: usize, eps: &[Ipv4Addr], out: &mut String) {
 
 /// kube-proxy's full sync of `services` on an empty node.
 fn full_ruleset(services: usize) -> String {
+    full_ruleset_with(services, &|i| {
+        (0..ENDPOINTS).map(|e| endpoint(i, e)).collect()
+    })
+}
+
+/// [`full_ruleset`] with Service `i`'s endpoints `eps(i)`.
+pub(crate) fn full_ruleset_with(services: usize, eps: &dyn Fn(usize) -> Vec<Ipv4Addr>) -> String {
     let mut out = String::with_capacity(services * 2_000);
     base(&mut out);
     let mut elements = Vec::with_capacity(services);
     for i in 0..services {
-        let eps: Vec<Ipv4Addr> = (0..ENDPOINTS).map(|e| endpoint(i, e)).collect();
-        service(i, &eps, &mut out);
+        service(i, &eps(i), &mut out);
         elements.push(format!(
             "{} . tcp . {SERVICE_PORT} : goto {}",
             vip(i),
