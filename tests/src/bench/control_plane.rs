@@ -441,20 +441,33 @@ pub(crate) fn list_json(items: Vec<Value>) -> String {
     json!({"apiVersion": "v1", "kind": "List", "items": items}).to_string()
 }
 
-fn measure_manifests(services: usize, changes: usize) -> Result<ManifestFigures> {
+/// A one-node cluster whose sluiced starts on a manifests directory holding
+/// Services `range` x 10 endpoints, its maps sized for `capacity_for`
+/// Services; with the time from the daemon's start to all of them
+/// programmed.
+pub(crate) fn cluster_with_services(
+    range: std::ops::Range<usize>,
+    capacity_for: usize,
+) -> Result<(Cluster, Duration)> {
     let mut cluster = Cluster::new(1)?;
-    let items: Vec<Value> = (0..services)
+    let count = range.len();
+    let items: Vec<Value> = range
         .flat_map(|i| {
             let eps: Vec<Ipv4Addr> = (0..ENDPOINTS).map(|e| endpoint(i, e)).collect();
             [service_json(i), slice_json(i, &eps)]
         })
         .collect();
     cluster.apply("00-cluster.json", &list_json(items))?;
-    let capacity = capacity_args(services);
+    let capacity = capacity_args(capacity_for);
     let args: Vec<&str> = capacity.iter().map(String::as_str).collect();
     let start = Instant::now();
     cluster.start_daemon_with_args(0, &args)?;
-    let (cold_start, _) = wait_programmed(&cluster, services, start)?;
+    let (cold_start, _) = wait_programmed(&cluster, count, start)?;
+    Ok((cluster, cold_start))
+}
+
+fn measure_manifests(services: usize, changes: usize) -> Result<ManifestFigures> {
+    let (cluster, cold_start) = cluster_with_services(0..services, services)?;
     let maps = PinnedMaps::open(&cluster.nodes[0].bpffs)?;
     std::thread::sleep(Duration::from_millis(500));
 

@@ -166,6 +166,12 @@ pub fn svg(panels: &[Panel]) -> String {
 mod tests {
     use super::*;
 
+    /// The numeric attribute `name` of the element text `el`.
+    fn attr(el: &str, name: &str) -> f64 {
+        let value = el.split(&format!("{name}=\"")).nth(1).expect("attribute");
+        value.split('"').next().unwrap().parse().expect("a number")
+    }
+
     #[test]
     fn every_point_is_drawn_inside_its_panel() {
         let panels = vec![Panel {
@@ -186,24 +192,7 @@ mod tests {
         assert_eq!(s.matches("<circle").count(), 5);
         assert_eq!(s.matches("<polyline").count(), 2);
         for c in s.split("<circle").skip(1) {
-            let cx: f64 = c
-                .split("cx=\"")
-                .nth(1)
-                .unwrap()
-                .split('"')
-                .next()
-                .unwrap()
-                .parse()
-                .unwrap();
-            let cy: f64 = c
-                .split("cy=\"")
-                .nth(1)
-                .unwrap()
-                .split('"')
-                .next()
-                .unwrap()
-                .parse()
-                .unwrap();
+            let (cx, cy) = (attr(c, "cx"), attr(c, "cy"));
             assert!((LEFT..=W - RIGHT).contains(&cx), "x {cx}");
             assert!((TOP..=H - BOTTOM).contains(&cy), "y {cy}");
         }

@@ -20,7 +20,7 @@ use super::load::PORT;
 use crate::{
     bench::{
         ENDPOINTS,
-        control_plane::{capacity_args, list_json, service_json, slice_json, wait_programmed},
+        control_plane::{cluster_with_services, list_json, service_json, slice_json},
         endpoint, vip,
     },
     fixture::frontend_backends,
@@ -186,20 +186,8 @@ pub struct SluiceNode {
 
 impl SluiceNode {
     pub fn new(services: usize) -> Result<Self> {
-        let mut cluster = Cluster::new(1)?;
         // The others first: the daemon must run before pods can be wired.
-        let others: Vec<Value> = (1..services)
-            .flat_map(|i| {
-                let eps: Vec<Ipv4Addr> = (0..ENDPOINTS).map(|e| endpoint(i, e)).collect();
-                [service_json(i), slice_json(i, &eps)]
-            })
-            .collect();
-        cluster.apply("00-others.json", &list_json(others))?;
-        let capacity = capacity_args(services);
-        let args: Vec<&str> = capacity.iter().map(String::as_str).collect();
-        let start = Instant::now();
-        cluster.start_daemon_with_args(0, &args)?;
-        let (cold_start, _) = wait_programmed(&cluster, services.saturating_sub(1), start)?;
+        let (mut cluster, cold_start) = cluster_with_services(1..services, services)?;
         let client = cluster.add_pod(0, "client")?;
         let server = cluster.add_pod(0, "server")?;
         let probe = list_json(vec![service_json(0), slice_json(0, &[server.ip])]);
