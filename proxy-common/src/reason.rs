@@ -48,6 +48,9 @@ pub const PASS_CT_STALE: u32 = 35;
 /// A pod's packet to another pod on this node, no service involved, sent
 /// straight into that pod's veth.
 pub const FWD_LOCAL_POD: u32 = 36;
+/// A pod's packet to a pod on another node, no service involved, routed by
+/// the datapath straight to the overlay device.
+pub const FWD_REMOTE_POD: u32 = 37;
 
 /// Size of the reason counter array (room for codes added later).
 pub const MAX: u32 = 64;
@@ -117,6 +120,7 @@ pub const fn name(code: u32) -> Option<&'static str> {
         DROP_CT_FULL => "drop-ct-full",
         PASS_CT_STALE => "pass-ct-stale",
         FWD_LOCAL_POD => "fwd-local-pod",
+        FWD_REMOTE_POD => "fwd-remote-pod",
         _ => return None,
     })
 }

@@ -1,5 +1,6 @@
 //! Delivering a pod's packet straight into the veth of its destination pod
-//! on this node, instead of up through the bridge into the node's IP stack
+//! on this node (or, for a pod on another node, straight to the overlay
+//! device), instead of up through the bridge into the node's IP stack
 //! and back down (for a translated packet, still addressed to the bridge's
 //! MAC, that detour is a full routing pass).
 //!
@@ -13,20 +14,25 @@
 //! exceeded), a packet too big for the destination's MTU (fragmentation
 //! needed), a pod without an entry (one added before the map existed).
 
+use core::mem::{size_of, zeroed};
+
 use aya_ebpf::{
-    bindings::{TC_ACT_OK, TC_ACT_REDIRECT},
-    helpers::{bpf_check_mtu, bpf_redirect},
+    bindings::{BPF_FIB_LKUP_RET_SUCCESS, TC_ACT_OK, TC_ACT_REDIRECT, bpf_fib_lookup},
+    helpers::{bpf_check_mtu, bpf_fib_lookup as fib_lookup, bpf_redirect},
     programs::TcContext,
 };
+use proxy_common::config::NODE_CONFIG_VERSION;
 
 use crate::{
     access::{load16, load32, store16, store32},
-    maps::LOCAL_ENDPOINTS,
+    maps::{CONFIG, LOCAL_ENDPOINTS},
     packet::{FRAG_NONE, Packet},
     route::decrement_ttl,
     skb::ifindex,
     verdict::Verdict,
 };
+
+const AF_INET: u8 = 2;
 
 /// `v` for `pkt`, turned into a redirect into the destination pod's veth
 /// when the stack would only have forwarded it there.
@@ -39,6 +45,75 @@ pub fn to_local_pod(ctx: &TcContext, pkt: &Packet, v: Verdict) -> Verdict {
         TC_ACT_REDIRECT => Verdict::action(TC_ACT_REDIRECT, v.reason),
         _ => v,
     }
+}
+
+/// `v` for `pkt`, turned into a redirect to the next hop when `pkt` goes
+/// to a pod on another node (the cluster's pod CIDR, not this node's): the
+/// node's routing table, read through `bpf_fib_lookup`, names the overlay
+/// device (or the uplink without an overlay) and the neighbour; the
+/// router's part is done here. Anything the lookup cannot settle (no
+/// neighbour yet, too big for the route's MTU, TTL about to expire) is left
+/// to the stack.
+#[inline(always)]
+pub fn to_remote_pod(ctx: &TcContext, pkt: &Packet, v: Verdict) -> Verdict {
+    if v.action != TC_ACT_OK || pkt.frag != FRAG_NONE || pkt.has_options {
+        return v;
+    }
+    let Some(c) = CONFIG.get(0) else {
+        return v;
+    };
+    let remote = c.version == NODE_CONFIG_VERSION
+        && c.cluster_mask != 0
+        && pkt.daddr & c.cluster_mask == c.cluster_cidr
+        && pkt.daddr & c.pod_mask != c.pod_cidr;
+    if !remote {
+        return v;
+    }
+    match route(ctx, pkt.saddr, pkt.daddr) {
+        TC_ACT_REDIRECT => Verdict::action(TC_ACT_REDIRECT, v.reason),
+        _ => v,
+    }
+}
+
+/// The FIB half of [`to_remote_pod`]; `TC_ACT_REDIRECT` or `TC_ACT_OK`
+/// (untouched, for the stack). Not inlined, as [`redirect`].
+#[inline(never)]
+fn route(ctx: &TcContext, saddr: u32, daddr: u32) -> i32 {
+    // SAFETY: bpf_fib_lookup is plain data; zero is a valid value.
+    let mut p: bpf_fib_lookup = unsafe { zeroed() };
+    p.family = AF_INET;
+    p.__bindgen_anon_3.ipv4_src = saddr;
+    p.__bindgen_anon_4.ipv4_dst = daddr;
+    p.ifindex = ifindex(ctx);
+    // SAFETY: helper call with a stack struct of the size we pass. With
+    // no flags the kernel also checks the packet against the route's MTU.
+    let rc = unsafe {
+        fib_lookup(
+            ctx.skb.skb as *mut _,
+            &mut p,
+            size_of::<bpf_fib_lookup>() as i32,
+            0,
+        )
+    } as u32;
+    if rc != BPF_FIB_LKUP_RET_SUCCESS || p.ifindex == ifindex(ctx) {
+        return TC_ACT_OK;
+    }
+    if decrement_ttl(ctx).is_err() {
+        return TC_ACT_OK;
+    }
+    let Some(eth) = crate::packet::at(ctx, 0, 12) else {
+        return TC_ACT_OK;
+    };
+    let (d, s) = (p.dmac, p.smac);
+    // SAFETY: the 12 bytes are inside the packet (checked above).
+    unsafe {
+        store32(eth, u32::from_ne_bytes([d[0], d[1], d[2], d[3]]));
+        store16(eth + 4, u16::from_ne_bytes([d[4], d[5]]));
+        store32(eth + 6, u32::from_ne_bytes([s[0], s[1], s[2], s[3]]));
+        store16(eth + 10, u16::from_ne_bytes([s[4], s[5]]));
+    }
+    // SAFETY: plain helper call.
+    unsafe { bpf_redirect(p.ifindex, 0) as i32 }
 }
 
 /// `TC_ACT_REDIRECT` when the packet to `daddr` (NBO) was rewritten and

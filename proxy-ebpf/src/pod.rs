@@ -34,9 +34,24 @@ pub fn from_pod(ctx: &TcContext, pkt: &mut Packet) -> Verdict {
         }
     }
     let v = to_service(ctx, pkt);
-    // Translated service packets whose backend is a pod of this node.
     match v.reason {
-        reason::FWD_NEW | reason::FWD_ESTABLISHED => deliver::to_local_pod(ctx, pkt, v),
+        // Translated service packets: to a backend on this node, or on
+        // another one.
+        reason::FWD_NEW | reason::FWD_ESTABLISHED => {
+            let d = deliver::to_local_pod(ctx, pkt, v);
+            if d.action != v.action {
+                return d;
+            }
+            deliver::to_remote_pod(ctx, pkt, v)
+        }
+        // Plain traffic to a pod on another node.
+        reason::PASS_NOT_SERVICE => {
+            let d = deliver::to_remote_pod(ctx, pkt, v);
+            if d.action == v.action {
+                return v;
+            }
+            Verdict::action(d.action, reason::FWD_REMOTE_POD)
+        }
         _ => v,
     }
 }

@@ -195,3 +195,62 @@ fn b_del_forgets_a_pod_and_the_daemon_prunes_entries_of_vanished_veths() {
     let who = s.client.ns.run(move || apps::tcp_ask(backend)).unwrap();
     assert_eq!(who.unwrap(), s.backends[0].name);
 }
+
+#[test]
+fn c_traffic_to_a_pod_on_another_node_is_routed_to_the_overlay_by_the_datapath() {
+    let mut cluster = Cluster::new(2).unwrap();
+    cluster.start_daemons().unwrap();
+    let client = cluster.add_pod(0, "client").unwrap();
+    let server = cluster.add_pod(1, "server").unwrap();
+    let _srv = apps::serve_tcp(&server.ns, "server", 8080).unwrap();
+    assert!(
+        wait_until(Duration::from_secs(10), || client.ns.ping(server.ip)),
+        "overlay never came up: {}",
+        cluster.nodes[0].log_tail()
+    );
+    let node = &cluster.nodes[0];
+    let mut maps = PinnedMaps::open(&node.bpffs).expect("pinned maps");
+    let target = SocketAddr::from((server.ip, 8080));
+    // Packets node 0's stack forwards per connection, and those the
+    // datapath routed itself.
+    let run = |maps: &PinnedMaps| {
+        let (fwd0, direct0) = (
+            forwarded(node),
+            maps.reason_total(reason::FWD_REMOTE_POD).unwrap().packets,
+        );
+        for _ in 0..100 {
+            let who = client.ns.run(move || apps::tcp_ask(target)).unwrap();
+            assert_eq!(who.unwrap(), "server");
+        }
+        (
+            forwarded(node) - fwd0,
+            maps.reason_total(reason::FWD_REMOTE_POD).unwrap().packets - direct0,
+        )
+    };
+    let (routed_fast, direct) = run(&maps);
+    // The client's packets leave by the datapath; only the replies that
+    // arrive over the overlay are routed by the node into the bridge.
+    assert!(
+        direct >= 100 * 4,
+        "only {direct} packets routed by the datapath for 100 connections"
+    );
+
+    // Without the cluster CIDR the datapath does not know which addresses
+    // are remote pods, and leaves them all to the stack: more forwarded.
+    let cfg = maps.config.get(&0, 0).unwrap();
+    let off = proxy_common::NodeConfig {
+        cluster_mask: 0,
+        ..cfg
+    };
+    maps.config.set(0, off, 0).unwrap();
+    let (routed_slow, direct_off) = run(&maps);
+    maps.config.set(0, cfg, 0).unwrap();
+    eprintln!(
+        "100 cross-node connections: node 0 forwarded {routed_fast} packets ({direct} routed by the datapath), {routed_slow} with the datapath's routing off"
+    );
+    assert_eq!(direct_off, 0, "routed by the datapath while switched off");
+    assert!(
+        routed_fast * 4 < routed_slow * 3,
+        "the node forwarded {routed_fast} packets with the datapath routing, {routed_slow} without"
+    );
+}
