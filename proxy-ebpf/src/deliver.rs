@@ -14,11 +14,11 @@
 //! exceeded), a packet too big for the destination's MTU (fragmentation
 //! needed), a pod without an entry (one added before the map existed).
 
-use core::mem::{size_of, zeroed};
+use core::mem::zeroed;
 
 use aya_ebpf::{
     bindings::{BPF_FIB_LKUP_RET_SUCCESS, TC_ACT_OK, TC_ACT_REDIRECT, bpf_fib_lookup},
-    helpers::{bpf_check_mtu, bpf_fib_lookup as fib_lookup, bpf_redirect},
+    helpers::{bpf_check_mtu, bpf_redirect},
     programs::TcContext,
 };
 use proxy_common::config::NODE_CONFIG_VERSION;
@@ -27,12 +27,10 @@ use crate::{
     access::{load16, load32, store16, store32},
     maps::{CONFIG, LOCAL_ENDPOINTS},
     packet::{FRAG_NONE, Packet},
-    route::decrement_ttl,
+    route::{self, decrement_ttl},
     skb::ifindex,
     verdict::Verdict,
 };
-
-const AF_INET: u8 = 2;
 
 /// `v` for `pkt`, turned into a redirect into the destination pod's veth
 /// when the stack would only have forwarded it there.
@@ -81,36 +79,14 @@ pub fn to_remote_pod(ctx: &TcContext, pkt: &Packet, v: Verdict) -> Verdict {
 fn route(ctx: &TcContext, saddr: u32, daddr: u32) -> i32 {
     // SAFETY: bpf_fib_lookup is plain data; zero is a valid value.
     let mut p: bpf_fib_lookup = unsafe { zeroed() };
-    p.family = AF_INET;
     p.__bindgen_anon_3.ipv4_src = saddr;
     p.__bindgen_anon_4.ipv4_dst = daddr;
-    p.ifindex = ifindex(ctx);
-    // SAFETY: helper call with a stack struct of the size we pass. With
-    // no flags the kernel also checks the packet against the route's MTU.
-    let rc = unsafe {
-        fib_lookup(
-            ctx.skb.skb as *mut _,
-            &mut p,
-            size_of::<bpf_fib_lookup>() as i32,
-            0,
-        )
-    } as u32;
+    let rc = route::lookup(ctx, &mut p);
     if rc != BPF_FIB_LKUP_RET_SUCCESS || p.ifindex == ifindex(ctx) {
         return TC_ACT_OK;
     }
-    if decrement_ttl(ctx).is_err() {
+    if decrement_ttl(ctx).is_err() || route::set_macs(ctx, &p).is_none() {
         return TC_ACT_OK;
-    }
-    let Some(eth) = crate::packet::at(ctx, 0, 12) else {
-        return TC_ACT_OK;
-    };
-    let (d, s) = (p.dmac, p.smac);
-    // SAFETY: the 12 bytes are inside the packet (checked above).
-    unsafe {
-        store32(eth, u32::from_ne_bytes([d[0], d[1], d[2], d[3]]));
-        store16(eth + 4, u16::from_ne_bytes([d[4], d[5]]));
-        store32(eth + 6, u32::from_ne_bytes([s[0], s[1], s[2], s[3]]));
-        store16(eth + 10, u16::from_ne_bytes([s[4], s[5]]));
     }
     // SAFETY: plain helper call.
     unsafe { bpf_redirect(p.ifindex, 0) as i32 }

@@ -54,27 +54,53 @@ pub fn decrement_ttl(ctx: &TcContext) -> Result<(), u32> {
     Ok(())
 }
 
-/// Routes the (already translated) packet to its next hop.
+/// Asks the node's routing table about `p` (addresses, and ports if the
+/// caller has them) arriving on this program's interface; `p` receives the
+/// answer (egress interface, MACs or next hop). With no flags the kernel
+/// also checks the packet against the route's MTU. Fills `p` in place: a
+/// returned copy would put a second 64-byte struct on the stack.
 #[inline(always)]
-pub fn fib_redirect(ctx: &TcContext, pkt: &Packet, counted: u32) -> Verdict {
-    // SAFETY: bpf_fib_lookup is plain data; zero is a valid value.
-    let mut p: bpf_fib_lookup = unsafe { zeroed() };
+pub fn lookup(ctx: &TcContext, p: &mut bpf_fib_lookup) -> u32 {
     p.family = AF_INET;
-    p.l4_protocol = pkt.proto;
-    p.sport = pkt.sport;
-    p.dport = pkt.dport;
-    p.__bindgen_anon_3.ipv4_src = pkt.saddr;
-    p.__bindgen_anon_4.ipv4_dst = pkt.daddr;
     p.ifindex = ifindex(ctx);
     // SAFETY: helper call with a stack struct of the size we pass.
     let rc = unsafe {
         fib_lookup(
             ctx.skb.skb as *mut _,
-            &mut p,
+            p,
             size_of::<bpf_fib_lookup>() as i32,
             0,
         )
-    } as u32;
+    };
+    rc as u32
+}
+
+/// Writes the MACs a successful lookup found into the frame.
+#[inline(always)]
+pub fn set_macs(ctx: &TcContext, p: &bpf_fib_lookup) -> Option<()> {
+    let eth = at(ctx, 0, 12)?;
+    let (d, s) = (p.dmac, p.smac);
+    // SAFETY: the 12 bytes are inside the packet (checked above).
+    unsafe {
+        store32(eth, u32::from_ne_bytes([d[0], d[1], d[2], d[3]]));
+        store16(eth + 4, u16::from_ne_bytes([d[4], d[5]]));
+        store32(eth + 6, u32::from_ne_bytes([s[0], s[1], s[2], s[3]]));
+        store16(eth + 10, u16::from_ne_bytes([s[4], s[5]]));
+    }
+    Some(())
+}
+
+/// Routes the (already translated) packet to its next hop.
+#[inline(always)]
+pub fn fib_redirect(ctx: &TcContext, pkt: &Packet, counted: u32) -> Verdict {
+    // SAFETY: bpf_fib_lookup is plain data; zero is a valid value.
+    let mut p: bpf_fib_lookup = unsafe { zeroed() };
+    p.l4_protocol = pkt.proto;
+    p.sport = pkt.sport;
+    p.dport = pkt.dport;
+    p.__bindgen_anon_3.ipv4_src = pkt.saddr;
+    p.__bindgen_anon_4.ipv4_dst = pkt.daddr;
+    let rc = lookup(ctx, &mut p);
     if rc != BPF_FIB_LKUP_RET_SUCCESS && rc != BPF_FIB_LKUP_RET_NO_NEIGH {
         return Verdict::drop(reason::DROP_NO_ROUTE);
     }
@@ -82,19 +108,11 @@ pub fn fib_redirect(ctx: &TcContext, pkt: &Packet, counted: u32) -> Verdict {
         return Verdict::drop(r);
     }
     let action = if rc == BPF_FIB_LKUP_RET_SUCCESS {
-        let Some(eth) = at(ctx, 0, 12) else {
+        if set_macs(ctx, &p).is_none() {
             return Verdict::drop(reason::DROP_REWRITE);
-        };
-        // SAFETY: the 12 bytes are inside the packet (checked above).
-        unsafe {
-            let d = p.dmac;
-            let s = p.smac;
-            store32(eth, u32::from_ne_bytes([d[0], d[1], d[2], d[3]]));
-            store16(eth + 4, u16::from_ne_bytes([d[4], d[5]]));
-            store32(eth + 6, u32::from_ne_bytes([s[0], s[1], s[2], s[3]]));
-            store16(eth + 10, u16::from_ne_bytes([s[4], s[5]]));
-            bpf_redirect(p.ifindex, 0)
         }
+        // SAFETY: plain helper call.
+        unsafe { bpf_redirect(p.ifindex, 0) }
     } else {
         // The next hop (gateway or destination) is in ipv4_dst now; let
         // the kernel resolve its MAC.
