@@ -14,12 +14,14 @@ pub mod endpoint;
 pub mod names;
 pub mod reason;
 pub mod service;
+pub mod socket;
 pub mod stats;
 
 pub use config::NodeConfig;
 pub use ct::{CtEntry, CtKey, CtStats, FragKey, FragPorts};
 pub use endpoint::LocalEndpoint;
 pub use service::{AffinityKey, AffinityValue, Backend, ServiceKey, ServiceValue, SourceRangeKey};
+pub use socket::{SockAffinityKey, SockConfig, SockRevKey, SockRevValue};
 pub use stats::{ReasonCounter, ServiceCounter};
 
 /// IANA protocol numbers used by the datapath.
@@ -65,5 +67,9 @@ mod pod_impls {
         crate::AffinityValue,
         crate::SourceRangeKey,
         crate::LocalEndpoint,
+        crate::SockConfig,
+        crate::SockRevKey,
+        crate::SockRevValue,
+        crate::SockAffinityKey,
     );
 }

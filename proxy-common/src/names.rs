@@ -40,8 +40,19 @@ pub const MAP_MAGLEV: &str = "sluice_mglv4_v3";
 /// the CNI plugin.
 pub const MAP_LOCAL_ENDPOINTS: &str = "sluice_ep4_v1";
 
+/// Socket load balancing's configuration, a one-element array of
+/// `SockConfig` (mode and the daemon's network namespace cookie).
+pub const MAP_SOCK_CONFIG: &str = "sluice_sockcfg_v1";
+/// Per-socket reverse translation, LRU: `SockRevKey -> SockRevValue`.
+pub const MAP_SOCK_REV: &str = "sluice_sockrev4_v1";
+/// ClientIP session affinity of socket clients, LRU:
+/// `SockAffinityKey -> AffinityValue`.
+pub const MAP_SOCK_AFFINITY: &str = "sluice_sockaff4_v1";
+/// Addresses of every node of the cluster: `u32` (IPv4, NBO) -> `u32` (0).
+pub const MAP_NODE_ADDRS: &str = "sluice_nodes4_v1";
+
 /// Every map the datapath pins, in the order `sluicectl status` lists them.
-pub const ALL_MAPS: [&str; 14] = [
+pub const ALL_MAPS: [&str; 18] = [
     MAP_SERVICES,
     MAP_BACKENDS,
     MAP_CT_TCP,
@@ -56,6 +67,10 @@ pub const ALL_MAPS: [&str; 14] = [
     MAP_SOURCE_RANGES,
     MAP_MAGLEV,
     MAP_LOCAL_ENDPOINTS,
+    MAP_SOCK_CONFIG,
+    MAP_SOCK_REV,
+    MAP_SOCK_AFFINITY,
+    MAP_NODE_ADDRS,
 ];
 
 /// The one CT map of releases before the split by protocol (LRU, `CtKey`
@@ -89,6 +104,21 @@ pub const PIN_PROG_TO_POD: &str = "prog_to_pod";
 pub const PIN_PROG_FROM_NETDEV: &str = "prog_from_netdev";
 pub const PIN_PROG_TO_NETDEV: &str = "prog_to_netdev";
 pub const PIN_PROG_FROM_OVERLAY: &str = "prog_from_overlay";
+
+/// cgroup socket programs (socket load balancing), with the pin of the
+/// link that attaches each to the cgroup: a pinned link keeps the program
+/// attached while no daemon runs, and a restarted daemon replaces it.
+pub const PROG_SOCK_CONNECT4: &str = "sock_connect4";
+pub const PROG_SOCK_SENDMSG4: &str = "sock_sendmsg4";
+pub const PROG_SOCK_RECVMSG4: &str = "sock_recvmsg4";
+pub const PROG_SOCK_GETPEERNAME4: &str = "sock_getpeername4";
+/// Each socket program with its attach point and the pin of its link.
+pub const SOCK_PROGRAMS: [(&str, &str); 4] = [
+    (PROG_SOCK_CONNECT4, "link_sock_connect4"),
+    (PROG_SOCK_SENDMSG4, "link_sock_sendmsg4"),
+    (PROG_SOCK_RECVMSG4, "link_sock_recvmsg4"),
+    (PROG_SOCK_GETPEERNAME4, "link_sock_getpeername4"),
+];
 
 /// TC filter priority and handle of Sluice's cls_bpf filters. Fixed values let
 /// a restarted daemon replace a filter in place (atomically) instead of adding

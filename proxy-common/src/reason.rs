@@ -51,6 +51,18 @@ pub const FWD_LOCAL_POD: u32 = 36;
 /// A pod's packet to a pod on another node, no service involved, routed by
 /// the datapath straight to the overlay device.
 pub const FWD_REMOTE_POD: u32 = 37;
+/// A socket's connect() or sendmsg() to a Service address was given a
+/// backend (cgroup socket programs; counted per call, no bytes).
+pub const SOCK_TRANSLATED: u32 = 38;
+/// A socket's connect() or sendmsg() to a Service without endpoints failed
+/// with ECONNREFUSED.
+pub const SOCK_REFUSED: u32 = 39;
+/// A socket's connect() or sendmsg() to a frontend whose Local traffic
+/// policy has no endpoint on this node failed with EHOSTUNREACH.
+pub const SOCK_NO_LOCAL_BACKEND: u32 = 40;
+/// getpeername() or recvmsg() of a translated socket showed the Service's
+/// address instead of the backend's.
+pub const SOCK_REV_NAT: u32 = 41;
 
 /// Size of the reason counter array (room for codes added later).
 pub const MAX: u32 = 64;
@@ -77,6 +89,8 @@ pub const fn is_drop(code: u32) -> bool {
             | DROP_NO_ROUTE
             | DROP_TTL_EXCEEDED
             | DROP_CT_FULL
+            | SOCK_REFUSED
+            | SOCK_NO_LOCAL_BACKEND
     )
 }
 
@@ -121,6 +135,10 @@ pub const fn name(code: u32) -> Option<&'static str> {
         PASS_CT_STALE => "pass-ct-stale",
         FWD_LOCAL_POD => "fwd-local-pod",
         FWD_REMOTE_POD => "fwd-remote-pod",
+        SOCK_TRANSLATED => "sock-translated",
+        SOCK_REFUSED => "sock-refused-no-backend",
+        SOCK_NO_LOCAL_BACKEND => "sock-no-local-backend",
+        SOCK_REV_NAT => "sock-reverse-nat",
         _ => return None,
     })
 }

@@ -57,6 +57,9 @@ pub mod write_error {
     /// A vanished partner CT entry could not be recreated (the map was
     /// full): the flow's other direction stays untranslated until it is.
     pub const CT_PARTNER: u32 = 2;
+    /// A socket's reverse entry could not be stored: getpeername() and
+    /// recvfrom() on it show the backend's address instead of the Service's.
+    pub const SOCK_REV: u32 = 3;
     /// Size of the counter array.
     pub const MAX: u32 = 8;
 
@@ -65,6 +68,7 @@ pub mod write_error {
             AFFINITY => "affinity",
             FRAGMENT => "fragment",
             CT_PARTNER => "ct-partner",
+            SOCK_REV => "sock-reverse",
             _ => return None,
         })
     }

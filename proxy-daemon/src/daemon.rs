@@ -23,6 +23,7 @@ use crate::{
     health_check_ports::{HealthServers, health_checks},
     model::{ClusterState, IncrementalModel, NodeContext, NodeInfo, Skip, SkipKind, node_info},
     overlay::{self, Overlay, OverlayConfig, OverlayError},
+    socket_lb::{self, CgroupError, Scope, SocketLbMeta},
     telemetry::Telemetry,
     writer::{
         ApplyReport, PlanOptions, Touch, Writer,
@@ -52,6 +53,10 @@ pub struct DaemonConfig {
     pub overlay: Option<(u32, u16)>,
     /// The conflist's `cniVersion` (its `cniVersions` add every newer one).
     pub cni_version: sluice_net::cni::version::CniVersion,
+    /// Socket load balancing: which sockets, and the cgroup to attach to
+    /// (`None`: the host's cgroup2 mount).
+    pub socket_lb: Scope,
+    pub cgroup_root: Option<PathBuf>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -68,6 +73,8 @@ pub enum DaemonError {
     Datapath(#[from] DatapathError),
     #[error("overlay: {0}")]
     Overlay(#[from] OverlayError),
+    #[error(transparent)]
+    Cgroup(#[from] CgroupError),
 }
 
 fn io(path: &Path) -> impl FnOnce(std::io::Error) -> DaemonError + '_ {
@@ -138,6 +145,7 @@ pub fn start_datapath(cfg: &DaemonConfig) -> Result<usize, DaemonError> {
         }
     };
     progs.pin()?;
+    start_socket_lb(cfg, &mut progs, &mut maps)?;
     let attached = reattach(&cfg.bpffs);
     // The loaded programs may be dropped now: pins and filters hold them.
     drop(progs);
@@ -167,6 +175,58 @@ pub fn start_datapath(cfg: &DaemonConfig) -> Result<usize, DaemonError> {
         Err(e) => warn!(error = %e, "could not unpin the maps of an earlier release"),
     }
     Ok(attached)
+}
+
+/// Sets socket load balancing up as configured: the scope written before
+/// the programs attach (so they act on the right sockets from their first
+/// call), or, when off, written off before an earlier daemon's programs
+/// are detached.
+fn start_socket_lb(
+    cfg: &DaemonConfig,
+    progs: &mut crate::datapath::LoadedPrograms,
+    maps: &mut PinnedMaps,
+) -> Result<(), DaemonError> {
+    let netns_cookie =
+        sluice_net::sockets::netns_cookie().map_err(io(Path::new("SO_NETNS_COOKIE")))?;
+    let write_config = |maps: &mut PinnedMaps, scope: Scope| {
+        maps.sock_config
+            .set(0, scope.config(netns_cookie), 0)
+            .map_err(|source| DatapathError::Map {
+                name: names::MAP_SOCK_CONFIG,
+                source,
+            })
+    };
+    let cgroup = if cfg.socket_lb == Scope::Off {
+        write_config(maps, Scope::Off)?;
+        let detached = crate::datapath::detach_socket_programs(&cfg.bpffs)?;
+        if detached > 0 {
+            info!(
+                programs = detached,
+                "socket load balancing off: programs detached"
+            );
+        }
+        None
+    } else {
+        let cgroup = socket_lb::resolve_cgroup(cfg.cgroup_root.as_deref())?;
+        write_config(maps, cfg.socket_lb)?;
+        progs.attach_socket_programs(&cgroup)?;
+        info!(
+            scope = cfg.socket_lb.name(),
+            cgroup = %cgroup.display(),
+            netns_cookie,
+            "socket load balancing attached"
+        );
+        Some(cgroup)
+    };
+    let meta = SocketLbMeta {
+        scope: cfg.socket_lb,
+        cgroup,
+        netns_cookie,
+    };
+    if let Err(e) = socket_lb::write_meta(&cfg.state_dir, &meta) {
+        warn!(error = %e, "recording the socket load balancing set-up failed");
+    }
+    Ok(())
 }
 
 /// Replaces the programs on every interface of the calling thread's network
@@ -285,6 +345,10 @@ pub struct Reconciler {
     overlay_meta: Option<OverlayMeta>,
     /// Skipped objects and parts in the last reconcile, by kind.
     pub skipped: std::collections::BTreeMap<SkipKind, usize>,
+    /// The Node objects the node-address map was last synced from (by
+    /// identity: an unchanged view is not walked again), and what it holds.
+    node_objects: Vec<usize>,
+    node_addrs: Option<BTreeSet<Ipv4Addr>>,
 }
 
 impl Reconciler {
@@ -311,6 +375,8 @@ impl Reconciler {
             peer_skips: Vec::new(),
             overlay_meta: None,
             skipped: Default::default(),
+            node_objects: Vec::new(),
+            node_addrs: None,
         })
     }
 
@@ -325,6 +391,11 @@ impl Reconciler {
     /// Lets the health-check node ports report the daemon's own health.
     pub fn set_telemetry(&mut self, telemetry: Telemetry) {
         self.health.set_proxy_health(telemetry);
+    }
+
+    /// Which sockets socket load balancing serves.
+    pub fn scope(&self) -> Scope {
+        self.cfg.socket_lb
     }
 
     pub fn writer_ref(&self) -> &Writer {
@@ -348,6 +419,7 @@ impl Reconciler {
             },
             NodeInfo::context,
         );
+        self.sync_node_addrs(&cluster);
         let changes = self.model.update(&cluster, &ctx);
         let desired = self.model.desired();
         let touch = if changes.full {
@@ -433,6 +505,60 @@ impl Reconciler {
             let (peers, _) = overlay::peers(last, &self.cfg.node_name);
             sync_overlay(overlay, &peers).await;
         }
+    }
+
+    /// Keeps `sluice_nodes4_v1` (every node's addresses, where socket load
+    /// balancing translates NodePorts) equal to the Node objects. The map
+    /// is read back the first time, so a restart removes what went away
+    /// while no daemon ran.
+    fn sync_node_addrs(&mut self, cluster: &ClusterState) {
+        let objects: Vec<usize> = cluster
+            .nodes
+            .values()
+            .map(|n| std::sync::Arc::as_ptr(n) as usize)
+            .collect();
+        if self.node_addrs.is_some() && objects == self.node_objects {
+            return;
+        }
+        let desired = socket_lb::cluster_node_addrs(cluster.nodes.values().map(|n| &**n));
+        let maps = self.writer.maps();
+        let current = match &self.node_addrs {
+            Some(c) => c.clone(),
+            None => maps
+                .node_addrs
+                .keys()
+                .filter_map(Result::ok)
+                .map(|k| Ipv4Addr::from(u32::from_be(k)))
+                .collect(),
+        };
+        let mut held = current.clone();
+        for gone in current.difference(&desired) {
+            match maps.node_addrs.remove(&nbo(*gone)) {
+                Ok(()) => {
+                    held.remove(gone);
+                }
+                Err(e) => warn!(address = %gone, error = %e, "removing a node address failed"),
+            }
+        }
+        let mut left_out = Vec::new();
+        for new in desired.difference(&current) {
+            match maps.node_addrs.insert(nbo(*new), 0, 0) {
+                Ok(()) => {
+                    held.insert(*new);
+                }
+                Err(_) => left_out.push(*new),
+            }
+        }
+        if !left_out.is_empty() {
+            warn!(
+                addresses = ?left_out,
+                capacity = proxy_common::socket::DEFAULT_MAX_NODE_ADDRS,
+                "node address map full: host clients reach NodePorts on these addresses through that node's TC path"
+            );
+        }
+        debug!(addresses = held.len(), "node addresses synced");
+        self.node_addrs = Some(held);
+        self.node_objects = objects;
     }
 
     fn log_skips(&mut self, skips: &[Skip]) {

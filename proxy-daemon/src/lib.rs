@@ -9,6 +9,7 @@ pub mod frame;
 pub mod health_check_ports;
 pub mod model;
 pub mod overlay;
+pub mod socket_lb;
 pub mod source;
 pub mod telemetry;
 pub mod writer;

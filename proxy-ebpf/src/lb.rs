@@ -1,14 +1,21 @@
 //! Frontend lookup and backend choice.
 
-use aya_ebpf::{helpers::bpf_get_prandom_u32, maps::lpm_trie::Key};
+use aya_ebpf::{
+    helpers::bpf_get_prandom_u32,
+    maps::{LruHashMap, lpm_trie::Key},
+};
 use proxy_common::{
-    AffinityKey, AffinityValue, Backend, NodeConfig, ServiceKey, ServiceValue, SourceRangeKey,
+    AffinityKey, AffinityValue, Backend, NodeConfig, ServiceKey, ServiceValue, SockAffinityKey,
+    SourceRangeKey,
     service::{SCOPE_EXTERNAL, SCOPE_INTERNAL, SVC_F_ADDR_ONLY, SVC_F_AFFINITY, SVC_F_MAGLEV},
     stats::write_error,
 };
 
 use crate::{
-    maps::{AFFINITY, BACKENDS, CONFIG, MAGLEV, SERVICES, SOURCE_RANGES, count_write_error},
+    maps::{
+        AFFINITY, BACKENDS, CONFIG, MAGLEV, SERVICES, SOCK_AFFINITY, SOURCE_RANGES,
+        count_write_error,
+    },
     packet::Packet,
 };
 
@@ -43,13 +50,15 @@ pub fn frontend_external(pkt: &Packet) -> Option<(ServiceKey, ServiceValue)> {
 /// else the frontend itself.
 #[inline(always)]
 pub fn frontend_internal(pkt: &Packet) -> Option<(ServiceKey, ServiceValue)> {
-    lookup(ServiceKey::frontend(
-        pkt.daddr,
-        pkt.dport,
-        pkt.proto,
-        SCOPE_INTERNAL,
-    ))
-    .or_else(|| frontend_external(pkt))
+    frontend_internal_at(pkt.daddr, pkt.dport, pkt.proto)
+}
+
+/// [`frontend_internal`] for an address, port (both NBO) and protocol: what
+/// a socket of this node connects or sends to.
+#[inline(always)]
+pub fn frontend_internal_at(addr: u32, port: u16, proto: u8) -> Option<(ServiceKey, ServiceValue)> {
+    lookup(ServiceKey::frontend(addr, port, proto, SCOPE_INTERNAL))
+        .or_else(|| lookup(ServiceKey::frontend(addr, port, proto, SCOPE_EXTERNAL)))
 }
 
 /// Whether loadBalancerSourceRanges admit the packet's source.
@@ -74,7 +83,12 @@ fn flow_hash(pkt: &Packet) -> u32 {
     let mut h = pkt.saddr.wrapping_mul(0x9e37_79b1);
     h ^= ((u32::from(pkt.sport) << 16) | u32::from(pkt.dport)).wrapping_mul(0x85eb_ca6b);
     h ^= u32::from(pkt.proto);
-    // murmur3's finalizer: every input bit affects every output bit.
+    mix(h)
+}
+
+/// murmur3's finalizer: every input bit affects every output bit.
+#[inline(always)]
+pub fn mix(mut h: u32) -> u32 {
     h ^= h >> 16;
     h = h.wrapping_mul(0x85eb_ca6b);
     h ^= h >> 13;
@@ -89,12 +103,12 @@ fn backend(id: u32) -> Option<(u32, Backend)> {
 }
 
 #[inline(always)]
-fn maglev_choice(pkt: &Packet, fe: &ServiceValue) -> Option<u32> {
+fn maglev_choice(hash: u32, fe: &ServiceValue) -> Option<u32> {
     let size = CONFIG.get(0).map(|c: &NodeConfig| c.maglev_size)?;
     if size == 0 {
         return None;
     }
-    let slot = flow_hash(pkt) % size;
+    let slot = hash % size;
     // SAFETY: read-only lookup through both maps.
     let pair = unsafe { MAGLEV.get_value(&fe.svc_id, &(slot / 2)) }?;
     Some(if slot & 1 == 0 { pair[0] } else { pair[1] })
@@ -110,12 +124,43 @@ pub fn pick_backend(
     fe: &ServiceValue,
     now: u32,
 ) -> Option<(u32, Backend)> {
-    let affinity = fe.flags & SVC_F_AFFINITY != 0;
     let aff_key = AffinityKey {
         client: pkt.saddr,
         svc_id: fe.svc_id,
     };
-    if affinity && let Some(a) = AFFINITY.get_ptr_mut(aff_key) {
+    choose(&AFFINITY, aff_key, flow_hash(pkt), fe_key, fe, now)
+}
+
+/// [`pick_backend`] for a socket: the client is its network namespace
+/// (`netns_cookie`), and `hash` stands for the flow's, which a socket does
+/// not have yet when it connects.
+#[inline(always)]
+pub fn pick_backend_for_socket(
+    netns_cookie: u64,
+    hash: u32,
+    fe_key: &ServiceKey,
+    fe: &ServiceValue,
+    now: u32,
+) -> Option<(u32, Backend)> {
+    let aff_key = SockAffinityKey {
+        netns_cookie,
+        svc_id: fe.svc_id,
+        _pad: 0,
+    };
+    choose(&SOCK_AFFINITY, aff_key, hash, fe_key, fe, now)
+}
+
+#[inline(always)]
+fn choose<K>(
+    affinity_map: &LruHashMap<K, AffinityValue>,
+    aff_key: K,
+    hash: u32,
+    fe_key: &ServiceKey,
+    fe: &ServiceValue,
+    now: u32,
+) -> Option<(u32, Backend)> {
+    let affinity = fe.flags & SVC_F_AFFINITY != 0;
+    if affinity && let Some(a) = affinity_map.get_ptr_mut(&aff_key) {
         // SAFETY: pointer to a live map value.
         unsafe {
             if now.wrapping_sub((*a).last_used) <= fe.affinity_timeout
@@ -127,7 +172,7 @@ pub fn pick_backend(
         }
     }
     let id = match (fe.flags & SVC_F_MAGLEV != 0)
-        .then(|| maglev_choice(pkt, fe))
+        .then(|| maglev_choice(hash, fe))
         .flatten()
     {
         Some(id) => id,
@@ -147,7 +192,7 @@ pub fn pick_backend(
     };
     let chosen = backend(id)?;
     if affinity
-        && AFFINITY
+        && affinity_map
             .insert(
                 aff_key,
                 AffinityValue {

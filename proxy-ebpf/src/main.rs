@@ -13,6 +13,11 @@
 //! - `from_overlay`, TC ingress of the VXLAN device: replies of external
 //!   flows that a backend on another node served.
 //!
+//! - `sock_connect4` / `sock_sendmsg4`, cgroup socket hooks: a socket
+//!   connecting or sending to a Service gets a backend before its first
+//!   packet exists; `sock_recvmsg4` / `sock_getpeername4` show it the
+//!   Service address back (`sock`).
+//!
 //! Every path ends in exactly one reason code, counted per CPU.
 #![no_std]
 #![no_main]
@@ -34,10 +39,14 @@ mod reject;
 mod route;
 mod service;
 mod skb;
+mod sock;
 mod tracked;
 mod verdict;
 
-use aya_ebpf::{macros::classifier, programs::TcContext};
+use aya_ebpf::{
+    macros::{cgroup_sock_addr, classifier},
+    programs::{SockAddrContext, TcContext},
+};
 use proxy_common::reason;
 
 use crate::{maps::count_reason, packet::Parsed, verdict::Verdict};
@@ -88,6 +97,26 @@ pub fn from_overlay(ctx: TcContext) -> i32 {
         Verdict::pass(reason::PASS_OVERLAY),
         netdev::from_overlay
     )
+}
+
+#[cgroup_sock_addr(connect4)]
+pub fn sock_connect4(ctx: SockAddrContext) -> i32 {
+    sock::translate(&ctx)
+}
+
+#[cgroup_sock_addr(sendmsg4)]
+pub fn sock_sendmsg4(ctx: SockAddrContext) -> i32 {
+    sock::translate(&ctx)
+}
+
+#[cgroup_sock_addr(recvmsg4)]
+pub fn sock_recvmsg4(ctx: SockAddrContext) -> i32 {
+    sock::reverse(&ctx)
+}
+
+#[cgroup_sock_addr(getpeername4)]
+pub fn sock_getpeername4(ctx: SockAddrContext) -> i32 {
+    sock::reverse(&ctx)
 }
 
 #[cfg(not(test))]

@@ -10,7 +10,7 @@ use aya_ebpf::{
 use proxy_common::{
     AffinityKey, AffinityValue, Backend, CtEntry, CtKey, CtStats, FragKey, FragPorts,
     LocalEndpoint, NodeConfig, ReasonCounter, ServiceCounter, ServiceKey, ServiceValue,
-    SourceRangeKey,
+    SockAffinityKey, SockConfig, SockRevKey, SockRevValue, SourceRangeKey,
     ct::{
         CT_STATS_ROWS, DEFAULT_MAX_CT_ANY_ENTRIES, DEFAULT_MAX_CT_TCP_ENTRIES,
         DEFAULT_MAX_FRAG_ENTRIES,
@@ -21,6 +21,9 @@ use proxy_common::{
         DEFAULT_MAX_AFFINITY_ENTRIES, DEFAULT_MAX_BACKENDS, DEFAULT_MAX_MAGLEV_TABLES,
         DEFAULT_MAX_SERVICE_ENTRIES, DEFAULT_MAX_SERVICE_IDS, DEFAULT_MAX_SOURCE_RANGES,
         MAGLEV_TABLE_FLAGS,
+    },
+    socket::{
+        DEFAULT_MAX_NODE_ADDRS, DEFAULT_MAX_SOCK_AFFINITY_ENTRIES, DEFAULT_MAX_SOCK_REV_ENTRIES,
     },
     stats::write_error,
 };
@@ -82,6 +85,25 @@ pub static SOURCE_RANGES: LpmTrie<SourceRangeKey, u32> =
 #[map(name = "sluice_ep4_v1")]
 pub static LOCAL_ENDPOINTS: HashMap<u32, LocalEndpoint> =
     HashMap::pinned(DEFAULT_MAX_LOCAL_ENDPOINTS, 0);
+
+/// Socket load balancing's mode and scope (`sock`).
+#[map(name = "sluice_sockcfg_v1")]
+pub static SOCK_CONFIG: Array<SockConfig> = Array::pinned(1, 0);
+
+/// Which Service address a translated socket's peer stands for.
+#[map(name = "sluice_sockrev4_v1")]
+pub static SOCK_REV: LruHashMap<SockRevKey, SockRevValue> =
+    LruHashMap::pinned(DEFAULT_MAX_SOCK_REV_ENTRIES, 0);
+
+/// ClientIP session affinity of socket clients (by network namespace).
+#[map(name = "sluice_sockaff4_v1")]
+pub static SOCK_AFFINITY: LruHashMap<SockAffinityKey, AffinityValue> =
+    LruHashMap::pinned(DEFAULT_MAX_SOCK_AFFINITY_ENTRIES, 0);
+
+/// Addresses of every node of the cluster: a socket's NodePort on any of
+/// them is translated.
+#[map(name = "sluice_nodes4_v1")]
+pub static NODE_ADDRS: HashMap<u32, u32> = HashMap::pinned(DEFAULT_MAX_NODE_ADDRS, 0);
 
 /// Inner tables may have any size (BPF_F_INNER_MAP): the operator picks it;
 /// user space writes them through a mapping (BPF_F_MMAPABLE). Two slots per

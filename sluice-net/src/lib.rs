@@ -4,7 +4,9 @@
 //! ([`tc`]), pod veth names and the pod bridge ([`pods`]), the pod MTU
 //! ([`mtu`]), the local-endpoint map ([`endpoints`]), the CNI configuration
 //! format and error type ([`cni`]), the
-//! daemon's liveness lock ([`liveness`]) and log timestamps ([`time`]).
+//! daemon's liveness lock ([`liveness`]), destroying UDP sockets connected
+//! to a backend through sock_diag ([`sockets`]) and log timestamps
+//! ([`time`]).
 //! The CNI plugin depends on this crate and nothing depends on the plugin.
 
 pub mod blocking;
@@ -14,6 +16,7 @@ pub mod liveness;
 pub mod mtu;
 pub mod netlink;
 pub mod pods;
+pub mod sockets;
 pub mod tc;
 pub mod time;
 

@@ -17,6 +17,12 @@ pub enum Item {
     Mount(PathBuf),
     Dir(PathBuf),
     Process(i32),
+    /// A test cgroup ([`crate::cgroup`]) and where what is inside goes
+    /// back to before it is removed.
+    Cgroup {
+        dir: PathBuf,
+        home: PathBuf,
+    },
 }
 
 static ITEMS: Mutex<Vec<Item>> = Mutex::new(Vec::new());
@@ -48,6 +54,9 @@ fn remove(item: &Item) {
         Item::Mount(path) => crate::bpffs::unmount(path),
         Item::Dir(path) => {
             let _ = std::fs::remove_dir_all(path);
+        }
+        Item::Cgroup { dir, home } => {
+            let _ = crate::cgroup::remove(dir, home);
         }
     }
 }

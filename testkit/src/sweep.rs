@@ -2,9 +2,10 @@
 //!
 //! Every test object is named after the process that made it: namespaces
 //! `sl<pid>-...` ([`crate::netns`]), scratch directories and bpffs mounts
-//! `/run/sluice-test/<pid>-...` ([`crate::bpffs`]). Objects of processes
-//! that are gone are removed; a running test's are left alone, so any
-//! number of test processes may sweep at once.
+//! `/run/sluice-test/<pid>-...` ([`crate::bpffs`]), cgroups
+//! `<cgroup2 mount>/sluice-test-<pid>-...` ([`crate::cgroup`]). Objects
+//! of processes that are gone are removed; a running test's are left
+//! alone, so any number of test processes may sweep at once.
 
 use std::{path::Path, process::Command, sync::Once};
 
@@ -45,6 +46,21 @@ pub fn sweep() {
                     }
                 }
                 let _ = ip(&["netns", "del", name]);
+                removed += 1;
+            }
+        }
+    }
+    // After the namespaces, whose processes are gone by now: what is left
+    // in a dead run's cgroup goes to the root cgroup (moving a process
+    // there attaches nothing), and the cgroup is removed.
+    if let Ok(mount) = crate::cgroup::cgroup2_mount()
+        && let Ok(dir) = std::fs::read_dir(&mount)
+    {
+        for e in dir.filter_map(Result::ok) {
+            let name = e.file_name().to_string_lossy().into_owned();
+            if crate::cgroup::owner(&name).is_some_and(|p| !alive(p))
+                && crate::cgroup::remove(&e.path(), &mount).is_ok()
+            {
                 removed += 1;
             }
         }

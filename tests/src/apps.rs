@@ -552,6 +552,11 @@ impl Stream {
         *self.local.lock().unwrap()
     }
 
+    /// Exchanges so far.
+    pub fn exchanged(&self) -> u64 {
+        self.exchanged.load(Ordering::SeqCst)
+    }
+
     /// The pod answering this stream (empty until the first answer).
     pub fn server(&self) -> String {
         self.server.lock().unwrap().clone()

@@ -21,6 +21,7 @@ use anyhow::{Context, Result, bail};
 
 use sluice_testkit::{
     bpffs::TempBpffs,
+    cgroup::TestCgroup,
     cleanup::{self, Item},
     fabric::Fabric,
     netns::NetNs,
@@ -123,6 +124,11 @@ pub struct Cluster {
     /// Command prefix for daemons started from now on (e.g. `setpriv ...
     /// --`), so a test can run sluiced confined the way a pod would.
     pub daemon_wrapper: Vec<std::ffi::OsString>,
+    /// The cluster's own cgroup under the cgroup2 mount: every daemon
+    /// attaches its socket programs here (`--cgroup-root`), never to the
+    /// machine's root cgroup, and "host" clients run inside it
+    /// ([`Cluster::as_host`]). After the nodes: the daemons are gone first.
+    pub cgroup: TestCgroup,
     // Dropped last, in this order: namespaces above go first.
     pub fabric: Fabric,
     pub fs: TempBpffs,
@@ -152,6 +158,7 @@ impl Cluster {
             manifests,
             api: None,
             daemon_wrapper: Vec::new(),
+            cgroup: TestCgroup::new("cluster")?,
             fabric,
             fs,
         };
@@ -282,6 +289,8 @@ impl Cluster {
             Some(api) => vec!["--kubeconfig".into(), api.kubeconfig.clone().into()],
             None => vec!["--manifests".into(), self.manifests.clone().into()],
         };
+        args.push("--cgroup-root".into());
+        args.push(self.cgroup.path().into());
         args.extend(extra.iter().map(|a| a.into()));
         let wrapper = self.daemon_wrapper.clone();
         let node = &mut self.nodes[i];
@@ -290,6 +299,52 @@ impl Cluster {
 
     pub fn stop_daemon(&mut self, i: usize) -> Result<()> {
         self.nodes[i].stop()
+    }
+
+    /// Runs `f` as a process of node `i` itself would: in the node's
+    /// network namespace, and in the cluster's cgroup, where the socket
+    /// programs are attached. Sockets keep the cgroup they were created in,
+    /// so one made here stays served after `f` returns.
+    pub fn as_host<T: Send>(&self, i: usize, f: impl FnOnce() -> T + Send) -> Result<T> {
+        self.in_cgroup(|| self.nodes[i].ns.run(f))?
+    }
+
+    /// Runs `f` with this process in the cluster's cgroup: the sockets it
+    /// creates (in whatever namespace) are the socket programs' to serve.
+    pub fn in_cgroup<T>(&self, f: impl FnOnce() -> T) -> Result<T> {
+        let _turn = sluice_testkit::cgroup::process_lock();
+        self.cgroup.enter()?;
+        let out = f();
+        self.cgroup.leave()?;
+        Ok(out)
+    }
+
+    /// `sluicectl -o json ARGS` on node `i`, parsed.
+    pub fn ctl_json(&self, i: usize, args: &[&str]) -> Result<serde_json::Value> {
+        let node = &self.nodes[i];
+        let out = node
+            .ns
+            .command(&self.bins.sluicectl)
+            .arg("--bpffs")
+            .arg(&node.bpffs)
+            .arg("--state-dir")
+            .arg(&node.state_dir)
+            .args(["-o", "json"])
+            .args(args)
+            .output()
+            .context("running sluicectl")?;
+        if !out.status.success() {
+            bail!(
+                "sluicectl {args:?} failed: {}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+        }
+        serde_json::from_slice(&out.stdout).with_context(|| {
+            format!(
+                "sluicectl {args:?} printed no JSON: {}",
+                String::from_utf8_lossy(&out.stdout)
+            )
+        })
     }
 
     /// Creates a pod on node `i`, wired by `sluice-cni` ADD.
@@ -318,13 +373,15 @@ impl Node {
             .create(true)
             .append(true)
             .open(&self.log)?;
+        // Entered with setns, not `ip netns exec`: that one mounts a fresh
+        // /sys, which hides the cgroup2 mount the daemon attaches to.
         let mut command = match wrapper.split_first() {
             Some((program, rest)) => {
-                let mut c = self.ns.command(program);
+                let mut c = self.ns.command_entering(program)?;
                 c.args(rest).arg(&bins.sluiced);
                 c
             }
-            None => self.ns.command(&bins.sluiced),
+            None => self.ns.command_entering(&bins.sluiced)?,
         };
         let child = command
             .args(["--node-name", &self.name])

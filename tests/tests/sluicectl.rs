@@ -32,20 +32,7 @@ fn sluicectl(cluster: &Cluster, node: &Node, args: &[&str]) -> Output {
 
 /// `sluicectl -o json ARGS`, parsed; fails the test on a non-zero exit.
 fn json(cluster: &Cluster, args: &[&str]) -> Value {
-    let mut all = vec!["-o", "json"];
-    all.extend_from_slice(args);
-    let out = sluicectl(cluster, &cluster.nodes[0], &all);
-    assert!(
-        out.status.success(),
-        "sluicectl {args:?} failed: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    serde_json::from_slice(&out.stdout).unwrap_or_else(|e| {
-        panic!(
-            "sluicectl {args:?} printed no JSON ({e}): {}",
-            String::from_utf8_lossy(&out.stdout)
-        )
-    })
+    cluster.ctl_json(0, args).unwrap()
 }
 
 fn service_row<'a>(services: &'a Value, frontend: &str) -> &'a Value {

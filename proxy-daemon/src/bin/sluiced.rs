@@ -21,6 +21,7 @@ use sluice::{
     datapath::Capacities,
     model::node_info,
     overlay,
+    socket_lb::{self, Scope},
     source::{Update, kube as kube_source, manifests},
     telemetry::{
         CtSweepGauge, Programmed, Telemetry,
@@ -181,6 +182,21 @@ struct Args {
     #[arg(long, default_value_t = 600, requires = "install_cni_to")]
     install_wait: u64,
 
+    /// Socket load balancing: at connect() and sendmsg(), cgroup socket
+    /// programs translate Service addresses for `host`, the sockets of this
+    /// daemon's network namespace (the node's processes, hostNetwork pods),
+    /// or `all` sockets of the cgroup, pods included (their Service
+    /// connections then need no per-packet NAT); `off` detaches them.
+    #[arg(long, value_enum, default_value_t = Scope::Host)]
+    socket_lb: Scope,
+
+    /// The cgroup v2 directory the socket programs attach to. Default: the
+    /// host's cgroup2 mount from /proc/mounts (/sys/fs/cgroup on unified
+    /// hosts, /sys/fs/cgroup/unified on hybrid ones), or one mounted at
+    /// /run/sluice/cgroupv2 when there is none.
+    #[arg(long, value_name = "PATH")]
+    cgroup_root: Option<PathBuf>,
+
     /// Log format.
     #[arg(long, value_enum, default_value_t = LogFormat::Text)]
     log_format: LogFormat,
@@ -282,6 +298,7 @@ async fn apply(reconciler: &mut Reconciler, telemetry: &Telemetry, update: &Upda
                 },
             );
             follow_names(reconciler, telemetry, &r);
+            close_sockets_of_gone_backends(reconciler.scope(), &r).await;
             info!(
                 frontends = r.frontends,
                 backends = r.backends,
@@ -299,6 +316,27 @@ async fn apply(reconciler: &mut Reconciler, telemetry: &Telemetry, update: &Upda
         }
     }
     Ok(())
+}
+
+/// UDP sockets stay connected to the backend socket load balancing gave
+/// them; when it leaves, they are destroyed so their owners reconnect.
+async fn close_sockets_of_gone_backends(scope: Scope, report: &ApplyReport) {
+    if scope == Scope::Off || report.removed_udp_backends.is_empty() {
+        return;
+    }
+    let gone = report.removed_udp_backends.clone();
+    match tokio::task::spawn_blocking(move || socket_lb::destroy_connected_udp(scope, &gone)).await
+    {
+        Ok((destroyed, failed)) => {
+            if destroyed > 0 {
+                info!(sockets = destroyed, backends = ?report.removed_udp_backends, "UDP sockets connected to removed backends destroyed");
+            }
+            for f in failed {
+                warn!(failure = %f, "searching for sockets of removed backends failed");
+            }
+        }
+        Err(e) => warn!(error = %e, "destroying sockets of removed backends failed"),
+    }
 }
 
 /// Starts the telemetry listeners; a port that cannot be bound is logged
@@ -368,6 +406,8 @@ fn daemon_config(args: &Args) -> DaemonConfig {
         maglev_by_default: args.lb_algorithm == LbAlgorithm::Maglev,
         overlay: (args.overlay == OverlayMode::Vxlan).then_some((args.vxlan_vni, args.vxlan_port)),
         cni_version: args.cni_version,
+        socket_lb: args.socket_lb,
+        cgroup_root: args.cgroup_root.clone(),
     }
 }
 

@@ -24,7 +24,10 @@ use proxy_common::{
     AffinityKey, CtKey, ServiceKey, ServiceValue, SourceRangeKey,
     codec::{Proto, from_nbo, nbo},
     names, proto, reason,
-    service::{SCOPE_EXTERNAL, SCOPE_INTERNAL, SVC_F_ADDR_ONLY, SVC_F_AFFINITY, SVC_F_MAGLEV},
+    service::{
+        SCOPE_EXTERNAL, SCOPE_INTERNAL, SVC_F_ADDR_ONLY, SVC_F_AFFINITY, SVC_F_MAGLEV,
+        SVC_F_NODE_ADDR,
+    },
 };
 use serde::Serialize;
 
@@ -40,6 +43,9 @@ pub enum Entry {
     Pod,
     /// The node's uplink (`from_netdev`): the client is outside.
     Uplink,
+    /// A socket of the node itself (or of a hostNetwork pod): its packets
+    /// enter no TC hook; only socket load balancing translates them.
+    Host,
 }
 
 #[derive(Clone, Debug)]
@@ -75,6 +81,8 @@ pub struct Outcome {
     /// packet went through: equal tags mean identical code.
     pub loaded_tag: Option<String>,
     pub traced_tag: Option<String>,
+    /// What the trace could not do, said plainly (host traces).
+    pub note: Option<String>,
 }
 
 impl Outcome {
@@ -85,7 +93,7 @@ impl Outcome {
     }
 }
 
-fn packet(req: &Request, syn: bool) -> Vec<u8> {
+pub(super) fn packet(req: &Request, syn: bool) -> Vec<u8> {
     let (src, dst) = ((req.from, req.sport), (req.to, req.dport));
     if req.proto == proto::TCP {
         packet::tcp(src, dst, if syn { TCP_SYN } else { TCP_ACK }).bytes()
@@ -95,7 +103,7 @@ fn packet(req: &Request, syn: bool) -> Vec<u8> {
 }
 
 /// "src:sport -> dst:dport" of a frame the program wrote.
-fn describe(frame: &[u8]) -> String {
+pub(super) fn describe(frame: &[u8]) -> String {
     if frame.len() < 38 {
         return format!("{} bytes", frame.len());
     }
@@ -116,7 +124,7 @@ fn describe(frame: &[u8]) -> String {
 }
 
 /// A private bpffs directory for the simulation's pins, removed on drop.
-struct Private(PathBuf);
+pub(super) struct Private(pub(super) PathBuf);
 
 impl Drop for Private {
     fn drop(&mut self) {
@@ -208,7 +216,7 @@ fn seed(
     }
     // The frontend the program will use: pods see the in-cluster scope first.
     let scopes = match entry {
-        Entry::Pod => &[SCOPE_INTERNAL, SCOPE_EXTERNAL][..],
+        Entry::Pod | Entry::Host => &[SCOPE_INTERNAL, SCOPE_EXTERNAL][..],
         Entry::Uplink => &[SCOPE_EXTERNAL][..],
     };
     let mut used = None;
@@ -304,7 +312,7 @@ fn seed_flow(
 
 /// How a new packet of the flow picks its backend, given the frontend it
 /// meets (and whether its client has live affinity there).
-fn selection(used: Option<(ServiceValue, bool)>, established: bool) -> Selection {
+pub(super) fn selection(used: Option<(ServiceValue, bool)>, established: bool) -> Selection {
     match used {
         _ if established => Selection::Tracked,
         None => Selection::None,
@@ -318,45 +326,19 @@ fn selection(used: Option<(ServiceValue, bool)>, established: bool) -> Selection
 /// Runs `req`'s packet through a private copy of the node's datapath.
 pub fn trace(bpffs: &Path, req: &Request) -> Result<Outcome, DatapathError> {
     let live = PinnedMaps::open(bpffs)?;
-    let entry = req.entry.unwrap_or_else(|| {
-        let in_pod_cidr = live
-            .config
-            .get(&0, 0)
-            .ok()
-            .is_some_and(|c| c.pod_mask != 0 && nbo(req.from) & c.pod_mask == c.pod_cidr);
-        if in_pod_cidr {
-            Entry::Pod
-        } else {
-            Entry::Uplink
-        }
-    });
-    // Pins need a bpffs; dotted names are reserved there.
-    let dir = bpffs.join(format!("sluicectl_trace_{}", std::process::id()));
-    std::fs::create_dir(&dir).map_err(|source| DatapathError::Io {
-        path: dir.clone(),
-        source,
-    })?;
-    let _cleanup = Private(dir.clone());
-    let small = Capacities {
-        service_entries: 1024,
-        backends: 1024,
-        service_ids: Capacities::default().service_ids,
-        ct_tcp_entries: 64,
-        ct_any_entries: 64,
-        frag_entries: 16,
-        affinity_entries: 64,
-        source_ranges: 64,
-        maglev_tables: 4,
-    };
-    let mut progs = Loader::new(&dir, small).load()?;
-    let mut private = PinnedMaps::open(&dir)?;
+    let entry = req.entry.unwrap_or_else(|| default_entry(&live, req.from));
+    if entry == Entry::Host {
+        return super::trace_host::trace(bpffs, &live, req);
+    }
+    let (private_dir, mut progs) = private_datapath(bpffs)?;
+    let mut private = PinnedMaps::open(&private_dir.0)?;
     let (established, selection) = seed(&live, &mut private, req, entry)?;
     // A tracked flow is asked with a plain ACK (a SYN would be port reuse,
     // a new connection); an untracked one with the SYN that opens it.
     let input = packet(req, !established);
     let (name, pin) = match entry {
         Entry::Pod => (names::PROG_FROM_POD, names::PIN_PROG_FROM_POD),
-        Entry::Uplink => (names::PROG_FROM_NETDEV, names::PIN_PROG_FROM_NETDEV),
+        Entry::Uplink | Entry::Host => (names::PROG_FROM_NETDEV, names::PIN_PROG_FROM_NETDEV),
     };
     let tag = |i: aya::programs::ProgramInfo| format!("{:016x}", i.tag());
     let loaded_tag = aya::programs::ProgramInfo::from_pin(pin_dir(bpffs).join(pin))
@@ -398,7 +380,56 @@ pub fn trace(bpffs: &Path, req: &Request) -> Result<Outcome, DatapathError> {
         rewritten: describe(&out),
         loaded_tag,
         traced_tag,
+        note: None,
     })
+}
+
+/// A private instance of this build's programs with small private maps,
+/// pinned under <bpffs>/sluicectl_trace_<pid> until the first value drops.
+pub(super) fn private_datapath(
+    bpffs: &Path,
+) -> Result<(Private, crate::datapath::LoadedPrograms), DatapathError> {
+    // Pins need a bpffs; dotted names are reserved there.
+    let dir = bpffs.join(format!("sluicectl_trace_{}", std::process::id()));
+    std::fs::create_dir(&dir).map_err(|source| DatapathError::Io {
+        path: dir.clone(),
+        source,
+    })?;
+    let cleanup = Private(dir.clone());
+    let small = Capacities {
+        service_entries: 1024,
+        backends: 1024,
+        service_ids: Capacities::default().service_ids,
+        ct_tcp_entries: 64,
+        ct_any_entries: 64,
+        frag_entries: 16,
+        affinity_entries: 64,
+        source_ranges: 64,
+        maglev_tables: 4,
+    };
+    let progs = Loader::new(&dir, small).load()?;
+    Ok((cleanup, progs))
+}
+
+/// Where a packet from `from` enters: a pod's veth for this node's pod
+/// CIDR; the host for the node's own addresses and loopback, whose packets
+/// no TC hook sees leave; else the uplink.
+fn default_entry(live: &PinnedMaps, from: Ipv4Addr) -> Entry {
+    let cfg = live.config.get(&0, 0).ok();
+    let in_pod_cidr = cfg.is_some_and(|c| c.pod_mask != 0 && nbo(from) & c.pod_mask == c.pod_cidr);
+    let own = from.is_loopback()
+        || cfg.is_some_and(|c| c.node_addr == nbo(from))
+        || live
+            .services
+            .get(&ServiceKey::address_only(nbo(from)), 0)
+            .is_ok_and(|v| v.flags & SVC_F_NODE_ADDR != 0);
+    if in_pod_cidr {
+        Entry::Pod
+    } else if own {
+        Entry::Host
+    } else {
+        Entry::Uplink
+    }
 }
 
 /// Parses `ADDR[:PORT]`; a missing port is `default_port`.
@@ -428,6 +459,7 @@ pub fn render(o: &Outcome) -> String {
     let hook = match o.entry {
         Entry::Pod => "a pod's veth (from_pod)",
         Entry::Uplink => "the node's uplink (from_netdev)",
+        Entry::Host => "a socket of this node (cgroup/connect4, sendmsg4)",
     };
     let _ = writeln!(out, "entry:     {hook}");
     let _ = writeln!(
@@ -458,7 +490,11 @@ pub fn render(o: &Outcome) -> String {
         }
     }
     let _ = writeln!(out, "rewritten: {}", o.rewritten);
+    if let Some(note) = &o.note {
+        let _ = writeln!(out, "note:      {note}");
+    }
     match (&o.loaded_tag, &o.traced_tag) {
+        _ if o.entry == Entry::Host => {}
         (Some(l), Some(t)) if l == t => {
             let _ = writeln!(out, "program:   same code as the attached one (tag {t})");
         }
@@ -594,6 +630,7 @@ mod tests {
             rewritten: "TCP 10.244.1.2:40000 -> 10.244.2.5:8080".into(),
             loaded_tag: Some("00000000000000aa".into()),
             traced_tag: Some("00000000000000aa".into()),
+            note: None,
         };
         assert_eq!(
             render(&o),

@@ -20,11 +20,11 @@ fn proto_name(p: u8) -> String {
     Proto(p).to_string()
 }
 
-fn names_by_id(s: &Snapshot) -> BTreeMap<u32, &FrontendMeta> {
+pub(crate) fn names_by_id(s: &Snapshot) -> BTreeMap<u32, &FrontendMeta> {
     s.meta.frontends.iter().map(|f| (f.id, &**f)).collect()
 }
 
-fn service_name(m: Option<&&FrontendMeta>) -> String {
+pub(crate) fn service_name(m: Option<&&FrontendMeta>) -> String {
     match m {
         Some(m) if m.port_name.is_empty() => format!("{}/{}", m.namespace, m.name),
         Some(m) => format!("{}/{}:{}", m.namespace, m.name, m.port_name),

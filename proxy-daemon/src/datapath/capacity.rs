@@ -1,4 +1,4 @@
-use proxy_common::{ct, names, reason, service};
+use proxy_common::{ct, names, reason, service, socket};
 
 /// Entry capacities of the maps whose size an operator may choose.
 ///
@@ -56,6 +56,10 @@ impl Capacities {
             names::MAP_SOURCE_RANGES => self.source_ranges,
             names::MAP_MAGLEV => self.maglev_tables,
             names::MAP_LOCAL_ENDPOINTS => proxy_common::endpoint::DEFAULT_MAX_LOCAL_ENDPOINTS,
+            names::MAP_SOCK_CONFIG => 1,
+            names::MAP_SOCK_REV => socket::DEFAULT_MAX_SOCK_REV_ENTRIES,
+            names::MAP_SOCK_AFFINITY => socket::DEFAULT_MAX_SOCK_AFFINITY_ENTRIES,
+            names::MAP_NODE_ADDRS => socket::DEFAULT_MAX_NODE_ADDRS,
             other => unreachable!("unknown map {other}"),
         }
     }

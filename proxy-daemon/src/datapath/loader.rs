@@ -6,11 +6,15 @@ use std::{
 use aya::{
     Ebpf, EbpfLoader,
     maps::MapType,
-    programs::{Program, SchedClassifier},
+    programs::{
+        CgroupAttachMode, CgroupSockAddr, Program, SchedClassifier,
+        links::{FdLink, PinnedLink},
+    },
 };
 use proxy_common::{
     AffinityKey, AffinityValue, Backend, CtEntry, CtKey, CtStats, FragKey, FragPorts, NodeConfig,
-    ReasonCounter, ServiceCounter, ServiceKey, ServiceValue, SourceRangeKey, names,
+    ReasonCounter, ServiceCounter, ServiceKey, ServiceValue, SockAffinityKey, SockConfig,
+    SockRevKey, SockRevValue, SourceRangeKey, names,
 };
 use tracing::{debug, info};
 
@@ -59,7 +63,7 @@ const fn layout<K, V>(name: &'static str, kind: MapType) -> Layout {
     }
 }
 
-const LAYOUTS: [Layout; 13] = [
+const LAYOUTS: [Layout; 17] = [
     layout::<ServiceKey, ServiceValue>(names::MAP_SERVICES, MapType::Hash),
     layout::<u32, Backend>(names::MAP_BACKENDS, MapType::Hash),
     layout::<CtKey, CtEntry>(names::MAP_CT_TCP, MapType::Hash),
@@ -75,6 +79,10 @@ const LAYOUTS: [Layout; 13] = [
     layout::<(u32, SourceRangeKey), u32>(names::MAP_SOURCE_RANGES, MapType::LpmTrie),
     // Values of a map of maps are map fds.
     layout::<u32, u32>(names::MAP_MAGLEV, MapType::HashOfMaps),
+    layout::<u32, SockConfig>(names::MAP_SOCK_CONFIG, MapType::Array),
+    layout::<SockRevKey, SockRevValue>(names::MAP_SOCK_REV, MapType::LruHash),
+    layout::<SockAffinityKey, AffinityValue>(names::MAP_SOCK_AFFINITY, MapType::LruHash),
+    layout::<u32, u32>(names::MAP_NODE_ADDRS, MapType::Hash),
 ];
 
 /// Programs and the pin file each is published under (for the CNI plugin
@@ -242,4 +250,90 @@ impl LoadedPrograms {
         }
         Ok(())
     }
+}
+
+impl LoadedPrograms {
+    /// One socket program, loaded (not attached): for BPF_PROG_TEST_RUN.
+    pub fn socket_program(
+        &mut self,
+        name: &'static str,
+    ) -> Result<&mut CgroupSockAddr, DatapathError> {
+        let prog: &mut CgroupSockAddr = self
+            .ebpf
+            .program_mut(name)
+            .ok_or(DatapathError::Incompatible {
+                map: name,
+                detail: "program missing from the eBPF object".into(),
+            })?
+            .try_into()
+            .map_err(|source| DatapathError::Program { name, source })?;
+        if prog.fd().is_err() {
+            prog.load()
+                .map_err(|source| DatapathError::Program { name, source })?;
+        }
+        Ok(prog)
+    }
+
+    /// Loads the socket programs and attaches them to `cgroup`, each
+    /// through a link pinned next to the maps: attached while no daemon
+    /// runs, and replaced by the next one in one rename (the new link is
+    /// attached before the old one goes, so no connect() in between is
+    /// missed; one that both see is translated by the first, and the second
+    /// finds a backend address, not a Service).
+    pub fn attach_socket_programs(&mut self, cgroup: &Path) -> Result<(), DatapathError> {
+        let cg = fs::File::open(cgroup).map_err(|source| DatapathError::Io {
+            path: cgroup.to_owned(),
+            source,
+        })?;
+        for (name, pin) in names::SOCK_PROGRAMS {
+            let prog = self.socket_program(name)?;
+            // Through a bpf_link (kernel 5.7+), which always shares the
+            // cgroup with other programs (Cilium's, the node's): the kernel
+            // refuses any attach flag there, so no mode is passed.
+            let id = prog
+                .attach(&cg, CgroupAttachMode::Single)
+                .map_err(|source| DatapathError::Program { name, source })?;
+            let link: FdLink = prog
+                .take_link(id)
+                .map_err(|source| DatapathError::Program { name, source })?
+                .try_into()
+                .map_err(|e: aya::programs::links::LinkError| DatapathError::Io {
+                    path: cgroup.to_owned(),
+                    source: std::io::Error::other(format!(
+                        "{name}: the kernel attached it without a link ({e}); socket load balancing needs bpf_link (Linux 5.7+)"
+                    )),
+                })?;
+            let path = self.dir.join(pin);
+            let tmp = self.dir.join(format!("{pin}_new"));
+            let _ = fs::remove_file(&tmp);
+            let pinned: PinnedLink = link.pin(&tmp).map_err(|e| DatapathError::Io {
+                path: tmp.clone(),
+                source: std::io::Error::other(e.to_string()),
+            })?;
+            fs::rename(&tmp, &path).map_err(|source| DatapathError::Io {
+                path: path.clone(),
+                source,
+            })?;
+            // The pin holds the link now; dropping our handle leaves it.
+            drop(pinned);
+            debug!(program = name, cgroup = %cgroup.display(), "socket program attached");
+        }
+        Ok(())
+    }
+}
+
+/// Detaches the socket programs an earlier daemon attached (by unpinning
+/// their links). Returns how many were attached.
+pub fn detach_socket_programs(bpffs: &Path) -> Result<usize, DatapathError> {
+    let dir = pin_dir(bpffs);
+    let mut removed = 0;
+    for (_, pin) in names::SOCK_PROGRAMS {
+        let path = dir.join(pin);
+        match fs::remove_file(&path) {
+            Ok(()) => removed += 1,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => return Err(DatapathError::from_pin_io(path, e)),
+        }
+    }
+    Ok(removed)
 }

@@ -4,7 +4,7 @@ use aya::maps::{Array, HashMap, HashOfMaps, LpmTrie, Map, MapData, PerCpuArray};
 use proxy_common::{
     AffinityKey, AffinityValue, Backend, CtEntry, CtKey, CtStats, FragKey, FragPorts,
     LocalEndpoint, NodeConfig, ReasonCounter, ServiceCounter, ServiceKey, ServiceValue,
-    SourceRangeKey, names, proto,
+    SockAffinityKey, SockConfig, SockRevKey, SockRevValue, SourceRangeKey, names, proto,
 };
 
 use super::DatapathError;
@@ -143,6 +143,12 @@ pub struct PinnedMaps {
     pub maglev: HashOfMaps<MapData, u32, MapData>,
     /// Pods on this node, for direct delivery (written by the CNI plugin).
     pub local_endpoints: HashMap<MapData, u32, LocalEndpoint>,
+    /// Socket load balancing: mode and scope, per-socket reverse entries,
+    /// socket clients' affinity, and every node's addresses.
+    pub sock_config: Array<MapData, SockConfig>,
+    pub sock_rev: HashMap<MapData, SockRevKey, SockRevValue>,
+    pub sock_affinity: HashMap<MapData, SockAffinityKey, AffinityValue>,
+    pub node_addrs: HashMap<MapData, u32, u32>,
 }
 
 impl PinnedMaps {
@@ -162,6 +168,10 @@ impl PinnedMaps {
             source_ranges: typed(bpffs, names::MAP_SOURCE_RANGES)?,
             maglev: typed(bpffs, names::MAP_MAGLEV)?,
             local_endpoints: typed(bpffs, names::MAP_LOCAL_ENDPOINTS)?,
+            sock_config: typed(bpffs, names::MAP_SOCK_CONFIG)?,
+            sock_rev: typed(bpffs, names::MAP_SOCK_REV)?,
+            sock_affinity: typed(bpffs, names::MAP_SOCK_AFFINITY)?,
+            node_addrs: typed(bpffs, names::MAP_NODE_ADDRS)?,
         })
     }
 

@@ -10,7 +10,7 @@ pub mod raw;
 
 pub use capacity::Capacities;
 pub use error::DatapathError;
-pub use loader::{LoadedPrograms, Loader, check_bpffs};
+pub use loader::{LoadedPrograms, Loader, check_bpffs, detach_socket_programs};
 pub(crate) use maps::open_pinned;
 pub use maps::{PinnedMaps, RetiredPins, map_path, open_pinned_info, pin_dir, retire_stale_pins};
 

@@ -280,3 +280,56 @@ fn write_mapped_array(fd: BorrowedFd<'_>, values: &[u32]) -> std::io::Result<()>
     }
     Ok(())
 }
+
+const BPF_PROG_TEST_RUN: libc::c_long = 10;
+
+/// `bpf_attr.test` up to `ctx_out`.
+#[repr(C)]
+#[derive(Default)]
+struct TestRunAttr {
+    prog_fd: u32,
+    retval: u32,
+    data_size_in: u32,
+    data_size_out: u32,
+    data_in: u64,
+    data_out: u64,
+    repeat: u32,
+    duration: u32,
+    ctx_size_in: u32,
+    ctx_size_out: u32,
+    ctx_in: u64,
+    ctx_out: u64,
+}
+
+/// BPF_PROG_TEST_RUN with only a context (what aya offers for packet
+/// programs only): `(return value, ns per run)`. Kernels refuse it for
+/// program types they cannot run this way (ENOTSUPP, 524).
+pub fn test_run_ctx(
+    prog: BorrowedFd<'_>,
+    ctx_in: &[u8],
+    ctx_out: &mut [u8],
+    repeat: u32,
+) -> std::io::Result<(u32, u32)> {
+    let mut attr = TestRunAttr {
+        prog_fd: prog.as_raw_fd() as u32,
+        repeat,
+        ctx_size_in: ctx_in.len() as u32,
+        ctx_size_out: ctx_out.len() as u32,
+        ctx_in: ctx_in.as_ptr() as u64,
+        ctx_out: ctx_out.as_mut_ptr() as u64,
+        ..Default::default()
+    };
+    // SAFETY: attr points at buffers that outlive the call.
+    let rc = unsafe {
+        libc::syscall(
+            libc::SYS_bpf,
+            BPF_PROG_TEST_RUN,
+            &mut attr as *mut TestRunAttr,
+            size_of::<TestRunAttr>(),
+        )
+    };
+    if rc < 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    Ok((attr.retval, attr.duration))
+}

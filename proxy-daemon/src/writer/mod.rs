@@ -57,6 +57,9 @@ pub struct ApplyReport {
     pub failures: Vec<String>,
     /// UDP flows dropped from CT because their backend went away.
     pub flushed_flows: usize,
+    /// UDP backends (address, port) that left every frontend: sockets
+    /// connected to them by socket load balancing are destroyed.
+    pub removed_udp_backends: Vec<std::net::SocketAddrV4>,
     /// When the last map write finished.
     pub written_at: Option<std::time::Instant>,
     /// The names of the programmed frontends changed ([`Writer::names`]).
@@ -217,7 +220,16 @@ impl Writer {
             t => t,
         };
         let plan = self.planner.plan(&self.current, desired, touch);
-        let mut report = ApplyReport::default();
+        let mut report = ApplyReport {
+            // Read before the plan runs: it removes them from `current`.
+            removed_udp_backends: plan
+                .removed_udp_backends
+                .iter()
+                .filter_map(|id| self.current.backends.get(id))
+                .map(|b| std::net::SocketAddrV4::new(from_nbo(b.addr), u16::from_be(b.port)))
+                .collect(),
+            ..ApplyReport::default()
+        };
         self.report_starved(&plan, &mut report);
         self.reset_counters(&plan, &mut report);
         self.execute(&plan, &mut report);

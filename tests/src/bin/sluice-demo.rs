@@ -4,7 +4,8 @@
 //! nodes, an outside host), wires pods with the real sluice-cni binary,
 //! runs sluiced on each node from one manifests directory, serves HTTP in
 //! four backend pods spread over both nodes, then sends real requests to
-//! the ClusterIP from a client pod and to the NodePort from the outside
+//! the ClusterIP from a client pod and from a host-network process of a
+//! node (socket load balancing), and to the NodePort from the outside
 //! host through each node, prints where they went and what the datapath
 //! recorded (sluicectl), and removes everything.
 
@@ -174,6 +175,17 @@ fn main() -> Result<()> {
         &by_pod,
         &pods,
     );
+    // A process of node-1 itself (host network: the kubelet, a
+    // hostNetwork pod): served by the socket programs at connect().
+    let by_pod = cluster.in_cgroup(|| spread(&cluster.nodes[0].ns, cluster_ip))??;
+    print_spread(
+        &format!(
+            "\n{REQUESTS} requests, a host-network process of {} -> ClusterIP http://{VIP}:80/ (socket load balancing):",
+            cluster.nodes[0].name
+        ),
+        &by_pod,
+        &pods,
+    );
     for n in 0..cluster.nodes.len() {
         let node = &cluster.nodes[n];
         let target = SocketAddr::from((node.ip, NODE_PORT));
@@ -209,6 +221,7 @@ fn main() -> Result<()> {
             "tcp",
         ],
     )?;
+    sluicectl(&cluster, 0, &["socket-lb"])?;
     sluicectl(&cluster, 0, &["nodes"])?;
     sluicectl(&cluster, 0, &["stats"])?;
     let report = held.stop();

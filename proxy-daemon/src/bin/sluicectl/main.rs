@@ -48,6 +48,9 @@ enum Via {
     Pod,
     /// It arrives from outside the node (from_netdev).
     Uplink,
+    /// A process of the node itself (or a hostNetwork pod) sends it: no TC
+    /// hook sees it leave; socket load balancing (cgroup/connect4) decides.
+    Host,
 }
 
 #[derive(Subcommand, Debug)]
@@ -73,6 +76,11 @@ enum Command {
     Affinity,
     /// Verdicts and drops by reason, and how full each map is.
     Stats,
+    /// Socket load balancing: the cgroup its programs are attached to, the
+    /// scope (host: this node's own sockets; all: pods too), counters, and
+    /// each translated socket with the backend it was given and the Service
+    /// address getpeername()/recvmsg() show it.
+    SocketLb,
     /// Overlay peers as the kernel holds them: node, address, pod CIDR, VTEP
     /// MAC, and whether the route, FDB and neighbour entries are in place.
     Nodes,
@@ -100,7 +108,8 @@ enum Command {
         #[arg(long, value_enum)]
         proto: TraceProto,
         /// Hook the packet enters through (default: a pod's veth if the
-        /// client is in this node's pod CIDR, else the uplink).
+        /// client is in this node's pod CIDR, the host if it is one of this
+        /// node's addresses or loopback, else the uplink).
         #[arg(long, value_enum)]
         via: Option<Via>,
     },
@@ -142,9 +151,11 @@ fn run(cli: Cli) -> Result<()> {
             via.map(|v| match v {
                 Via::Pod => sluice::ctl::trace::Entry::Pod,
                 Via::Uplink => sluice::ctl::trace::Entry::Uplink,
+                Via::Host => sluice::ctl::trace::Entry::Host,
             }),
         )?,
         Command::Stats => verbs::stats::run(&ctx)?,
+        Command::SocketLb => verbs::socket_lb::run(&ctx)?,
         Command::Status => verbs::status::run(&ctx)?,
         Command::Completions { shell } => {
             clap_complete::generate(

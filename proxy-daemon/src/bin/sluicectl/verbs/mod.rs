@@ -11,6 +11,7 @@ pub mod backends;
 pub mod conntrack;
 pub mod nodes;
 pub mod services;
+pub mod socket_lb;
 pub mod stats;
 pub mod status;
 pub mod trace;
