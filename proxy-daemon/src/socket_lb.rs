@@ -60,8 +60,10 @@ impl Scope {
 
 #[derive(Debug, thiserror::Error)]
 pub enum CgroupError {
-    #[error("{path} is not on a cgroup2 filesystem (socket programs attach to cgroup v2 only)")]
-    NotCgroup2 { path: PathBuf },
+    #[error(
+        "{path} is not on a cgroup2 filesystem (socket programs attach to cgroup v2 only){hint}"
+    )]
+    NotCgroup2 { path: PathBuf, hint: String },
     #[error("{path}: {source}")]
     Io {
         path: PathBuf,
@@ -82,13 +84,24 @@ pub const OWN_CGROUP2_MOUNT: &str = "/run/sluice/cgroupv2";
 /// mounted at [`OWN_CGROUP2_MOUNT`].
 pub fn resolve_cgroup(explicit: Option<&Path>) -> Result<PathBuf, CgroupError> {
     if let Some(path) = explicit {
-        return if is_cgroup2(path)? {
-            Ok(path.to_owned())
+        if is_cgroup2(path)? {
+            return Ok(path.to_owned());
+        }
+        // A hybrid host (cgroup v1 controllers, v2 beside them) keeps its
+        // v2 hierarchy one level down.
+        let unified = path.join("unified");
+        let hint = if is_cgroup2(&unified).unwrap_or(false) {
+            format!(
+                "; this is a hybrid layout whose cgroup2 hierarchy is {}",
+                unified.display()
+            )
         } else {
-            Err(CgroupError::NotCgroup2 {
-                path: path.to_owned(),
-            })
+            String::new()
         };
+        return Err(CgroupError::NotCgroup2 {
+            path: path.to_owned(),
+            hint,
+        });
     }
     let mounts =
         std::fs::read_to_string("/proc/self/mounts").map_err(|source| CgroupError::Io {
@@ -191,28 +204,51 @@ pub fn cluster_node_addrs<'a>(
         .collect()
 }
 
-/// Destroys the UDP sockets connected to `gone` (backends that left their
-/// Services): in the daemon's namespace, and with [`Scope::All`] in every
-/// other namespace a task of this machine is in. The owner's next send or
-/// receive fails with ECONNABORTED; a DNS client retries on a new socket,
+/// The sockets socket load balancing connected to one of `gone`: cookies
+/// of the reverse entries naming those backends (a walk of
+/// `sluice_sockrev4_v1`, done only when UDP backends went).
+pub fn sockets_of(
+    maps: &crate::datapath::PinnedMaps,
+    gone: &[std::net::SocketAddrV4],
+) -> std::collections::BTreeSet<u64> {
+    use proxy_common::codec::nbo;
+    let wanted: std::collections::BTreeSet<(u32, u16)> = gone
+        .iter()
+        .map(|a| (nbo(*a.ip()), a.port().to_be()))
+        .collect();
+    maps.sock_rev
+        .keys()
+        .filter_map(Result::ok)
+        .filter(|k| wanted.contains(&(k.addr, k.port)))
+        .map(|k| k.cookie)
+        .collect()
+}
+
+/// Destroys the UDP sockets with one of `cookies` connected to `gone`
+/// (backends that left their Services): in the daemon's namespace, and
+/// with [`Scope::All`] in every other namespace a task of this machine is
+/// in. The owner's next send fails (EDESTADDRREQ) or its receive gets
+/// ECONNABORTED; a DNS client retries on a new or reconnected socket,
 /// which is balanced to a live backend. Returns the sockets destroyed and
 /// the namespaces that could not be searched.
 pub fn destroy_connected_udp(
     scope: Scope,
     gone: &[std::net::SocketAddrV4],
+    cookies: &std::collections::BTreeSet<u64>,
 ) -> (usize, Vec<String>) {
+    use sluice_net::sockets::{destroy_udp_matching, destroy_udp_matching_in};
     let mut destroyed = 0;
     let mut failed = Vec::new();
-    if scope == Scope::Off || gone.is_empty() {
+    if scope == Scope::Off || gone.is_empty() || cookies.is_empty() {
         return (0, failed);
     }
-    match sluice_net::sockets::destroy_udp_connected_to(gone) {
+    match destroy_udp_matching(gone, Some(cookies)) {
         Ok(n) => destroyed += n,
         Err(e) => failed.push(format!("own namespace: {e}")),
     }
     if scope == Scope::All {
         for (path, file) in other_namespaces() {
-            match sluice_net::sockets::destroy_udp_connected_to_in(&file, gone) {
+            match destroy_udp_matching_in(&file, gone, Some(cookies)) {
                 Ok(n) => destroyed += n,
                 Err(e) => failed.push(format!("{path}: {e}")),
             }
@@ -315,6 +351,42 @@ mod tests {
         let err = resolve_cgroup(Some(Path::new("/proc"))).unwrap_err();
         assert!(matches!(err, CgroupError::NotCgroup2 { .. }), "{err}");
         assert!(err.to_string().contains("not on a cgroup2 filesystem"));
+    }
+
+    #[test]
+    fn node_addresses_are_every_nodes_internal_and_external_ipv4() {
+        let node = |name: &str, addrs: &[(&str, &str)]| -> k8s_openapi::api::core::v1::Node {
+            let addresses: Vec<_> = addrs
+                .iter()
+                .map(|(t, a)| serde_json::json!({"type": t, "address": a}))
+                .collect();
+            serde_json::from_value(serde_json::json!({
+                "metadata": {"name": name},
+                "spec": {"podCIDR": "10.244.1.0/24"},
+                "status": {"addresses": addresses},
+            }))
+            .unwrap()
+        };
+        let nodes = [
+            node(
+                "a",
+                &[
+                    ("InternalIP", "10.0.0.1"),
+                    ("ExternalIP", "203.0.113.1"),
+                    ("Hostname", "a"),
+                ],
+            ),
+            node(
+                "b",
+                &[("InternalIP", "10.0.0.2"), ("InternalIP", "fd00::2")],
+            ),
+            node("c", &[("Hostname", "c")]),
+        ];
+        let got: Vec<String> = cluster_node_addrs(&nodes)
+            .iter()
+            .map(|a| a.to_string())
+            .collect();
+        assert_eq!(got, ["10.0.0.1", "10.0.0.2", "203.0.113.1"]);
     }
 
     #[test]

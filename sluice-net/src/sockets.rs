@@ -564,12 +564,25 @@ pub fn connected_udp_sockets(targets: &[SocketAddrV4]) -> Result<Vec<UdpSocketId
 /// A socket closed between the dump and its destroy is not counted and is
 /// not an error. Needs `CAP_NET_ADMIN` over the namespace.
 pub fn destroy_udp_connected_to(targets: &[SocketAddrV4]) -> Result<usize, SocketsError> {
-    if targets.is_empty() {
+    destroy_udp_matching(targets, None)
+}
+
+/// [`destroy_udp_connected_to`], limited to the sockets whose cookie is in
+/// `cookies` when given: the ones socket load balancing connected there,
+/// not a process that dialled the address itself.
+pub fn destroy_udp_matching(
+    targets: &[SocketAddrV4],
+    cookies: Option<&std::collections::BTreeSet<u64>>,
+) -> Result<usize, SocketsError> {
+    if targets.is_empty() || cookies.is_some_and(|c| c.is_empty()) {
         return Ok(0);
     }
     let mut nl = DiagSocket::open()?;
     let mut destroyed = 0;
     for socket in nl.find(targets)? {
+        if cookies.is_some_and(|c| !c.contains(&socket.cookie)) {
+            continue;
+        }
         if nl.destroy(&socket)? {
             destroyed += 1;
         }
@@ -587,12 +600,22 @@ pub fn destroy_udp_connected_to_in(
     netns: &File,
     targets: &[SocketAddrV4],
 ) -> Result<usize, SocketsError> {
+    destroy_udp_matching_in(netns, targets, None)
+}
+
+/// [`destroy_udp_matching`] in another network namespace, as
+/// [`destroy_udp_connected_to_in`].
+pub fn destroy_udp_matching_in(
+    netns: &File,
+    targets: &[SocketAddrV4],
+    cookies: Option<&std::collections::BTreeSet<u64>>,
+) -> Result<usize, SocketsError> {
     std::thread::scope(|scope| {
         std::thread::Builder::new()
             .name("sluice-sockdiag".into())
             .spawn_scoped(scope, || {
                 join_netns(netns)?;
-                destroy_udp_connected_to(targets)
+                destroy_udp_matching(targets, cookies)
             })
             .map_err(|source| SocketsError::Io {
                 what: "spawning the network namespace thread",

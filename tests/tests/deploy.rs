@@ -135,6 +135,16 @@ fn sluiced_works_with_only_the_manifests_capabilities() {
         "NodePort never answered: {}",
         cluster.nodes[1].log_tail()
     );
+    // Socket load balancing attached with those capabilities too.
+    for node in &cluster.nodes {
+        let log = std::fs::read_to_string(&node.log).unwrap();
+        assert!(
+            log.contains("socket load balancing attached"),
+            "{}: {}",
+            node.name,
+            node.log_tail()
+        );
+    }
     // The daemons really ran confined.
     for node in &cluster.nodes {
         let status =
@@ -153,6 +163,50 @@ fn sluiced_works_with_only_the_manifests_capabilities() {
             node.name
         );
     }
+}
+
+/// The manifest gives sluiced the host's cgroup2 hierarchy, not the
+/// container's own (its cgroup namespace would cover only the pod).
+#[test]
+fn the_daemonset_attaches_socket_programs_to_the_hosts_cgroup() {
+    let ds = daemonset();
+    let spec = &ds["spec"]["template"]["spec"];
+    let c = spec["containers"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|c| c["name"] == "sluiced")
+        .unwrap();
+    let args: Vec<&str> = c["command"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(Value::as_str)
+        .collect();
+    assert!(args.contains(&"--cgroup-root=$(CGROUP_ROOT)"), "{args:?}");
+    assert!(args.contains(&"--socket-lb=$(SOCKET_LB)"), "{args:?}");
+    let config: Value = serde_saphyr::from_str(
+        &std::fs::read_to_string(
+            Path::new(env!("CARGO_MANIFEST_DIR")).join("../deploy/config.yaml"),
+        )
+        .unwrap(),
+    )
+    .unwrap();
+    let root = config["data"]["cgroup-root"].as_str().unwrap();
+    let mount = c["volumeMounts"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|m| root.starts_with(m["mountPath"].as_str().unwrap()) && m["mountPath"] != "/")
+        .unwrap_or_else(|| panic!("no volume mounted where {root} is"));
+    let volume = spec["volumes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|v| v["name"] == mount["name"])
+        .unwrap();
+    assert_eq!(volume["hostPath"]["path"], "/sys/fs/cgroup", "{volume}");
+    assert_eq!(config["data"]["socket-lb"], "host");
 }
 
 #[test]

@@ -21,15 +21,18 @@ use sluice_tests::{
 
 const WEB: Ipv4Addr = Ipv4Addr::new(10, 96, 7, 10);
 const EXTERNAL_IP: Ipv4Addr = Ipv4Addr::new(10, 77, 0, 99);
+const LB_IP: Ipv4Addr = Ipv4Addr::new(10, 77, 0, 98);
 const NODE_PORT: u16 = 30780;
 const IO: Duration = Duration::from_secs(3);
 
-/// `web`: TCP 80 -> 8080 (NodePort 30780, an externalIP) and UDP 53 -> 5353.
+/// `web`, a LoadBalancer: TCP 80 -> 8080 (NodePort 30780, a load balancer
+/// IP, an externalIP) and UDP 53 -> 5353.
 fn web_service() -> Service {
     let mut tcp = tcp_port("http", 80, 8080);
     tcp.node_port = Some(NODE_PORT);
     let mut svc = manifests::service("web", WEB, vec![tcp, udp_port("dns", 53, 5353)]);
-    svc.kind = "NodePort";
+    svc.kind = "LoadBalancer";
+    svc.load_balancer_ips = vec![LB_IP];
     svc.external_ips = vec![EXTERNAL_IP];
     svc
 }
@@ -106,7 +109,7 @@ fn frontends_of_sockets(view: &Value) -> BTreeSet<String> {
 }
 
 #[test]
-fn host_processes_reach_cluster_ip_node_ports_and_external_ips_and_see_the_vip() {
+fn host_processes_reach_cluster_ips_node_ports_lb_ips_and_external_ips_and_see_the_vip() {
     let mut cluster = Cluster::new(2).unwrap();
     cluster.start_daemons().unwrap();
     let (web1, _s1) = backend(&mut cluster, 0, "web-1");
@@ -127,7 +130,14 @@ fn host_processes_reach_cluster_ip_node_ports_and_external_ips_and_see_the_vip()
     let own_node_port = SocketAddr::from((cluster.nodes[0].ip, NODE_PORT));
     let other_node_port = SocketAddr::from((cluster.nodes[1].ip, NODE_PORT));
     let external = SocketAddr::from((EXTERNAL_IP, 80));
-    for target in [cluster_ip, own_node_port, other_node_port, external] {
+    let load_balancer = SocketAddr::from((LB_IP, 80));
+    for target in [
+        cluster_ip,
+        own_node_port,
+        other_node_port,
+        external,
+        load_balancer,
+    ] {
         let (who, peer) = cluster
             .as_host(0, move || tcp_ask_peer(target))
             .unwrap()
@@ -173,12 +183,21 @@ fn host_processes_reach_cluster_ip_node_ports_and_external_ips_and_see_the_vip()
         "{view}"
     );
     let fronts = frontends_of_sockets(&view);
-    for target in [cluster_ip, other_node_port, external, dns] {
+    for target in [cluster_ip, other_node_port, external, load_balancer, dns] {
         assert!(
             fronts.contains(&target.to_string()),
             "no socket entry for {target}: {fronts:?}"
         );
     }
+
+    // Localhost NodePorts are not served (ARCHITECTURE.md says why).
+    let localhost = SocketAddr::from((Ipv4Addr::LOCALHOST, NODE_PORT));
+    let local = cluster
+        .as_host(0, move || {
+            TcpStream::connect_timeout(&localhost, Duration::from_secs(1)).map(|_| ())
+        })
+        .unwrap();
+    assert!(local.is_err(), "127.0.0.1:{NODE_PORT} was served");
 
     // trace from the node's own address is the host's path: the socket
     // program's decision, never the uplink's.
@@ -242,19 +261,22 @@ fn empty_services_refuse_at_connect_and_affinity_holds_for_host_clients() {
 
     let empty_tcp = SocketAddr::from((empty.cluster_ip, 80));
     let empty_udp = SocketAddr::from((empty.cluster_ip, 53));
-    let (tcp, took, udp) = cluster
+    let (tcp, took, udp, sent) = cluster
         .as_host(0, move || {
             let start = Instant::now();
             let tcp = TcpStream::connect_timeout(&empty_tcp, Duration::from_secs(5));
             let took = start.elapsed();
             let u = UdpSocket::bind((Ipv4Addr::UNSPECIFIED, 0)).unwrap();
-            (tcp.map(|_| ()), took, u.connect(empty_udp))
+            let sent = u.send_to(b"q", empty_udp).map(|_| ());
+            (tcp.map(|_| ()), took, u.connect(empty_udp), sent)
         })
         .unwrap();
     let err = tcp.expect_err("a Service without endpoints accepted a connection");
     assert_eq!(err.kind(), ErrorKind::ConnectionRefused, "{err}");
     assert!(took < Duration::from_secs(1), "refused only after {took:?}");
     let err = udp.expect_err("UDP connect() to a Service without endpoints succeeded");
+    assert_eq!(err.kind(), ErrorKind::ConnectionRefused, "{err}");
+    let err = sent.expect_err("sendto() a Service without endpoints succeeded");
     assert_eq!(err.kind(), ErrorKind::ConnectionRefused, "{err}");
 
     let answers: Vec<String> = cluster
@@ -392,12 +414,17 @@ fn a_connected_udp_socket_whose_backend_leaves_is_destroyed_and_reconnects_to_th
     let svc = web_service();
     publish(&cluster, &svc, &[&web1]);
     let dns = SocketAddr::from((WEB, 53));
-    let sock = cluster
+    let web1_direct = SocketAddr::from((web1.ip, 5353));
+    let (sock, direct) = cluster
         .as_host(0, move || {
             let s = UdpSocket::bind((Ipv4Addr::UNSPECIFIED, 0)).unwrap();
             s.set_read_timeout(Some(Duration::from_millis(500)))
                 .unwrap();
-            s
+            // A process that dialled the pod itself, not the Service.
+            let d = UdpSocket::bind((Ipv4Addr::UNSPECIFIED, 0)).unwrap();
+            d.set_read_timeout(Some(IO)).unwrap();
+            d.connect(web1_direct).unwrap();
+            (s, d)
         })
         .unwrap();
     assert!(
@@ -427,6 +454,11 @@ fn a_connected_udp_socket_whose_backend_leaves_is_destroyed_and_reconnects_to_th
             Some(libc::ECONNABORTED | libc::EDESTADDRREQ)
         ),
         "unexpected error after the backend left: {err}"
+    );
+    assert_eq!(
+        udp_connected_ask(&direct, "direct").unwrap(),
+        "web-1",
+        "a socket connected to the pod itself was destroyed with the Service's"
     );
     // What a resolver does: take the error, connect again, and the next
     // datagram goes to the live backend.

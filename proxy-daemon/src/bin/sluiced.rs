@@ -298,7 +298,7 @@ async fn apply(reconciler: &mut Reconciler, telemetry: &Telemetry, update: &Upda
                 },
             );
             follow_names(reconciler, telemetry, &r);
-            close_sockets_of_gone_backends(reconciler.scope(), &r).await;
+            close_sockets_of_gone_backends(reconciler, &r).await;
             info!(
                 frontends = r.frontends,
                 backends = r.backends,
@@ -320,12 +320,20 @@ async fn apply(reconciler: &mut Reconciler, telemetry: &Telemetry, update: &Upda
 
 /// UDP sockets stay connected to the backend socket load balancing gave
 /// them; when it leaves, they are destroyed so their owners reconnect.
-async fn close_sockets_of_gone_backends(scope: Scope, report: &ApplyReport) {
+async fn close_sockets_of_gone_backends(reconciler: &mut Reconciler, report: &ApplyReport) {
+    let scope = reconciler.scope();
     if scope == Scope::Off || report.removed_udp_backends.is_empty() {
         return;
     }
     let gone = report.removed_udp_backends.clone();
-    match tokio::task::spawn_blocking(move || socket_lb::destroy_connected_udp(scope, &gone)).await
+    let cookies = socket_lb::sockets_of(reconciler.writer().maps(), &gone);
+    if cookies.is_empty() {
+        return;
+    }
+    match tokio::task::spawn_blocking(move || {
+        socket_lb::destroy_connected_udp(scope, &gone, &cookies)
+    })
+    .await
     {
         Ok((destroyed, failed)) => {
             if destroyed > 0 {

@@ -102,6 +102,22 @@ impl Snapshot {
                 names::MAP_MAGLEV,
                 count(maps.maglev.keys().filter(Result::is_ok).count()),
             ),
+            (
+                names::MAP_LOCAL_ENDPOINTS,
+                count(maps.local_endpoints.keys().filter(Result::is_ok).count()),
+            ),
+            (
+                names::MAP_SOCK_REV,
+                count(maps.sock_rev.keys().filter(Result::is_ok).count()),
+            ),
+            (
+                names::MAP_SOCK_AFFINITY,
+                count(maps.sock_affinity.keys().filter(Result::is_ok).count()),
+            ),
+            (
+                names::MAP_NODE_ADDRS,
+                count(maps.node_addrs.keys().filter(Result::is_ok).count()),
+            ),
         ]
         .into_iter()
         .map(|(name, entries)| MapFill {

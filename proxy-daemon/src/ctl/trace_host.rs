@@ -193,3 +193,29 @@ fn sock_addr_ctx(req: &Request) -> [u8; 72] {
     put(&mut ctx, 36, u32::from(req.proto));
     ctx
 }
+
+#[cfg(test)]
+mod tests {
+    use std::net::Ipv4Addr;
+
+    use super::*;
+
+    #[test]
+    fn the_context_is_a_bpf_sock_addr_for_the_request() {
+        let req = Request {
+            from: Ipv4Addr::new(10, 77, 0, 10),
+            sport: 40000,
+            to: Ipv4Addr::new(10, 96, 0, 10),
+            dport: 80,
+            proto: proxy_common::proto::UDP,
+            entry: Some(Entry::Host),
+        };
+        let ctx = sock_addr_ctx(&req);
+        let word = |off: usize| u32::from_ne_bytes(ctx[off..off + 4].try_into().unwrap());
+        assert_eq!(word(0), 2, "user_family AF_INET");
+        assert_eq!(ctx[4..8], [10, 96, 0, 10], "user_ip4 in network order");
+        assert_eq!(ctx[24..26], [0, 80], "user_port in network order");
+        assert_eq!(word(32), 2, "SOCK_DGRAM");
+        assert_eq!(word(36), 17, "IPPROTO_UDP");
+    }
+}

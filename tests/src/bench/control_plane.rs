@@ -448,6 +448,7 @@ pub(crate) fn list_json(items: Vec<Value>) -> String {
 pub(crate) fn cluster_with_services(
     range: std::ops::Range<usize>,
     capacity_for: usize,
+    extra: &[&str],
 ) -> Result<(Cluster, Duration)> {
     let mut cluster = Cluster::new(1)?;
     let count = range.len();
@@ -459,7 +460,8 @@ pub(crate) fn cluster_with_services(
         .collect();
     cluster.apply("00-cluster.json", &list_json(items))?;
     let capacity = capacity_args(capacity_for);
-    let args: Vec<&str> = capacity.iter().map(String::as_str).collect();
+    let mut args: Vec<&str> = capacity.iter().map(String::as_str).collect();
+    args.extend_from_slice(extra);
     let start = Instant::now();
     cluster.start_daemon_with_args(0, &args)?;
     let (cold_start, _) = wait_programmed(&cluster, count, start)?;
@@ -467,7 +469,7 @@ pub(crate) fn cluster_with_services(
 }
 
 fn measure_manifests(services: usize, changes: usize) -> Result<ManifestFigures> {
-    let (cluster, cold_start) = cluster_with_services(0..services, services)?;
+    let (cluster, cold_start) = cluster_with_services(0..services, services, &[])?;
     let maps = PinnedMaps::open(&cluster.nodes[0].bpffs)?;
     std::thread::sleep(Duration::from_millis(500));
 

@@ -7,6 +7,11 @@
 //!   `host-local` plugins), no BPF, no rules, client to server pod;
 //! - Sluice pod->pod: sluice-cni pods, sluiced running, client to server pod;
 //! - Sluice ClusterIP: the same node, client to the probe Service;
+//! - Sluice ClusterIP, socket LB: the same, the client's sockets made in
+//!   the cluster's cgroup where sluiced (`--socket-lb all`) attached its
+//!   socket programs: translated at connect(), no per-packet NAT; and its
+//!   control, pod->pod from the same cgroup (the programs run and find no
+//!   Service), so the two differ only in the translation;
 //! - kube-proxy iptables: the bridge node with br_netfilter's
 //!   bridge-nf-call-iptables on and the ruleset kube-proxy's iptables mode
 //!   writes for the N Services (`iptables-restore`);
@@ -23,8 +28,12 @@
 //! figures above nothing), Sluice's program time per connection and per
 //! request. Each mode's path is checked: the server counts the
 //! connections; Sluice's frontend counter and direct-delivery counter grow
-//! by the connections made; the iptables DNAT rule's counter does; the
-//! nftables node's conntrack holds entries.
+//! by the connections made; the socket mode's connect() translations do
+//! and the TC path made no new flow for it (the TC mode made no socket
+//! translation); the iptables DNAT rule's counter does; the nftables
+//! node's conntrack holds entries. Last, the connect4 program's time per
+//! call (run-time statistics; BPF_PROG_TEST_RUN is tried and its answer
+//! printed).
 //!
 //! `SLUICE_BENCH_N=1,1000` picks the sizes (default 1, 1000, 10000 and
 //! 100000, the last for Sluice and the ceiling only: kube-proxy's layouts
@@ -68,16 +77,20 @@ const PEER_MAX: usize = 10_000;
 enum Mode {
     Ceiling,
     SluicePod,
+    SluicePodInCgroup,
     SluiceVip,
+    SluiceSockVip,
     Iptables,
     Nft,
 }
 
 impl Mode {
-    const ALL: [Mode; 5] = [
+    const ALL: [Mode; 7] = [
         Mode::Ceiling,
         Mode::SluicePod,
+        Mode::SluicePodInCgroup,
         Mode::SluiceVip,
+        Mode::SluiceSockVip,
         Mode::Iptables,
         Mode::Nft,
     ];
@@ -86,7 +99,9 @@ impl Mode {
         match self {
             Mode::Ceiling => "ceiling: plain bridge, no BPF",
             Mode::SluicePod => "Sluice pod->pod",
+            Mode::SluicePodInCgroup => "Sluice pod->pod, in the cgroup",
             Mode::SluiceVip => "Sluice ClusterIP",
+            Mode::SluiceSockVip => "Sluice ClusterIP, socket LB",
             Mode::Iptables => "kube-proxy iptables layout",
             Mode::Nft => "kube-proxy nftables layout",
         }
@@ -224,8 +239,10 @@ impl Worlds {
         let pod = |b: &BridgedNode| SocketAddr::from((b.server_ip, load::PORT));
         match mode {
             Mode::Ceiling => (&self.ceiling.client, pod(&self.ceiling)),
-            Mode::SluicePod => (&self.sluice.client.ns, self.sluice.server_target()),
-            Mode::SluiceVip => (&self.sluice.client.ns, probe_target()),
+            Mode::SluicePod | Mode::SluicePodInCgroup => {
+                (&self.sluice.client.ns, self.sluice.server_target())
+            }
+            Mode::SluiceVip | Mode::SluiceSockVip => (&self.sluice.client.ns, probe_target()),
             Mode::Iptables => (
                 &self.iptables.as_ref().expect("iptables node").client,
                 probe_target(),
@@ -234,10 +251,22 @@ impl Worlds {
         }
     }
 
+    /// Runs a mode's client: for the socket mode with this process in the
+    /// cluster's cgroup, so its sockets are translated at connect(); the
+    /// same for the pod->pod control, so the two differ only in the
+    /// translation.
+    fn client_side<T>(&self, mode: Mode, f: impl FnOnce() -> Result<T>) -> Result<T> {
+        if matches!(mode, Mode::SluiceSockVip | Mode::SluicePodInCgroup) {
+            self.sluice.cluster.in_cgroup(f)?
+        } else {
+            f()
+        }
+    }
+
     fn server(&self, mode: Mode) -> &Server {
         let i = match mode {
             Mode::Ceiling => 0,
-            Mode::SluicePod | Mode::SluiceVip => 1,
+            Mode::SluicePod | Mode::SluicePodInCgroup | Mode::SluiceVip | Mode::SluiceSockVip => 1,
             Mode::Iptables => 2,
             Mode::Nft => 2 + usize::from(self.iptables.is_some()),
         };
@@ -302,12 +331,16 @@ fn dnat_packets(node: &BridgedNode) -> Result<u64> {
 struct SluiceCounters {
     probe_new: u64,
     direct: u64,
+    tc_new: u64,
+    sock_translated: u64,
 }
 
 fn sluice_counters(maps: &PinnedMaps, probe_id: u32) -> Result<SluiceCounters> {
     Ok(SluiceCounters {
         probe_new: maps.service_total(probe_id)?.new_conns,
         direct: maps.reason_total(reason::FWD_LOCAL_POD)?.packets,
+        tc_new: maps.reason_total(reason::FWD_NEW)?.packets,
+        sock_translated: maps.reason_total(reason::SOCK_TRANSLATED)?.packets,
     })
 }
 
@@ -321,8 +354,10 @@ fn measure(w: &Worlds, k: &Knobs) -> Result<BTreeMap<Mode, Runs>> {
     // One connection each first: ARP, caches, conntrack modules.
     for &m in &modes {
         let (ns, target) = w.dial(m);
-        connection_rate(ns, target, Duration::from_millis(200), LOAD_CPU)
-            .with_context(|| format!("warm-up of {}", m.label()))?;
+        w.client_side(m, || {
+            connection_rate(ns, target, Duration::from_millis(200), LOAD_CPU)
+        })
+        .with_context(|| format!("warm-up of {}", m.label()))?;
     }
     for rep in 0..k.reps {
         for i in 0..modes.len() {
@@ -334,10 +369,12 @@ fn measure(w: &Worlds, k: &Knobs) -> Result<BTreeMap<Mode, Runs>> {
                 (Some(node), Mode::Iptables) => dnat_packets(node)?,
                 _ => 0,
             };
-            let conn = connection_rate(ns, target, k.cell, LOAD_CPU)
+            let conn = w
+                .client_side(m, || connection_rate(ns, target, k.cell, LOAD_CPU))
                 .with_context(|| format!("{}: connection rate", m.label()))?;
             check_path(w, m, &maps, probe_id, &conn, accepted, &counters, dnat)?;
-            let req = request_rate(ns, target, k.cell, LOAD_CPU)
+            let req = w
+                .client_side(m, || request_rate(ns, target, k.cell, LOAD_CPU))
                 .with_context(|| format!("{}: request rate", m.label()))?;
             let r = runs.entry(m).or_default();
             r.conn.push(conn);
@@ -370,16 +407,38 @@ fn check_path(
     }
     let after = sluice_counters(maps, probe_id)?;
     match m {
-        Mode::SluiceVip if after.probe_new - before.probe_new < conn.count => bail!(
-            "Sluice ClusterIP: the probe frontend counted {} new connections of {}",
-            after.probe_new - before.probe_new,
-            conn.count
-        ),
-        Mode::SluicePod if after.direct - before.direct < conn.count * 2 => bail!(
-            "Sluice pod->pod: {} packets delivered directly for {} connections",
-            after.direct - before.direct,
-            conn.count
-        ),
+        Mode::SluiceVip
+            if after.probe_new - before.probe_new < conn.count
+                || after.sock_translated != before.sock_translated =>
+        {
+            bail!(
+                "Sluice ClusterIP: the probe frontend counted {} new connections of {}, the socket programs {}",
+                after.probe_new - before.probe_new,
+                conn.count,
+                after.sock_translated - before.sock_translated
+            )
+        }
+        Mode::SluiceSockVip
+            if after.sock_translated - before.sock_translated < conn.count
+                || after.tc_new != before.tc_new =>
+        {
+            bail!(
+                "Sluice socket LB: {} connect() translated for {} connections, {} by TC",
+                after.sock_translated - before.sock_translated,
+                conn.count,
+                after.tc_new - before.tc_new
+            )
+        }
+        Mode::SluicePod | Mode::SluicePodInCgroup
+            if after.direct - before.direct < conn.count * 2 =>
+        {
+            bail!(
+                "{}: {} packets delivered directly for {} connections",
+                m.label(),
+                after.direct - before.direct,
+                conn.count
+            )
+        }
         Mode::Iptables => {
             let node = w.iptables.as_ref().expect("iptables node");
             let dnat = dnat_packets(node)? - dnat_before;
@@ -434,13 +493,13 @@ fn program_time(w: &Worlds, k: &Knobs) -> Result<Vec<ProgramTime>> {
         [0, 1].map(|i| (after[i] - before[i]).as_nanos() as f64 / count as f64)
     };
     let mut out = Vec::new();
-    for mode in [Mode::SluicePod, Mode::SluiceVip] {
+    for mode in [Mode::SluicePod, Mode::SluiceVip, Mode::SluiceSockVip] {
         let (ns, target) = w.dial(mode);
         let t0 = times()?;
-        let c = connection_rate(ns, target, k.cell, LOAD_CPU)?;
+        let c = w.client_side(mode, || connection_rate(ns, target, k.cell, LOAD_CPU))?;
         let per_conn = per(t0, times()?, c.count);
         let t0 = times()?;
-        let r = request_rate(ns, target, k.cell, LOAD_CPU)?;
+        let r = w.client_side(mode, || request_rate(ns, target, k.cell, LOAD_CPU))?;
         let per_req = per(t0, times()?, r.count);
         out.push(ProgramTime {
             mode,
@@ -449,6 +508,38 @@ fn program_time(w: &Worlds, k: &Knobs) -> Result<Vec<ProgramTime>> {
         });
     }
     Ok(out)
+}
+
+/// The connect4 program's own time per call, from the kernel's run-time
+/// statistics over one connection-rate cell of the socket mode, and what
+/// BPF_PROG_TEST_RUN says when asked to run it.
+fn connect4_cost(w: &Worlds, k: &Knobs) -> Result<(f64, u64, String)> {
+    let _stats = aya::sys::enable_stats(aya::sys::Stats::RunTime)
+        .context("enabling BPF run-time statistics")?;
+    let find = || -> Result<aya::programs::ProgramInfo> {
+        aya::programs::loaded_programs()
+            .filter_map(Result::ok)
+            .find(|p| p.name_as_str() == Some(names::PROG_SOCK_CONNECT4))
+            .context("no sock_connect4 program loaded")
+    };
+    let before = find()?;
+    let (ns, target) = w.dial(Mode::SluiceSockVip);
+    w.client_side(Mode::SluiceSockVip, || {
+        connection_rate(ns, target, k.cell, LOAD_CPU)
+    })?;
+    let after = find()?;
+    let calls = after.run_count() - before.run_count();
+    let ns_per_call =
+        (after.run_time() - before.run_time()).as_nanos() as f64 / calls.max(1) as f64;
+    let fd = after.fd().context("sock_connect4 fd")?;
+    use std::os::fd::AsFd;
+    let ctx = [0u8; 72];
+    let mut out = [0u8; 72];
+    let test_run = match sluice::datapath::raw::test_run_ctx(fd.as_fd(), &ctx, &mut out, 1000) {
+        Ok((_, ns)) => format!("BPF_PROG_TEST_RUN: {ns} ns per run"),
+        Err(e) => format!("BPF_PROG_TEST_RUN refuses cgroup/connect4 on this kernel ({e})"),
+    };
+    Ok((ns_per_call, calls, test_run))
 }
 
 fn rss_mib(pid: u32) -> Option<f64> {
@@ -511,6 +602,21 @@ fn report(runs: &BTreeMap<Mode, Runs>) {
         runs.get(&m)
             .map(|r| median(&f(r).iter().map(|c| c.per_sec).collect::<Vec<_>>()))
     };
+    for direct in [Mode::SluicePod, Mode::SluicePodInCgroup] {
+        if let (Some(sc), Some(dc), Some(sr), Some(dr)) = (
+            rate(Mode::SluiceSockVip, |r| &r.conn),
+            rate(direct, |r| &r.conn),
+            rate(Mode::SluiceSockVip, |r| &r.req),
+            rate(direct, |r| &r.req),
+        ) {
+            println!(
+                "  Sluice ClusterIP with socket LB vs {}: {:.2}x conn/s, {:.2}x req/s (target >= 0.98x)",
+                direct.label(),
+                sc / dc,
+                sr / dr
+            );
+        }
+    }
     for peer in [Mode::Iptables, Mode::Nft] {
         if let (Some(sc), Some(pc), Some(sr), Some(pr)) = (
             rate(Mode::SluiceVip, |r| &r.conn),
@@ -604,6 +710,10 @@ pub fn run() -> Result<()> {
                 t.per_req[1]
             );
         }
+        let (ns_per_call, calls, test_run) = connect4_cost(&worlds, &k)?;
+        println!(
+            "  sock_connect4: {ns_per_call:.0} ns per connect() over {calls} calls (kernel run-time stats); {test_run}"
+        );
         if let Some(rss) = worlds.sluice.daemon_pid().and_then(rss_mib) {
             println!("  sluiced RSS: {rss:.1} MiB");
         }

@@ -9,8 +9,8 @@ const LEFT: f64 = 70.0;
 const RIGHT: f64 = 20.0;
 const TOP: f64 = 40.0;
 const BOTTOM: f64 = 50.0;
-const COLORS: [&str; 6] = [
-    "#444444", "#1f77b4", "#2ca02c", "#d62728", "#ff7f0e", "#9467bd",
+const COLORS: [&str; 7] = [
+    "#444444", "#1f77b4", "#17becf", "#2ca02c", "#d62728", "#ff7f0e", "#9467bd",
 ];
 
 /// One line: a label and its (N, value) points.

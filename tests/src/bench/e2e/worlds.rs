@@ -176,7 +176,9 @@ fn cni_add(node: &NetNs, conf: &Value, id: &str, netns: &Path) -> Result<Ipv4Add
 
 /// One Sluice node: sluiced on a manifests directory with `services`
 /// Services (the probe and `services - 1` others x 10 endpoints), and two
-/// pods from sluice-cni.
+/// pods from sluice-cni. Socket load balancing serves every socket of the
+/// cluster's cgroup (`all`): a client is translated at connect() while this
+/// process is in it, and by the TC path otherwise.
 pub struct SluiceNode {
     pub client: Pod,
     pub server: Pod,
@@ -187,7 +189,8 @@ pub struct SluiceNode {
 impl SluiceNode {
     pub fn new(services: usize) -> Result<Self> {
         // The others first: the daemon must run before pods can be wired.
-        let (mut cluster, cold_start) = cluster_with_services(1..services, services)?;
+        let (mut cluster, cold_start) =
+            cluster_with_services(1..services, services, &["--socket-lb", "all"])?;
         let client = cluster.add_pod(0, "client")?;
         let server = cluster.add_pod(0, "server")?;
         let probe = list_json(vec![service_json(0), slice_json(0, &[server.ip])]);
