@@ -905,22 +905,12 @@ mod tests {
         s.take_error().unwrap().and_then(|e| e.raw_os_error())
     }
 
-    fn is_root() -> bool {
-        // SAFETY: geteuid(2) cannot fail and takes no arguments.
-        unsafe { libc::geteuid() == 0 }
-    }
-
     /// Needs root and a kernel with CONFIG_INET_DIAG_DESTROY. Runs only in
     /// throwaway network namespaces (unshared on fresh threads); nothing
     /// touches the root namespace.
     #[test]
     fn destroys_only_sockets_connected_to_the_targets() {
-        if !is_root() {
-            eprintln!(
-                "skipping sockets kernel test: needs root (unshare(CLONE_NEWNET), CAP_NET_ADMIN)"
-            );
-            return;
-        }
+        sluice_testkit::privileges::require_root();
         std::thread::spawn(|| {
             enter_fresh_netns();
             let target = addr("127.0.0.1:9");
@@ -984,12 +974,7 @@ mod tests {
     /// stay in its own (also throwaway) namespace.
     #[test]
     fn destroys_in_another_namespace() {
-        if !is_root() {
-            eprintln!(
-                "skipping sockets kernel test: needs root (unshare(CLONE_NEWNET), CAP_NET_ADMIN)"
-            );
-            return;
-        }
+        sluice_testkit::privileges::require_root();
         std::thread::spawn(|| {
             enter_fresh_netns();
             let target = addr("127.0.0.1:9");

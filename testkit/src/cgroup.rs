@@ -365,21 +365,13 @@ cgroup /sys/fs/cgroup/memory cgroup rw,relatime,memory 0 0
         assert_eq!(owner("sl1234-0-n1"), None);
     }
 
-    fn euid_is_root() -> bool {
-        // SAFETY: geteuid has no preconditions.
-        unsafe { libc::geteuid() == 0 }
-    }
-
     fn own(mount: &Path) -> PathBuf {
         current(mount).unwrap()
     }
 
     #[test]
     fn enter_leave_drop() {
-        if !euid_is_root() {
-            eprintln!("skipping cgroup::tests::enter_leave_drop: needs root");
-            return;
-        }
+        crate::privileges::require_root();
         let _turn = process_lock();
         let mount = cgroup2_mount().unwrap();
         let before = own(&mount);
@@ -409,10 +401,7 @@ cgroup /sys/fs/cgroup/memory cgroup rw,relatime,memory 0 0
     /// both go back to where the process was, and the cgroup is gone.
     #[test]
     fn drop_inside_with_child() {
-        if !euid_is_root() {
-            eprintln!("skipping cgroup::tests::drop_inside_with_child: needs root");
-            return;
-        }
+        crate::privileges::require_root();
         let _turn = process_lock();
         let mount = cgroup2_mount().unwrap();
         let before = own(&mount);

@@ -99,6 +99,14 @@ fn translated(cluster: &Cluster, i: usize) -> u64 {
         .unwrap()
 }
 
+/// `sluicectl trace` of TCP from node `i`'s own address to `to`, on node `i`.
+fn trace_from_node(cluster: &Cluster, i: usize, to: SocketAddr) -> Value {
+    let from = cluster.nodes[i].ip.to_string();
+    let to = to.to_string();
+    let args = ["trace", "--from", &from, "--to", &to, "--proto", "tcp"];
+    cluster.ctl_json(i, &args).unwrap()
+}
+
 fn frontends_of_sockets(view: &Value) -> BTreeSet<String> {
     view["sockets"]
         .as_array()
@@ -201,21 +209,7 @@ fn host_processes_reach_cluster_ips_node_ports_lb_ips_and_external_ips_and_see_t
 
     // trace from the node's own address is the host's path: the socket
     // program's decision, never the uplink's.
-    let from = cluster.nodes[0].ip.to_string();
-    let t = cluster
-        .ctl_json(
-            0,
-            &[
-                "trace",
-                "--from",
-                &from,
-                "--to",
-                &cluster_ip.to_string(),
-                "--proto",
-                "tcp",
-            ],
-        )
-        .unwrap();
+    let t = trace_from_node(&cluster, 0, cluster_ip);
     assert_eq!(t["entry"], "Host", "{t}");
     assert_eq!(t["verdict"], "translate", "{t}");
     assert!(
@@ -333,21 +327,7 @@ fn another_nodes_processes_are_left_alone_in_host_mode() {
     let view = cluster.ctl_json(1, &["socket-lb"]).unwrap();
     assert_eq!(view["scope"], "off");
     // Nor does node-2's trace claim a translation its path does not do.
-    let from = cluster.nodes[1].ip.to_string();
-    let t = cluster
-        .ctl_json(
-            1,
-            &[
-                "trace",
-                "--from",
-                &from,
-                "--to",
-                &target.to_string(),
-                "--proto",
-                "tcp",
-            ],
-        )
-        .unwrap();
+    let t = trace_from_node(&cluster, 1, target);
     assert_eq!(t["entry"], "Host", "{t}");
     assert_eq!(t["verdict"], "pass", "{t}");
     assert_eq!(t["backend"], Value::Null, "{t}");
