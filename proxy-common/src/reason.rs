@@ -136,8 +136,8 @@ pub const fn name(code: u32) -> Option<&'static str> {
         FWD_LOCAL_POD => "fwd-local-pod",
         FWD_REMOTE_POD => "fwd-remote-pod",
         SOCK_TRANSLATED => "sock-translated",
-        SOCK_REFUSED => "sock-refused-no-backend",
-        SOCK_NO_LOCAL_BACKEND => "sock-no-local-backend",
+        SOCK_REFUSED => "reject-sock-no-backend",
+        SOCK_NO_LOCAL_BACKEND => "reject-sock-no-local-backend",
         SOCK_REV_NAT => "sock-reverse-nat",
         _ => return None,
     })
