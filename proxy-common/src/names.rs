@@ -112,12 +112,29 @@ pub const PROG_SOCK_CONNECT4: &str = "sock_connect4";
 pub const PROG_SOCK_SENDMSG4: &str = "sock_sendmsg4";
 pub const PROG_SOCK_RECVMSG4: &str = "sock_recvmsg4";
 pub const PROG_SOCK_GETPEERNAME4: &str = "sock_getpeername4";
-/// Each socket program with its attach point and the pin of its link.
-pub const SOCK_PROGRAMS: [(&str, &str); 4] = [
-    (PROG_SOCK_CONNECT4, "link_sock_connect4"),
-    (PROG_SOCK_SENDMSG4, "link_sock_sendmsg4"),
-    (PROG_SOCK_RECVMSG4, "link_sock_recvmsg4"),
-    (PROG_SOCK_GETPEERNAME4, "link_sock_getpeername4"),
+/// Each socket program with the pin of its link (which attaches it to the
+/// cgroup) and of the program itself (as the TC programs are pinned).
+pub const SOCK_PROGRAMS: [(&str, &str, &str); 4] = [
+    (
+        PROG_SOCK_CONNECT4,
+        "link_sock_connect4",
+        "prog_sock_connect4",
+    ),
+    (
+        PROG_SOCK_SENDMSG4,
+        "link_sock_sendmsg4",
+        "prog_sock_sendmsg4",
+    ),
+    (
+        PROG_SOCK_RECVMSG4,
+        "link_sock_recvmsg4",
+        "prog_sock_recvmsg4",
+    ),
+    (
+        PROG_SOCK_GETPEERNAME4,
+        "link_sock_getpeername4",
+        "prog_sock_getpeername4",
+    ),
 ];
 
 /// TC filter priority and handle of Sluice's cls_bpf filters. Fixed values let

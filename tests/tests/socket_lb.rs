@@ -99,6 +99,17 @@ fn translated(cluster: &Cluster, i: usize) -> u64 {
         .unwrap()
 }
 
+/// Socket programs `sluicectl status` on node `i` lists as pinned and loaded.
+fn socket_program_pins(cluster: &Cluster, i: usize) -> usize {
+    let status = cluster.ctl_json(i, &["status"]).unwrap();
+    status["programs"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|p| p["pin"].as_str().unwrap().starts_with("prog_sock_") && p["id"].is_u64())
+        .count()
+}
+
 /// `sluicectl trace` of TCP from node `i`'s own address to `to`, on node `i`.
 fn trace_from_node(cluster: &Cluster, i: usize, to: SocketAddr) -> Value {
     let from = cluster.nodes[i].ip.to_string();
@@ -190,6 +201,7 @@ fn host_processes_reach_cluster_ips_node_ports_lb_ips_and_external_ips_and_see_t
             .all(|p| p["attached"] == true),
         "{view}"
     );
+    assert_eq!(socket_program_pins(&cluster, 0), 4, "sluicectl status");
     let fronts = frontends_of_sockets(&view);
     for target in [cluster_ip, other_node_port, external, load_balancer, dns] {
         assert!(
@@ -326,6 +338,7 @@ fn another_nodes_processes_are_left_alone_in_host_mode() {
     );
     let view = cluster.ctl_json(1, &["socket-lb"]).unwrap();
     assert_eq!(view["scope"], "off");
+    assert_eq!(socket_program_pins(&cluster, 1), 0, "sluicectl status");
     // Nor does node-2's trace claim a translation its path does not do.
     let t = trace_from_node(&cluster, 1, target);
     assert_eq!(t["entry"], "Host", "{t}");

@@ -63,9 +63,9 @@ pub fn read(bpffs: &Path, state_dir: &Path) -> Result<SocketLbView, DatapathErro
     let dir = pin_dir(bpffs);
     let programs = names::SOCK_PROGRAMS
         .iter()
-        .map(|(program, pin)| ProgramRow {
+        .map(|(program, link, _)| ProgramRow {
             program,
-            attached: dir.join(pin).exists(),
+            attached: dir.join(link).exists(),
         })
         .collect();
     let names_by_id = views::names_by_id(&snapshot);

@@ -89,6 +89,17 @@ pub fn collect(bpffs: &Path, state_dir: &Path) -> Status {
     if programs.iter().any(|p| p.id.is_none()) {
         problems.push("program pins missing: new pods cannot get their datapath".into());
     }
+    // Socket programs are pinned only while socket load balancing is on:
+    // listed when present, never a problem when absent.
+    let mut programs = programs;
+    programs.extend(names::SOCK_PROGRAMS.into_iter().filter_map(|(_, _, pin)| {
+        let info = aya::programs::ProgramInfo::from_pin(pin_dir(bpffs).join(pin)).ok()?;
+        Some(Program {
+            pin,
+            id: Some(info.id()),
+            tag: Some(format!("{:016x}", info.tag())),
+        })
+    }));
     let pod_interfaces = match sluice_net::pods::list_pod_veths(sluice_net::pods::DEFAULT_BRIDGE) {
         Ok(veths) => veths
             .into_iter()

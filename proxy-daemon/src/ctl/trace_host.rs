@@ -44,7 +44,7 @@ pub fn trace(bpffs: &Path, live: &PinnedMaps, req: &Request) -> Result<Outcome, 
     let scope = cfg
         .and_then(|c| Scope::from_mode(c.mode))
         .unwrap_or(Scope::Off);
-    let (connect4, link) = names::SOCK_PROGRAMS[0];
+    let (connect4, link, _) = names::SOCK_PROGRAMS[0];
     let attached = pin_dir(bpffs).join(link).exists();
     if scope == Scope::Off || !attached {
         out.note = Some(

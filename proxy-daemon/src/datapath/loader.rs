@@ -285,7 +285,7 @@ impl LoadedPrograms {
             path: cgroup.to_owned(),
             source,
         })?;
-        for (name, pin) in names::SOCK_PROGRAMS {
+        for (name, pin, prog_pin_name) in names::SOCK_PROGRAMS {
             let prog = self.socket_program(name)?;
             // Through a bpf_link (kernel 5.7+), which always shares the
             // cgroup with other programs (Cilium's, the node's): the kernel
@@ -316,6 +316,21 @@ impl LoadedPrograms {
             })?;
             // The pin holds the link now; dropping our handle leaves it.
             drop(pinned);
+            // The program itself too, as the TC programs are: for
+            // `sluicectl status` (id, tag) and BPF_PROG_TEST_RUN-style tools.
+            let prog_pin = self.dir.join(prog_pin_name);
+            let prog_tmp = self.dir.join(format!("{prog_pin_name}_new"));
+            let _ = fs::remove_file(&prog_tmp);
+            self.socket_program(name)?
+                .pin(&prog_tmp)
+                .map_err(|e| DatapathError::Io {
+                    path: prog_tmp.clone(),
+                    source: std::io::Error::other(e.to_string()),
+                })?;
+            fs::rename(&prog_tmp, &prog_pin).map_err(|source| DatapathError::Io {
+                path: prog_pin.clone(),
+                source,
+            })?;
             debug!(program = name, cgroup = %cgroup.display(), "socket program attached");
         }
         Ok(())
@@ -323,16 +338,22 @@ impl LoadedPrograms {
 }
 
 /// Detaches the socket programs an earlier daemon attached (by unpinning
-/// their links). Returns how many were attached.
+/// their links, and their program pins). Returns how many were attached.
 pub fn detach_socket_programs(bpffs: &Path) -> Result<usize, DatapathError> {
     let dir = pin_dir(bpffs);
     let mut removed = 0;
-    for (_, pin) in names::SOCK_PROGRAMS {
-        let path = dir.join(pin);
+    for (_, link, prog_pin) in names::SOCK_PROGRAMS {
+        let path = dir.join(link);
         match fs::remove_file(&path) {
             Ok(()) => removed += 1,
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
             Err(e) => return Err(DatapathError::from_pin_io(path, e)),
+        }
+        let prog = dir.join(prog_pin);
+        match fs::remove_file(&prog) {
+            Ok(()) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => return Err(DatapathError::from_pin_io(prog, e)),
         }
     }
     Ok(removed)
