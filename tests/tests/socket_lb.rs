@@ -99,6 +99,19 @@ fn translated(cluster: &Cluster, i: usize) -> u64 {
         .unwrap()
 }
 
+/// Waits until a host process of node 1 gets an answer from `target`.
+fn wait_for_host(cluster: &Cluster, target: SocketAddr) {
+    assert!(
+        wait_until(Duration::from_secs(10), || {
+            cluster
+                .as_host(0, move || tcp_ask_peer(target).is_ok())
+                .unwrap()
+        }),
+        "a host process never reached {target}: {}",
+        cluster.nodes[0].log_tail()
+    );
+}
+
 /// Socket programs `sluicectl status` on node `i` lists as pinned and loaded.
 fn socket_program_pins(cluster: &Cluster, i: usize) -> usize {
     let status = cluster.ctl_json(i, &["status"]).unwrap();
@@ -137,15 +150,7 @@ fn host_processes_reach_cluster_ips_node_ports_lb_ips_and_external_ips_and_see_t
     publish(&cluster, &svc, &[&web1, &web2]);
     let names: BTreeSet<String> = ["web-1", "web-2"].map(String::from).into();
     let cluster_ip = SocketAddr::from((WEB, 80));
-    assert!(
-        wait_until(Duration::from_secs(10), || {
-            cluster
-                .as_host(0, move || tcp_ask_peer(cluster_ip).is_ok())
-                .unwrap()
-        }),
-        "a host process never reached the ClusterIP: {}",
-        cluster.nodes[0].log_tail()
-    );
+    wait_for_host(&cluster, cluster_ip);
     let own_node_port = SocketAddr::from((cluster.nodes[0].ip, NODE_PORT));
     let other_node_port = SocketAddr::from((cluster.nodes[1].ip, NODE_PORT));
     let external = SocketAddr::from((EXTERNAL_IP, 80));
@@ -255,15 +260,7 @@ fn empty_services_refuse_at_connect_and_affinity_holds_for_host_clients() {
     sticky.session_affinity_timeout = Some(600);
     publish(&cluster, &sticky, &pods.iter().collect::<Vec<_>>());
     let sticky_addr = SocketAddr::from((sticky.cluster_ip, 80));
-    assert!(
-        wait_until(Duration::from_secs(10), || {
-            cluster
-                .as_host(0, move || tcp_ask_peer(sticky_addr).is_ok())
-                .unwrap()
-        }),
-        "{}",
-        cluster.nodes[0].log_tail()
-    );
+    wait_for_host(&cluster, sticky_addr);
 
     let empty_tcp = SocketAddr::from((empty.cluster_ip, 80));
     let empty_udp = SocketAddr::from((empty.cluster_ip, 53));
@@ -312,15 +309,7 @@ fn another_nodes_processes_are_left_alone_in_host_mode() {
     let svc = web_service();
     publish(&cluster, &svc, &[&web1]);
     let target = SocketAddr::from((WEB, 80));
-    assert!(
-        wait_until(Duration::from_secs(10), || {
-            cluster
-                .as_host(0, move || tcp_ask_peer(target).is_ok())
-                .unwrap()
-        }),
-        "{}",
-        cluster.nodes[0].log_tail()
-    );
+    wait_for_host(&cluster, target);
     let before = translated(&cluster, 0);
     let from_node2 = cluster
         .as_host(1, move || {
@@ -480,15 +469,7 @@ fn host_connections_survive_a_daemon_restart() {
     let svc = web_service();
     publish(&cluster, &svc, &[&web1]);
     let target = SocketAddr::from((WEB, 80));
-    assert!(
-        wait_until(Duration::from_secs(10), || {
-            cluster
-                .as_host(0, move || tcp_ask_peer(target).is_ok())
-                .unwrap()
-        }),
-        "{}",
-        cluster.nodes[0].log_tail()
-    );
+    wait_for_host(&cluster, target);
     let stream = cluster
         .in_cgroup(|| apps::Stream::start(&cluster.nodes[0].ns, target, Duration::from_millis(50)))
         .unwrap()
