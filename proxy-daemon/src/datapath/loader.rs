@@ -6,7 +6,10 @@ use std::{
 use aya::{
     Ebpf, EbpfLoader,
     maps::MapType,
-    programs::{CgroupAttachMode, CgroupSockAddr, Program, SchedClassifier, links::FdLink},
+    programs::{
+        CgroupAttachMode, CgroupSockAddr, Program, SchedClassifier,
+        links::{FdLink, PinnedLink},
+    },
 };
 use proxy_common::{
     AffinityKey, AffinityValue, Backend, CtEntry, CtKey, CtStats, FragKey, FragPorts, NodeConfig,
@@ -227,11 +230,23 @@ impl LoadedPrograms {
     }
 
     /// Publishes the programs under their pin names, replacing older pins in
-    /// one rename each, so the CNI plugin never finds a pin missing.
+    /// one rename each, so the CNI plugin never finds a pin missing. (The
+    /// temporary name has no dot: bpffs reserves dotted names.)
     pub fn pin(&mut self) -> Result<(), DatapathError> {
         for (name, pin) in PROGRAMS {
-            let prog = classifier(&mut self.ebpf, name)?;
-            pin_replacing(&self.dir, pin, |tmp| prog.pin(tmp))?;
+            let path = self.dir.join(pin);
+            let tmp = self.dir.join(format!("{pin}_new"));
+            let _ = fs::remove_file(&tmp);
+            classifier(&mut self.ebpf, name)?
+                .pin(&tmp)
+                .map_err(|e| DatapathError::Io {
+                    path: tmp.clone(),
+                    source: match e {
+                        aya::pin::PinError::SyscallError(s) => s.io_error,
+                        other => std::io::Error::other(other.to_string()),
+                    },
+                })?;
+            fs::rename(&tmp, &path).map_err(|source| DatapathError::Io { path, source })?;
         }
         Ok(())
     }
@@ -288,38 +303,38 @@ impl LoadedPrograms {
                         "{name}: the kernel attached it without a link ({e}); socket load balancing needs bpf_link (Linux 5.7+)"
                     )),
                 })?;
-            // The pin holds the link; dropping our handle leaves it.
-            pin_replacing(&self.dir, pin, |tmp| link.pin(tmp).map(drop))?;
+            let path = self.dir.join(pin);
+            let tmp = self.dir.join(format!("{pin}_new"));
+            let _ = fs::remove_file(&tmp);
+            let pinned: PinnedLink = link.pin(&tmp).map_err(|e| DatapathError::Io {
+                path: tmp.clone(),
+                source: std::io::Error::other(e.to_string()),
+            })?;
+            fs::rename(&tmp, &path).map_err(|source| DatapathError::Io {
+                path: path.clone(),
+                source,
+            })?;
+            // The pin holds the link now; dropping our handle leaves it.
+            drop(pinned);
             // The program itself too, as the TC programs are: for
-            // `sluicectl status` (id, tag).
-            let dir = self.dir.clone();
-            let prog = self.socket_program(name)?;
-            pin_replacing(&dir, prog_pin_name, |tmp| prog.pin(tmp))?;
+            // `sluicectl status` (id, tag) and BPF_PROG_TEST_RUN-style tools.
+            let prog_pin = self.dir.join(prog_pin_name);
+            let prog_tmp = self.dir.join(format!("{prog_pin_name}_new"));
+            let _ = fs::remove_file(&prog_tmp);
+            self.socket_program(name)?
+                .pin(&prog_tmp)
+                .map_err(|e| DatapathError::Io {
+                    path: prog_tmp.clone(),
+                    source: std::io::Error::other(e.to_string()),
+                })?;
+            fs::rename(&prog_tmp, &prog_pin).map_err(|source| DatapathError::Io {
+                path: prog_pin.clone(),
+                source,
+            })?;
             debug!(program = name, cgroup = %cgroup.display(), "socket program attached");
         }
         Ok(())
     }
-}
-
-/// Pins an object as `<dir>/<pin>` through `<pin>_new` and one rename, so
-/// an older pin is replaced at once and never found missing. (The
-/// temporary name has no dot: bpffs reserves dotted names.)
-fn pin_replacing(
-    dir: &Path,
-    pin: &str,
-    pin_at: impl FnOnce(&Path) -> Result<(), aya::pin::PinError>,
-) -> Result<(), DatapathError> {
-    let path = dir.join(pin);
-    let tmp = dir.join(format!("{pin}_new"));
-    let _ = fs::remove_file(&tmp);
-    pin_at(&tmp).map_err(|e| DatapathError::Io {
-        path: tmp.clone(),
-        source: match e {
-            aya::pin::PinError::SyscallError(s) => s.io_error,
-            other => std::io::Error::other(other.to_string()),
-        },
-    })?;
-    fs::rename(&tmp, &path).map_err(|source| DatapathError::Io { path, source })
 }
 
 /// Detaches the socket programs an earlier daemon attached (by unpinning
